@@ -1,0 +1,47 @@
+"""Topic administration: create the catalogue's topics on a broker (thin I/O)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from schemas.topics import CATALOGUE, EVENTS, STREAM_STATE, TopicSpec
+
+
+def catalogue_for(events_partitions: int) -> list[TopicSpec]:
+    """The catalogue with the events (and matching state) partition count applied."""
+    out = []
+    for spec in CATALOGUE:
+        if spec in (EVENTS, STREAM_STATE):
+            spec = TopicSpec(spec.name, events_partitions, spec.retention_ms, spec.cleanup_policy, spec.description)
+        out.append(spec)
+    return out
+
+
+async def ensure_topics(bootstrap: str, specs: list[TopicSpec], *, timeout_s: float = 30.0) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created.
+
+    Called by `rectune topics`, the worker on start, the demo and test fixtures.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs()) for s in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass  # another process won the race
+        # Metadata propagates asynchronously; wait until every topic is visible.
+        for _ in range(100):
+            if {s.name for s in specs} <= set(await admin.list_topics()):
+                break
+            await asyncio.sleep(0.1)
+        return [s.name for s in missing]
+    finally:
+        await admin.close()
