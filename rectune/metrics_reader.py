@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from rectune.admin import partition_count
 from schemas.metrics import ArmTotals, MetricWindow, latency_quantile, merge_by_arm
 from schemas.topics import METRICS
 
@@ -21,32 +22,39 @@ _decoder = msgspec.json.Decoder(MetricWindow)
 
 async def read_partials(bootstrap: str, *, topic: str = METRICS.name, settle_ms: int = 500) -> dict[str, MetricWindow]:
     """Every partial on the metrics topic, deduplicated by id (reads until a fetch is empty)."""
+    count = await partition_count(bootstrap, topic)
+    if count == 0:
+        return {}
+    tps = [TopicPartition(topic, p) for p in range(count)]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return {}
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
         out: dict[str, MetricWindow] = {}
+        # Read until every partition reached its end offset AND a fetch came back
+        # empty: the first alone can stop short on the embedded broker, whose
+        # ListOffsets(LATEST) may be below the high watermark; the second alone can
+        # stop before the first fetch of a slow broker returns.
         while True:
             batch = await consumer.getmany(*tps, timeout_ms=settle_ms, max_records=10_000)
-            if not batch:
-                break
             for records in batch.values():
                 for record in records:
                     if record.value is None:
                         continue
                     window = _decoder.decode(record.value)
                     out[window.partial_id] = window
+            if not batch and all([await _position(consumer, tp) >= ends[tp] for tp in tps]):
+                break
         return out
     finally:
         await consumer.stop()
+
+
+async def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
+    position: int = await consumer.position(tp)
+    return position
 
 
 def totals_json(totals: dict[tuple[str, str], ArmTotals]) -> list[dict[str, Any]]:

@@ -30,6 +30,13 @@ from schemas.limits import MAX_EVENTS_PER_BATCH, MAX_MESSAGE_BYTES
 
 _HINT: Final = "see schemas/events.py for the wire contract"
 _PATH = re.compile(r"^(?P<rule>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+# msgspec names a missing or unknown key in its text, not its path: move it to the path.
+_KEYED = re.compile(r"^Object (?P<what>missing required|contains unknown) field `(?P<key>[^`]*)`$")
+_LEAF_RULES: Final = {
+    "type": "must be one of 'batch', 'impression', 'click', 'conversion'",
+    "schema_version": "must be 1, the only supported schema version",
+}
+_KEYED_RULES: Final = {"missing required": "is required", "contains unknown": "is not a field of this schema (v1)"}
 
 
 class _RawBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type", tag="batch"):
@@ -74,6 +81,13 @@ def _to_error(err: msgspec.DecodeError, prefix: str) -> DecodeError:
     if match is not None:
         rule = match.group("rule")
         path = (match.group("path") or "").lstrip(".")
+        keyed = _KEYED.match(rule)
+        if keyed is not None:
+            path = f"{path}.{keyed.group('key')}".lstrip(".")
+            rule = _KEYED_RULES[keyed.group("what")]
+        leaf = path.rsplit(".", 1)[-1]
+        if leaf in _LEAF_RULES:
+            rule = f"{_LEAF_RULES[leaf]} ({rule})"
     field = (prefix + ("." + path if path and not path.startswith("[") else path)).lstrip(".")
     return DecodeError(field or "$", rule, hint=_HINT)
 
@@ -96,6 +110,8 @@ def decode_event(payload: bytes | msgspec.Raw, prefix: str = "") -> Event:
         event = _event_decoder.decode(payload)
     except msgspec.DecodeError as err:
         raise _to_error(err, prefix) from err
+    except RecursionError as err:
+        raise DecodeError(prefix or "$", "must not nest deeper than the schema", hint=_HINT) from err
     _check_event(event, prefix)
     return event
 
@@ -111,7 +127,7 @@ def decode_message(payload: bytes) -> DecodedMessage:
         raise DecodeError("$", f"payload must be at most {MAX_MESSAGE_BYTES} bytes, got {len(payload)}", hint=_HINT)
     try:
         fast = _fast_decoder.decode(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         pass
     else:
         if isinstance(fast, EventBatch):
@@ -129,6 +145,8 @@ def decode_message(payload: bytes) -> DecodedMessage:
         batch = _raw_decoder.decode(payload)
     except msgspec.DecodeError as err:
         raise _to_error(err, "") from err
+    except RecursionError as err:
+        raise DecodeError("$", "must not nest deeper than the schema", hint=_HINT) from err
     if not isinstance(batch, _RawBatch):
         _check_event(batch, "")
         return DecodedMessage((batch,), (), None, None)

@@ -74,7 +74,8 @@ def latency_quantile(hist: npt.ArrayLike, q: float) -> float:
     total = counts.sum()
     if total <= 0:
         return float("nan")
-    index = int(np.searchsorted(np.cumsum(counts), q * total, side="left"))
+    # At least one observation's worth, so q=0 lands on the first occupied bin.
+    index = int(np.searchsorted(np.cumsum(counts), max(q * total, 0.5), side="left"))
     if index == 0:
         return float(LATENCY_EDGES_MS[0])
     if index >= N_LATENCY_BINS - 1:
@@ -148,16 +149,16 @@ def window_arrays(window: MetricWindow) -> tuple[FloatArray, IntArray]:
     if ids.size and (ids.min() < 0 or ids.max() >= window.buckets or np.unique(ids).size != ids.size):
         msg = f"bucket_ids: must be distinct integers in [0, {window.buckets})"
         raise ValueError(msg)
-    packed = np.asarray(window.sums, dtype=np.float64).reshape(-1, ids.size) if ids.size else np.zeros((N_FIELDS, 0))
-    if packed.shape != (N_FIELDS, ids.size):
-        msg = f"sums: must have shape ({N_FIELDS}, {ids.size}), got {packed.shape}"
+    if len(window.sums) != N_FIELDS or any(len(row) != ids.size for row in window.sums):
+        msg = f"sums: must be {N_FIELDS} rows of {ids.size} values (one per listed bucket)"
         raise ValueError(msg)
+    packed = np.asarray(window.sums, dtype=np.float64).reshape(N_FIELDS, ids.size)
     sums = np.zeros((N_FIELDS, window.buckets), dtype=np.float64)
     sums[:, ids] = packed
     bins = np.asarray(window.latency_bins, dtype=np.int64)
     counts = np.asarray(window.latency_counts, dtype=np.int64)
-    if bins.shape != counts.shape or (bins.size and (bins.min() < 0 or bins.max() >= N_LATENCY_BINS)):
-        msg = f"latency_bins: must pair with latency_counts and lie in [0, {N_LATENCY_BINS})"
+    if bins.shape != counts.shape or (bins.size and (bins.min() < 0 or bins.max() >= N_LATENCY_BINS or counts.min() < 0)):
+        msg = f"latency_bins: must pair with non-negative latency_counts and lie in [0, {N_LATENCY_BINS})"
         raise ValueError(msg)
     hist = np.zeros(N_LATENCY_BINS, dtype=np.int64)
     np.add.at(hist, bins, counts)

@@ -39,6 +39,8 @@ from streams.windows import WindowSpec
 _json: Final = msgspec.json.Encoder()
 #: Rows folded into numpy at once; bounds memory of not-yet-folded events.
 FOLD_EVERY_ROWS: Final = 50_000
+#: Width of a pending row: the user bucket, then one value per BUCKET_FIELDS entry.
+ROW_WIDTH: Final = 1 + N_FIELDS
 
 GroupKey = tuple[int, str, str, str, bool]  # window_start_ms, surface, arm_id, cohort, late
 
@@ -298,10 +300,21 @@ class PartitionAggregator:
         )
         return OutRecord(METRICS.name, f"{surface}|{arm}".encode(), _json.encode(window))
 
+    def pending(self) -> tuple[list[tuple[float, ...]], list[GroupKey], list[int]]:
+        """Rows not yet folded (for the checkpoint codec; do not mutate)."""
+        return self._rows, self._row_keys, self._row_versions
+
+    def load_pending(self, rows: list[tuple[float, ...]], keys: list[GroupKey], versions: list[int]) -> None:
+        """Put back unfolded rows from a checkpoint (the inverse of `pending`)."""
+        self._rows = rows
+        self._row_keys = keys
+        self._row_versions = versions
+
     def reopen(self) -> None:
-        """Recompute the open-window index after groups were restored from a checkpoint."""
-        self._open_starts = {k[0] for k in self.groups if not k[4]}
-        self._has_late = any(k[4] for k in self.groups)
+        """Recompute the open-window index after a restore from a checkpoint."""
+        keys = [*self.groups, *self._row_keys]
+        self._open_starts = {k[0] for k in keys if not k[4]}
+        self._has_late = any(k[4] for k in keys)
 
     def clear_outbox(self, published: int) -> None:
         """Drop the first `published` outbox records once the broker acknowledged them."""

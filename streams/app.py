@@ -36,7 +36,7 @@ def build_app(
         store="memory://",
         web_enabled=False,
         topic_partitions=events_partitions,
-        topic_allow_declare=False,
+        topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=session_timeout_s,
         broker_heartbeat_interval=min(3.0, session_timeout_s / 3),

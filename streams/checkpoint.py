@@ -17,7 +17,7 @@ import msgspec
 import numpy as np
 
 from schemas.metrics import BUCKET_FIELDS, N_FIELDS, N_LATENCY_BINS
-from streams.aggregate import Counters, Group, OutRecord, PartitionAggregator
+from streams.aggregate import ROW_WIDTH, Counters, Group, OutRecord, PartitionAggregator
 from streams.errors import StateError
 from streams.windows import WindowSpec
 
@@ -42,6 +42,14 @@ class _OutSnap(msgspec.Struct, frozen=True, array_like=True):
     value: bytes
 
 
+class _KeySnap(msgspec.Struct, frozen=True, array_like=True):
+    window_start_ms: int
+    surface: str
+    arm_id: str
+    cohort: str
+    late: bool
+
+
 class Checkpoint(msgspec.Struct, frozen=True):
     """Decoded checkpoint record (also what `rectune` tools print for debugging)."""
 
@@ -60,6 +68,12 @@ class Checkpoint(msgspec.Struct, frozen=True):
     counters: list[int]
     groups: list[_GroupSnap]
     outbox: list[_OutSnap]
+    # Rows not yet folded into the sums, kept as they are: folding them here
+    # would change the order of float additions, so a restored worker would
+    # publish partials that differ in the last bits from an uninterrupted one.
+    pending_rows: bytes
+    pending_keys: list[_KeySnap]
+    pending_versions: list[int]
 
 
 _encoder: Final = msgspec.msgpack.Encoder()
@@ -67,12 +81,12 @@ _decoder: Final = msgspec.msgpack.Decoder(Checkpoint)
 
 
 def encode_checkpoint(agg: PartitionAggregator) -> bytes:
-    """Serialise the aggregator's full state (folding pending rows first).
+    """Serialise the aggregator's full state, unfolded rows included.
 
     Called by the stream worker before it publishes the outbox and commits.
     """
-    agg.fold()
     c = agg.counters
+    rows, keys, versions = agg.pending()
     snap = Checkpoint(
         version=CHECKPOINT_VERSION,
         topic=agg.topic,
@@ -92,6 +106,9 @@ def encode_checkpoint(agg: PartitionAggregator) -> bytes:
             for k, g in agg.groups.items()
         ],
         outbox=[_OutSnap(r.topic, r.key, r.value) for r in agg.outbox],
+        pending_rows=np.asarray(rows, dtype=np.float64).reshape(-1, ROW_WIDTH).tobytes(),
+        pending_keys=[_KeySnap(*k) for k in keys],
+        pending_versions=list(versions),
     )
     return zlib.compress(_encoder.encode(snap), 1)
 
@@ -100,7 +117,7 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
     """Parse checkpoint bytes; raises `StateError` when they are not a checkpoint."""
     try:
         snap = _decoder.decode(zlib.decompress(data))
-    except (zlib.error, msgspec.DecodeError) as err:
+    except (zlib.error, msgspec.DecodeError, RecursionError) as err:
         msg = f"checkpoint: not a valid checkpoint record ({err})"
         raise StateError(msg, hint="is something else writing to the state topic?") from err
     if snap.version != CHECKPOINT_VERSION:
@@ -129,18 +146,35 @@ def restore(data: bytes, spec: WindowSpec, topic: str, partition: int) -> Partit
         if got != want:
             msg = f"checkpoint.{name}: must equal this worker's {want!r}, got {got!r}"
             raise StateError(msg, hint="changing the window layout needs a new state topic or a reset")
+    if len(snap.counters) != len(Counters.__slots__):
+        msg = f"checkpoint.counters: must hold {len(Counters.__slots__)} values, got {len(snap.counters)}"
+        raise StateError(msg, hint="the record is corrupt")
     agg = PartitionAggregator(spec, topic, partition)
     agg.next_offset = snap.next_offset
     agg.watermark_ms = snap.watermark_ms
     agg.closed_through_ms = snap.closed_through_ms
     agg.late_seq = snap.late_seq
     agg.counters = Counters(*snap.counters)
+    sums_bytes = N_FIELDS * spec.buckets * 8
     for g in snap.groups:
+        if len(g.sums) != sums_bytes or len(g.hist) != N_LATENCY_BINS * 8:
+            msg = "checkpoint.groups: sums or histogram buffer has the wrong size"
+            raise StateError(msg, hint="the record is corrupt")
         sums = np.frombuffer(g.sums, dtype=np.float64).reshape(N_FIELDS, spec.buckets).copy()
         hist = np.frombuffer(g.hist, dtype=np.int64).copy()
         agg.groups[(g.window_start_ms, g.surface, g.arm_id, g.cohort, g.late)] = Group(
             sums, hist, set(g.config_versions), g.item_events
         )
-    agg.reopen()
+    n_rows = len(snap.pending_keys)
+    if len(snap.pending_rows) != n_rows * ROW_WIDTH * 8 or len(snap.pending_versions) != n_rows:
+        msg = "checkpoint.pending_rows: must hold one row and one version per pending key"
+        raise StateError(msg, hint="the record is corrupt")
+    rows = np.frombuffer(snap.pending_rows, dtype=np.float64).reshape(n_rows, ROW_WIDTH).tolist()
+    agg.load_pending(
+        [tuple(r) for r in rows],
+        [(k.window_start_ms, k.surface, k.arm_id, k.cohort, k.late) for k in snap.pending_keys],
+        snap.pending_versions,
+    )
     agg.outbox = [OutRecord(r.topic, r.key, r.value) for r in snap.outbox]
+    agg.reopen()
     return agg

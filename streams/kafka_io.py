@@ -38,13 +38,16 @@ async def read_latest(bootstrap: str, topic: str, partition: int, *, settle_ms: 
         else:
             consumer.seek(tp, end - 1)
         latest: bytes | None = None
+        # Done when the position reached the reported end AND a fetch came back
+        # empty (the reported end can be short on the embedded broker; the first
+        # fetch can be slow on a real one).
         while True:
             batch = await consumer.getmany(tp, timeout_ms=settle_ms, max_records=10_000)
             records = batch.get(tp, [])
-            if not records:
-                break
-            latest = records[-1].value
-        return latest
+            if records:
+                latest = records[-1].value
+            elif await consumer.position(tp) >= end:
+                return latest
     finally:
         await consumer.stop()
 

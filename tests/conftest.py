@@ -35,7 +35,7 @@ _KAFKA_SKIP_TAG = "APACHE KAFKA LANE SKIPPED"
 # xdist the controller (which prints the summary) receives every report.
 _kafka_skipped: list[str] = []
 
-_KAFKA_FIXTURES = frozenset({"kafka_jars", "kafka_broker"})
+_KAFKA_FIXTURES = frozenset({"kafka_jars", "kafka_broker", "fresh_kafka"})
 _INTEGRATION_FIXTURES = frozenset({"tansu_broker", "redis_url"}) | _KAFKA_FIXTURES
 
 
@@ -90,9 +90,13 @@ def _on_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def tansu_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Bootstrap address ("127.0.0.1:PORT") of a tansu broker shared by the session."""
+    """Bootstrap address ("127.0.0.1:PORT") of a fresh tansu broker for one test.
+
+    Per test, because topic names are fixed by the catalogue and tansu starts
+    in ~0.1 s: no test sees another's events.
+    """
     with start_tansu(tmp_path_factory.mktemp("tansu")) as broker:
         yield broker.bootstrap
 
@@ -124,3 +128,10 @@ def kafka_broker(kafka_jars: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """Bootstrap address of a single-node Apache Kafka (KRaft) shared by the session."""
     with ApacheKafkaBroker(tmp_path_factory.mktemp("kafka"), kafka_jars) as broker:
         yield broker.bootstrap
+
+
+@pytest.fixture
+def fresh_kafka(kafka_jars: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafkaBroker]:
+    """A new single-node Apache Kafka for one test (its own topics and groups)."""
+    with ApacheKafkaBroker(tmp_path_factory.mktemp("kafka"), kafka_jars) as broker:
+        yield broker
