@@ -62,7 +62,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         try:
             values[f.name] = kind(raw)
         except ValueError as err:
-            msg = f"{var}: must be a {kind.__name__}, got {raw!r}"
+            noun = {int: "an integer", float: "a number"}.get(kind, "a string")
+            msg = f"{var}: must be {noun}, got {raw!r}"
             raise SettingsError(msg, hint=f"unset {var} to use the default") from err
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from schemas.limits import (
 )
 
 SCHEMA_VERSION: Final = 1
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 Id = Annotated[str, Meta(min_length=1, max_length=MAX_STR_LEN)]
 EventTimeMs = Annotated[int, Meta(ge=MIN_EVENT_TIME_MS, lt=MAX_EVENT_TIME_MS)]
@@ -124,8 +125,8 @@ def ms_to_datetime(epoch_ms: int) -> dt.datetime:
 
 
 def datetime_to_ms(when: dt.datetime) -> int:
-    """Turn an aware datetime into wire epoch milliseconds; naive datetimes are refused."""
+    """Turn an aware datetime into wire epoch milliseconds (floored, exact); naive ones are refused."""
     if when.tzinfo is None:
         msg = "datetime must be timezone-aware"
         raise ValueError(msg)
-    return round(when.timestamp() * 1000.0)
+    return (when - _EPOCH) // dt.timedelta(milliseconds=1)
