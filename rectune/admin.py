@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -31,12 +32,10 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec], *, timeout_s: fl
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
                 await admin.create_topics(
                     [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs()) for s in missing]
                 )
-            except TopicAlreadyExistsError:
-                pass  # another process won the race
         # Metadata propagates asynchronously; wait until every topic is visible.
         for _ in range(100):
             if {s.name for s in specs} <= set(await admin.list_topics()):

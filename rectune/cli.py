@@ -102,7 +102,9 @@ def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     generator = TrafficGenerator(TrafficSpec(), seed=args.seed)
     events = list(generator.stream(args.start_ms, args.requests, args.rate))
     messages, count = asyncio.run(
-        publish_events(settings.bootstrap, events, source_id=f"synthetic-{args.seed}", item_events_per_message=args.batch)
+        publish_events(
+            settings.bootstrap, events, source_id=f"synthetic-{args.seed}", item_events_per_message=args.batch
+        )
     )
     print(json.dumps({"events": count, "messages": messages}))
     return 0
@@ -116,7 +118,9 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docker-compose test to list real commands)."""
-    parser = argparse.ArgumentParser(prog="rectune", description="agentic-rectune: safe, continuous tuning of recommender cascades")
+    parser = argparse.ArgumentParser(
+        prog="rectune", description="agentic-rectune: safe, continuous tuning of recommender cascades"
+    )
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (env RECTUNE_BOOTSTRAP)")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rectune.errors import RectuneError
-from schemas.events import Click, Event, Impression, ShownItem, datetime_to_ms
+from schemas.events import Attribution, Click, Event, Impression, ShownItem, datetime_to_ms
 
 _REQUIRED = ("timestamp", "item_id", "position", "click", "propensity_score")
 
@@ -68,20 +68,32 @@ def read_obd(path: Path, *, arm: str, surface: str = "obd-men", cohort: str = "a
                 propensity = float(row["propensity_score"])
             except (ValueError, KeyError) as err:
                 msg = f"{path}:{line}: malformed row ({err})"
-                raise RectuneError(msg, hint="check the timestamp, position, click and propensity_score columns") from err
+                raise RectuneError(
+                    msg, hint="check the timestamp, position, click and propensity_score columns"
+                ) from err
             user = hashlib.sha1("|".join(row[c] for c in user_cols).encode(), usedforsecurity=False).hexdigest()[:20]
             request = f"obd-{arm}-{line}"
-            common = {
-                "schema_version": 1, "request_id": request, "user_id": user, "cohort": cohort,
-                "surface": surface, "arm_id": arm, "config_version": 0,
+            common: Attribution = {
+                "schema_version": 1,
+                "request_id": request,
+                "user_id": user,
+                "cohort": cohort,
+                "surface": surface,
+                "arm_id": arm,
+                "config_version": 0,
             }
             shown = ShownItem(
-                item_id=f"obd{item}", position=position, category=categories.get(item, "unknown"),
-                scores=(0.0, 0.0, 0.0), propensity=propensity,
+                item_id=f"obd{item}",
+                position=position,
+                category=categories.get(item, "unknown"),
+                scores=(0.0, 0.0, 0.0),
+                propensity=propensity,
             )
             yield Impression(event_id=request, event_time_ms=t_ms, items=(shown,), ranker_latency_ms=0.0, **common)
             if clicked:
-                yield Click(event_id=f"{request}-click", event_time_ms=t_ms, item_id=f"obd{item}", position=position, **common)
+                yield Click(
+                    event_id=f"{request}-click", event_time_ms=t_ms, item_id=f"obd{item}", position=position, **common
+                )
 
 
 def summarise_obd(path: Path) -> ObdSummary:

@@ -29,6 +29,8 @@ from schemas.events import (
 from schemas.limits import MAX_EVENTS_PER_BATCH, MAX_MESSAGE_BYTES
 
 _HINT: Final = "see schemas/events.py for the wire contract"
+_ROOT: Final = "$"
+_TOO_DEEP: Final = "must not nest deeper than the schema"
 _PATH = re.compile(r"^(?P<rule>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 # msgspec names a missing or unknown key in its text, not its path: move it to the path.
 _KEYED = re.compile(r"^Object (?P<what>missing required|contains unknown) field `(?P<key>[^`]*)`$")
@@ -107,11 +109,11 @@ def decode_event(payload: bytes | msgspec.Raw, prefix: str = "") -> Event:
     Raises `DecodeError` naming the field and the rule.
     """
     try:
-        event = _event_decoder.decode(payload)
+        event: Event = _event_decoder.decode(payload)
     except msgspec.DecodeError as err:
         raise _to_error(err, prefix) from err
     except RecursionError as err:
-        raise DecodeError(prefix or "$", "must not nest deeper than the schema", hint=_HINT) from err
+        raise DecodeError(prefix or _ROOT, _TOO_DEEP, hint=_HINT) from err
     _check_event(event, prefix)
     return event
 
@@ -124,7 +126,8 @@ def decode_message(payload: bytes) -> DecodedMessage:
     the good events plus per-event rejections otherwise.
     """
     if len(payload) > MAX_MESSAGE_BYTES:
-        raise DecodeError("$", f"payload must be at most {MAX_MESSAGE_BYTES} bytes, got {len(payload)}", hint=_HINT)
+        rule = f"payload must be at most {MAX_MESSAGE_BYTES} bytes, got {len(payload)}"
+        raise DecodeError(_ROOT, rule, hint=_HINT)
     try:
         fast = _fast_decoder.decode(payload)
     except (msgspec.DecodeError, RecursionError):
@@ -146,7 +149,7 @@ def decode_message(payload: bytes) -> DecodedMessage:
     except msgspec.DecodeError as err:
         raise _to_error(err, "") from err
     except RecursionError as err:
-        raise DecodeError("$", "must not nest deeper than the schema", hint=_HINT) from err
+        raise DecodeError(_ROOT, _TOO_DEEP, hint=_HINT) from err
     if not isinstance(batch, _RawBatch):
         _check_event(batch, "")
         return DecodedMessage((batch,), (), None, None)
@@ -166,5 +169,6 @@ def decode_batch(payload: bytes) -> EventBatch:
     if decoded.rejected:
         raise decoded.rejected[0].error
     if decoded.source_id is None or decoded.seq is None:
-        raise DecodeError("type", "must be 'batch' for an envelope", hint=_HINT)
+        field = "type"
+        raise DecodeError(field, "must be 'batch' for an envelope", hint=_HINT)
     return EventBatch(schema_version=1, source_id=decoded.source_id, seq=decoded.seq, events=decoded.events)

@@ -9,7 +9,7 @@ Times travel as epoch milliseconds (UTC) in fields named `*_ms`.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, TypedDict
 
 import msgspec
 from msgspec import Meta
@@ -41,9 +41,7 @@ Revenue = Annotated[float, Meta(ge=0.0, le=MAX_REVENUE)]
 STAGES: Final = ("pre_rank", "rank", "re_rank")
 
 
-class ShownItem(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True, gc=False
-):
+class ShownItem(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     """One item in a served list: one item-level impression event.
 
     `style_id` groups near-duplicates (colourways of one style); absent means
@@ -61,9 +59,7 @@ class ShownItem(
     long_tail: bool = False
 
 
-class _EventBase(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type", gc=False
-):
+class _EventBase(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type", gc=False):
     schema_version: Literal[1]
     event_id: Id
     event_time_ms: EventTimeMs
@@ -97,6 +93,22 @@ class Conversion(_EventBase, frozen=True, kw_only=True, tag="conversion"):
 
 
 Event = Impression | Click | Conversion
+
+
+class Attribution(TypedDict):
+    """The fields every event of one request shares (`Impression(**attribution, ...)`).
+
+    Producers build it once per request so clicks and conversions carry the
+    impression's arm and config version: no join is needed downstream.
+    """
+
+    schema_version: Literal[1]
+    request_id: str
+    user_id: str
+    cohort: str
+    surface: str
+    arm_id: str
+    config_version: int
 
 
 class EventBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="batch"):

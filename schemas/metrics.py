@@ -26,18 +26,18 @@ from schemas.events import Id
 
 #: Row layout of `MetricWindow.sums`: per-bucket sums over events in the window.
 BUCKET_FIELDS: Final = (
-    "requests",             # impressions (served lists)
-    "impressions",          # item-level impressions (shown items)
+    "requests",  # impressions (served lists)
+    "impressions",  # item-level impressions (shown items)
     "clicks",
     "conversions",
     "revenue",
-    "revenue_sq",           # sum of revenue^2 per conversion (variance of order value)
-    "latency_ms",           # sum of ranker latency per request
+    "revenue_sq",  # sum of revenue^2 per conversion (variance of order value)
+    "latency_ms",  # sum of ranker latency per request
     "latency_ms_sq",
     "distinct_categories",  # sum over lists of distinct categories in the list
-    "near_duplicates",      # sum over lists of (items - distinct styles)
-    "long_tail",            # shown items flagged long-tail
-    "fresh",                # shown items flagged fresh
+    "near_duplicates",  # sum over lists of (items - distinct styles)
+    "long_tail",  # shown items flagged long-tail
+    "fresh",  # shown items flagged fresh
 )
 FIELD_INDEX: Final = {name: i for i, name in enumerate(BUCKET_FIELDS)}
 N_FIELDS: Final = len(BUCKET_FIELDS)
@@ -47,7 +47,9 @@ DEFAULT_BUCKETS: Final = 64
 #: plus an underflow bin (index 0) and an overflow bin (last index).
 LATENCY_BINS_PER_DECADE: Final = 20
 LATENCY_MIN_MS: Final = 0.1
-LATENCY_EDGES_MS: Final = LATENCY_MIN_MS * 10.0 ** (np.arange(6 * LATENCY_BINS_PER_DECADE + 1) / LATENCY_BINS_PER_DECADE)
+LATENCY_EDGES_MS: Final = LATENCY_MIN_MS * 10.0 ** (
+    np.arange(6 * LATENCY_BINS_PER_DECADE + 1) / LATENCY_BINS_PER_DECADE
+)
 N_LATENCY_BINS: Final = len(LATENCY_EDGES_MS) + 1
 
 FloatArray = npt.NDArray[np.float64]
@@ -83,7 +85,9 @@ def latency_quantile(hist: npt.ArrayLike, q: float) -> float:
     return float(np.sqrt(LATENCY_EDGES_MS[index - 1] * LATENCY_EDGES_MS[index]))
 
 
-class MetricWindow(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="metric_window"):
+class MetricWindow(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type", tag="metric_window"
+):
     """One additive partial: what one source partition saw of one arm in one window.
 
     `partial_id` is deterministic, so a partial republished after a crash
@@ -120,8 +124,8 @@ class ArmTotals:
 
     surface: str
     arm_id: str
-    sums: FloatArray          # (N_FIELDS, buckets)
-    latency_hist: IntArray    # (N_LATENCY_BINS,)
+    sums: FloatArray  # (N_FIELDS, buckets)
+    latency_hist: IntArray  # (N_LATENCY_BINS,)
     item_events: int
     late_item_events: int
     windows: int
@@ -157,7 +161,9 @@ def window_arrays(window: MetricWindow) -> tuple[FloatArray, IntArray]:
     sums[:, ids] = packed
     bins = np.asarray(window.latency_bins, dtype=np.int64)
     counts = np.asarray(window.latency_counts, dtype=np.int64)
-    if bins.shape != counts.shape or (bins.size and (bins.min() < 0 or bins.max() >= N_LATENCY_BINS or counts.min() < 0)):
+    if bins.shape != counts.shape or (
+        bins.size and (bins.min() < 0 or bins.max() >= N_LATENCY_BINS or counts.min() < 0)
+    ):
         msg = f"latency_bins: must pair with non-negative latency_counts and lie in [0, {N_LATENCY_BINS})"
         raise ValueError(msg)
     hist = np.zeros(N_LATENCY_BINS, dtype=np.int64)
@@ -165,7 +171,9 @@ def window_arrays(window: MetricWindow) -> tuple[FloatArray, IntArray]:
     return sums, hist
 
 
-def sparse_window_arrays(sums: FloatArray, hist: IntArray) -> tuple[tuple[int, ...], tuple[tuple[float, ...], ...], tuple[int, ...], tuple[int, ...]]:
+def sparse_window_arrays(
+    sums: FloatArray, hist: IntArray
+) -> tuple[tuple[int, ...], tuple[tuple[float, ...], ...], tuple[int, ...], tuple[int, ...]]:
     """Sparse wire form of dense (fields × buckets) sums and a histogram (the inverse of `window_arrays`)."""
     ids = np.flatnonzero(np.any(sums != 0.0, axis=0))
     bins = np.flatnonzero(hist)
@@ -199,7 +207,4 @@ def merge_by_arm(windows: dict[str, MetricWindow]) -> dict[tuple[str, str], ArmT
             late + (window.item_events if window.late else 0),
             starts,
         )
-    return {
-        key: ArmTotals(key[0], key[1], s, h, e, late, len(starts))
-        for key, (s, h, e, late, starts) in acc.items()
-    }
+    return {key: ArmTotals(key[0], key[1], s, h, e, late, len(starts)) for key, (s, h, e, late, starts) in acc.items()}

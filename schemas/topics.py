@@ -14,8 +14,8 @@ class TopicSpec:
 
     name: str
     partitions: int
-    retention_ms: int          # -1 = keep forever
-    cleanup_policy: str        # "delete", "compact" or "compact,delete"
+    retention_ms: int  # -1 = keep forever
+    cleanup_policy: str  # "delete", "compact" or "compact,delete"
     description: str
 
     def configs(self) -> dict[str, str]:
@@ -23,13 +23,31 @@ class TopicSpec:
         return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
 
 
-EVENTS: Final = TopicSpec("rectune.events", 8, 7 * DAY_MS, "delete", "impressions, clicks, conversions (envelopes or bare events)")
-METRICS: Final = TopicSpec("rectune.metrics", 4, 30 * DAY_MS, "delete", "closed metric windows: additive partials per (partition, window, arm)")
-CONFIG: Final = TopicSpec("rectune.config", 1, -1, "delete", "signed, versioned cascade config changes; total order; full history")
-DECISIONS: Final = TopicSpec("rectune.decisions", 1, -1, "delete", "every agent step: proposals, critiques, allocations, reads, decisions")
-ALERTS: Final = TopicSpec("rectune.alerts", 1, 30 * DAY_MS, "delete", "SLO breaches, SRM, guardrail breaches, rollbacks")
-DLQ: Final = TopicSpec("rectune.dlq", 1, 30 * DAY_MS, "delete", "refused messages and events with reason and source coordinates")
-STREAM_STATE: Final = TopicSpec("rectune.streams.state", 8, 7 * DAY_MS, "compact,delete", "stream worker checkpoints: state + source offset per events partition")
+EVENTS: Final = TopicSpec(
+    "rectune.events", 8, 7 * DAY_MS, "delete", "impressions, clicks, conversions (envelopes or bare events)"
+)
+METRICS: Final = TopicSpec(
+    "rectune.metrics", 4, 30 * DAY_MS, "delete", "closed metric windows: additive partials per (partition, window, arm)"
+)
+CONFIG: Final = TopicSpec(
+    "rectune.config", 1, -1, "delete", "signed, versioned cascade config changes; total order; full history"
+)
+DECISIONS: Final = TopicSpec(
+    "rectune.decisions", 1, -1, "delete", "every agent step: proposals, critiques, allocations, reads, decisions"
+)
+ALERTS: Final = TopicSpec(
+    "rectune.alerts", 1, 30 * DAY_MS, "delete", "SLO breaches, SRM, guardrail breaches, rollbacks"
+)
+DLQ: Final = TopicSpec(
+    "rectune.dlq", 1, 30 * DAY_MS, "delete", "refused messages and events with reason and source coordinates"
+)
+STREAM_STATE: Final = TopicSpec(
+    "rectune.streams.state",
+    8,
+    7 * DAY_MS,
+    "compact,delete",
+    "stream worker checkpoints: state + source offset per events partition",
+)
 
 CATALOGUE: Final = (EVENTS, METRICS, CONFIG, DECISIONS, ALERTS, DLQ, STREAM_STATE)
 

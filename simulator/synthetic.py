@@ -13,7 +13,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from schemas.events import Click, Conversion, Event, Impression, ShownItem
+from schemas.events import Attribution, Click, Conversion, Event, Impression, ShownItem
 
 CATEGORIES = ("dresses", "tops", "knitwear", "trousers", "jeans", "skirts", "outerwear", "shoes", "bags", "accessories")
 
@@ -41,7 +41,7 @@ class TrafficGenerator:
 
     def __init__(self, spec: TrafficSpec, seed: int = 0) -> None:
         self.spec = spec
-        self._rng = random.Random(seed)
+        self._rng = random.Random(seed)  # noqa: S311 - simulation, not security
         rng = self._rng
         # Users differ in their click propensity (heterogeneity a per-impression test ignores).
         self._user_taste = [rng.lognormvariate(0.0, 0.6) for _ in range(spec.users)]
@@ -57,7 +57,7 @@ class TrafficGenerator:
         uid = rng.randrange(spec.users) if user is None else user
         arm_index = uid % len(spec.arms)
         arm = spec.arms[arm_index]
-        common = {
+        common: Attribution = {
             "schema_version": 1,
             "request_id": f"r{self._seq}",
             "user_id": f"u{uid}",
@@ -82,16 +82,34 @@ class TrafficGenerator:
         )
         latency = round(rng.lognormvariate(0.0, 0.35) * spec.latency_ms, 3)
         events: list[Event] = [
-            Impression(event_id=f"e{self._seq}", event_time_ms=event_time_ms, items=items, ranker_latency_ms=latency, **common)
+            Impression(
+                event_id=f"e{self._seq}", event_time_ms=event_time_ms, items=items, ranker_latency_ms=latency, **common
+            )
         ]
         lift = spec.arm_ctr_lift[arm_index] if arm_index < len(spec.arm_ctr_lift) else 1.0
         p_click = min(1.0, spec.click_rate * self._user_taste[uid] * lift)
         for item in items:
             if rng.random() < p_click / (1.0 + 0.1 * item.position):
-                events.append(Click(event_id=f"c{self._seq}.{item.position}", event_time_ms=event_time_ms + 1, item_id=item.item_id, position=item.position, **common))
+                events.append(
+                    Click(
+                        event_id=f"c{self._seq}.{item.position}",
+                        event_time_ms=event_time_ms + 1,
+                        item_id=item.item_id,
+                        position=item.position,
+                        **common,
+                    )
+                )
                 if rng.random() < spec.conversion_rate:
                     revenue = round(rng.uniform(20.0, 200.0), 2)
-                    events.append(Conversion(event_id=f"v{self._seq}.{item.position}", event_time_ms=event_time_ms + 2, item_id=item.item_id, revenue=revenue, **common))
+                    events.append(
+                        Conversion(
+                            event_id=f"v{self._seq}.{item.position}",
+                            event_time_ms=event_time_ms + 2,
+                            item_id=item.item_id,
+                            revenue=revenue,
+                            **common,
+                        )
+                    )
         return events
 
     def stream(self, start_ms: int, requests: int, requests_per_s: float) -> Iterator[Event]:

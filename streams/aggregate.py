@@ -21,7 +21,7 @@ import numpy as np
 
 from schemas.dlq import dead_letter
 from schemas.errors import DecodeError
-from schemas.events import Click, Conversion, Event, Impression
+from schemas.events import Click, Event, Impression
 from schemas.metrics import (
     BUCKET_FIELDS,
     N_FIELDS,
@@ -133,7 +133,9 @@ class PartitionAggregator:
                 tail = sum(1 for item in items if item.long_tail)
                 fresh = sum(1 for item in items if item.fresh)
                 lat = event.ranker_latency_ms
-                rows.append((bucket, 1.0, n, 0.0, 0.0, 0.0, 0.0, lat, lat * lat, len(cats), n - len(styles), tail, fresh))
+                rows.append(
+                    (bucket, 1.0, n, 0.0, 0.0, 0.0, 0.0, lat, lat * lat, len(cats), n - len(styles), tail, fresh)
+                )
             elif isinstance(event, Click):
                 n = 1
                 rows.append((bucket, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0))
@@ -155,8 +157,12 @@ class PartitionAggregator:
         self.next_offset = offset + 1
         c = self.counters
         self.counters = Counters(
-            c.messages + 1, c.item_events + items_total, c.late_item_events + late_items,
-            c.rejected_messages, c.rejected_events, c.windows_closed,
+            c.messages + 1,
+            c.item_events + items_total,
+            c.late_item_events + late_items,
+            c.rejected_messages,
+            c.rejected_events,
+            c.windows_closed,
         )
         if len(rows) >= FOLD_EVERY_ROWS:
             self.fold()
@@ -172,16 +178,26 @@ class PartitionAggregator:
     ) -> None:
         """Dead-letter a refused message (`event_index` None) or one event of it."""
         letter = dead_letter(
-            topic=self.topic, partition=self.partition, offset=offset, event_index=event_index,
-            field=error.field, rule=error.rule, reason=str(error), payload=payload, seen_ms=seen_ms,
+            topic=self.topic,
+            partition=self.partition,
+            offset=offset,
+            event_index=event_index,
+            field=error.field,
+            rule=error.rule,
+            reason=str(error),
+            payload=payload,
+            seen_ms=seen_ms,
         )
         key = f"{self.topic}:{self.partition}:{offset}:{event_index}".encode()
         self.outbox.append(OutRecord(DLQ.name, key, _json.encode(letter)))
         c = self.counters
         whole = event_index is None
         self.counters = Counters(
-            c.messages + (1 if whole else 0), c.item_events, c.late_item_events,
-            c.rejected_messages + (1 if whole else 0), c.rejected_events + (0 if whole else 1),
+            c.messages + (1 if whole else 0),
+            c.item_events,
+            c.late_item_events,
+            c.rejected_messages + (1 if whole else 0),
+            c.rejected_events + (0 if whole else 1),
             c.windows_closed,
         )
         if whole:
@@ -201,7 +217,9 @@ class PartitionAggregator:
         cell = gids * buckets + table[:, 0].astype(np.int64)
         sums = np.empty((n_groups, N_FIELDS, buckets), dtype=np.float64)
         for f in range(N_FIELDS):
-            sums[:, f, :] = np.bincount(cell, weights=table[:, 1 + f], minlength=n_groups * buckets).reshape(n_groups, buckets)
+            sums[:, f, :] = np.bincount(cell, weights=table[:, 1 + f], minlength=n_groups * buckets).reshape(
+                n_groups, buckets
+            )
         lat = table[:, 7]
         has_lat = lat >= 0.0
         hist = np.bincount(
@@ -268,7 +286,11 @@ class PartitionAggregator:
             emitted += 1
         c = self.counters
         self.counters = Counters(
-            c.messages, c.item_events, c.late_item_events, c.rejected_messages, c.rejected_events,
+            c.messages,
+            c.item_events,
+            c.late_item_events,
+            c.rejected_messages,
+            c.rejected_events,
             c.windows_closed + emitted,
         )
         return emitted

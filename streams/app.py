@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP
@@ -62,12 +62,15 @@ def build_app(
         on_message = processor.on_message
         async for event in stream.events():
             message = event.message
-            await on_message(message.partition, message.offset, message.value, int(message.timestamp * 1000), loop_time())
+            await on_message(
+                message.partition, message.offset, message.value, int(message.timestamp * 1000), loop_time()
+            )
         yield None
 
-    @app.timer(interval=config.checkpoint_interval_s)
     async def tick() -> None:
         await processor.tick(loop_time())
+
+    app.timer(interval=config.checkpoint_interval_s)(tick)
 
     async def on_assigned(sender: Any, assigned: set[TP], **_: Any) -> None:
         await processor.assign([tp.partition for tp in assigned if tp.topic == config.topic], loop_time())
@@ -81,7 +84,8 @@ def build_app(
         except Exception:  # the next owner replays from the last good checkpoint
             log.warning("final checkpoint failed", exc_info=True)
 
-    app.on_partitions_assigned.connect(on_assigned)
-    app.on_partitions_revoked.connect(on_revoked)
-    app.on_before_shutdown.connect(on_shutdown)
+    # Faust's signal stubs expect a `signal` keyword our handlers swallow in **_.
+    app.on_partitions_assigned.connect(cast(Any, on_assigned))
+    app.on_partitions_revoked.connect(cast(Any, on_revoked))
+    app.on_before_shutdown.connect(cast(Any, on_shutdown))
     return app, processor

@@ -100,9 +100,26 @@ def encode_checkpoint(agg: PartitionAggregator) -> bytes:
         buckets=agg.spec.buckets,
         fields=list(BUCKET_FIELDS),
         latency_bins=N_LATENCY_BINS,
-        counters=[c.messages, c.item_events, c.late_item_events, c.rejected_messages, c.rejected_events, c.windows_closed],
+        counters=[
+            c.messages,
+            c.item_events,
+            c.late_item_events,
+            c.rejected_messages,
+            c.rejected_events,
+            c.windows_closed,
+        ],
         groups=[
-            _GroupSnap(k[0], k[1], k[2], k[3], k[4], sorted(g.config_versions), g.sums.tobytes(), g.hist.tobytes(), g.item_events)
+            _GroupSnap(
+                k[0],
+                k[1],
+                k[2],
+                k[3],
+                k[4],
+                sorted(g.config_versions),
+                g.sums.tobytes(),
+                g.hist.tobytes(),
+                g.item_events,
+            )
             for k, g in agg.groups.items()
         ],
         outbox=[_OutSnap(r.topic, r.key, r.value) for r in agg.outbox],

@@ -55,7 +55,9 @@ async def read_latest(bootstrap: str, topic: str, partition: int, *, settle_ms: 
 class FaustStreamIO:
     """Implements `streams.processor.StreamIO` with a Faust app's producer and consumer."""
 
-    def __init__(self, app: Any, bootstrap: str, source_topic: str, state_topic: str, tp_factory: Callable[[str, int], Any]) -> None:
+    def __init__(
+        self, app: Any, bootstrap: str, source_topic: str, state_topic: str, tp_factory: Callable[[str, int], Any]
+    ) -> None:
         self._app = app
         self._bootstrap = bootstrap
         self._source = source_topic

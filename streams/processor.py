@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from schemas.decode import decode_message
@@ -59,7 +59,7 @@ class StreamConfig:
     """Immutable configuration of the stream worker; `build()` makes the processor."""
 
     topic: str
-    spec: WindowSpec = WindowSpec()
+    spec: WindowSpec = field(default_factory=WindowSpec)
     checkpoint_interval_s: float = 2.0
     idle_close_s: float = 30.0
 
@@ -164,7 +164,9 @@ class StreamProcessor:
             # go back rather than lose the gap.
             log.warning(
                 "partition %d: consumer at offset %d but state resumes at %d; seeking back",
-                partition, offset, agg.next_offset,
+                partition,
+                offset,
+                agg.next_offset,
             )
             slot.seek_target = agg.next_offset
             slot.seen_since_assign = True
@@ -180,7 +182,9 @@ class StreamProcessor:
             return
         agg.add_message(offset, decoded.events)
         for rejected in decoded.rejected:
-            agg.reject(offset=offset, event_index=rejected.index, error=rejected.error, payload=payload, seen_ms=timestamp_ms)
+            agg.reject(
+                offset=offset, event_index=rejected.index, error=rejected.error, payload=payload, seen_ms=timestamp_ms
+            )
         if agg.close_due():
             await self.checkpoint(partition)
 

@@ -25,7 +25,11 @@ pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"OBD sample not found
 def rectune(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "rectune.cli", *args],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -48,8 +52,14 @@ def test_read_obd_maps_rows_to_impressions_and_clicks() -> None:
 
 def test_ingest_and_metrics_match_the_csvs_exactly(tansu_broker: str, tmp_path: Path) -> None:
     env = settings_env(
-        bootstrap=tansu_broker, events_partitions=4, window_s=3600, allowed_lateness_s=60,
-        idle_close_s=2, checkpoint_interval_s=0.5, log_level="warning", app_id=f"obd-{uuid.uuid4().hex[:6]}",
+        bootstrap=tansu_broker,
+        events_partitions=4,
+        window_s=3600,
+        allowed_lateness_s=60,
+        idle_close_s=2,
+        checkpoint_interval_s=0.5,
+        log_level="warning",
+        app_id=f"obd-{uuid.uuid4().hex[:6]}",
     )
     for arm, path in LOGS.items():
         out = json.loads(rectune(env, "ingest", "obd", str(path), "--arm", arm))
@@ -61,7 +71,10 @@ def test_ingest_and_metrics_match_the_csvs_exactly(tansu_broker: str, tmp_path: 
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             rows = {r["arm_id"]: r for r in json.loads(rectune(env, "metrics", "--json"))}
-            if all(arm in rows and rows[arm]["impressions"] == s.rows and rows[arm]["clicks"] == s.clicks for arm, s in expected.items()):
+            if all(
+                arm in rows and rows[arm]["impressions"] == s.rows and rows[arm]["clicks"] == s.clicks
+                for arm, s in expected.items()
+            ):
                 break
             time.sleep(1)
         assert set(rows) == {"random", "bts"}, worker.log_tail()

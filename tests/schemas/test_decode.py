@@ -39,7 +39,14 @@ SMALL = TrafficSpec(users=200, items=400, styles=120, surfaces=("home", "search"
 HUGE = "__HUGE_1e999__"
 
 COMMON_FIELDS = (
-    "schema_version", "event_id", "event_time_ms", "request_id", "user_id", "cohort", "surface", "arm_id",
+    "schema_version",
+    "event_id",
+    "event_time_ms",
+    "request_id",
+    "user_id",
+    "cohort",
+    "surface",
+    "arm_id",
     "config_version",
 )
 
@@ -106,12 +113,23 @@ def test_round_trip_keeps_every_kind_and_optional_field() -> None:
     items = (
         ShownItem(item_id="i1", position=0, category="tops", scores=(0.1, -2.5, 1e12)),
         ShownItem(
-            item_id="i2", position=999, category="bags", scores=(0.0, 0.0, -1e12), style_id="s1",
-            propensity=1.0, fresh=True, long_tail=True,
+            item_id="i2",
+            position=999,
+            category="bags",
+            scores=(0.0, 0.0, -1e12),
+            style_id="s1",
+            propensity=1.0,
+            fresh=True,
+            long_tail=True,
         ),
     )
     common: dict[str, Any] = {
-        "schema_version": 1, "request_id": "r", "user_id": "u", "cohort": "c", "surface": "s", "arm_id": "a",
+        "schema_version": 1,
+        "request_id": "r",
+        "user_id": "u",
+        "cohort": "c",
+        "surface": "s",
+        "arm_id": "a",
         "config_version": MAX_INT64,
     }
     events: list[Event] = [
@@ -157,7 +175,15 @@ json_values = st.recursive(
     max_leaves=25,
 )
 KNOWN_KEYS = (
-    "type", *COMMON_FIELDS, "items", "ranker_latency_ms", "item_id", "position", "revenue", "source_id", "seq",
+    "type",
+    *COMMON_FIELDS,
+    "items",
+    "ranker_latency_ms",
+    "item_id",
+    "position",
+    "revenue",
+    "source_id",
+    "seq",
     "events",
 )
 # Objects shaped like events/envelopes (known tag and keys, arbitrary values):
@@ -223,8 +249,17 @@ def test_valid_impression_with_any_value_anywhere(field: str, value: Any, in_env
 @pytest.mark.parametrize(
     "payload",
     [
-        b"NaN", b"Infinity", b'{"type":"impression","ranker_latency_ms":NaN}', b"", b"\xff\xfe", b"\x00",
-        b'"\\ud800"', b"[]", b"{}", b"null", b"1e999",
+        b"NaN",
+        b"Infinity",
+        b'{"type":"impression","ranker_latency_ms":NaN}',
+        b"",
+        b"\xff\xfe",
+        b"\x00",
+        b'"\\ud800"',
+        b"[]",
+        b"{}",
+        b"null",
+        b"1e999",
     ],
 )
 def test_junk_is_refused_as_decode_error(payload: bytes) -> None:

@@ -305,7 +305,10 @@ def test_merge_by_arm_adds_partials(partials: list[Any], seed: int) -> None:
         acc = expected.setdefault(
             (surface, arm),
             {
-                "sums": np.zeros((N_FIELDS, 16)), "hist": np.zeros(N_LATENCY_BINS, np.int64), "events": 0, "late": 0,
+                "sums": np.zeros((N_FIELDS, 16)),
+                "hist": np.zeros(N_LATENCY_BINS, np.int64),
+                "events": 0,
+                "late": 0,
                 "starts": set(),
             },
         )
@@ -337,11 +340,13 @@ def test_merge_by_arm_totals_and_ratios() -> None:
     b[FIELD_INDEX["clicks"], 3] = 10
     hist = np.zeros(N_LATENCY_BINS, np.int64)
     hist[30] = 4
-    merged = merge_by_arm({
-        "x": _window(a, hist, partial_id="x", item_events=105),
-        "y": _window(b, hist, partial_id="y", start=60_000, late=True, item_events=60),
-        "z": _window(b, hist, partial_id="z", arm_id="treatment", item_events=60),
-    })
+    merged = merge_by_arm(
+        {
+            "x": _window(a, hist, partial_id="x", item_events=105),
+            "y": _window(b, hist, partial_id="y", start=60_000, late=True, item_events=60),
+            "z": _window(b, hist, partial_id="z", arm_id="treatment", item_events=60),
+        }
+    )
     control = merged[("home", "control")]
     assert control.total("impressions") == 150.0
     assert control.total("clicks") == 15.0

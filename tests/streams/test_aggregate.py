@@ -177,7 +177,11 @@ def test_merged_partials_equal_event_totals_however_split(
 # -- windowing ----------------------------------------------------------------------
 
 COMMON: dict[str, Any] = {
-    "schema_version": 1, "request_id": "r1", "cohort": "new", "surface": "home", "arm_id": "control",
+    "schema_version": 1,
+    "request_id": "r1",
+    "cohort": "new",
+    "surface": "home",
+    "arm_id": "control",
     "config_version": 3,
 }
 
@@ -186,8 +190,13 @@ def _item(
     pos: int, category: str = "tops", style: str | None = None, *, tail: bool = False, fresh: bool = False
 ) -> ShownItem:
     return ShownItem(
-        item_id=f"i{pos}", position=pos, category=category, scores=(0.1, 0.2, 0.3), style_id=style,
-        long_tail=tail, fresh=fresh,
+        item_id=f"i{pos}",
+        position=pos,
+        category=category,
+        scores=(0.1, 0.2, 0.3),
+        style_id=style,
+        long_tail=tail,
+        fresh=fresh,
     )
 
 
@@ -196,8 +205,12 @@ def _imp(
 ) -> Impression:
     fields = {**COMMON, **kw}
     return Impression(
-        event_id=f"e{t}", event_time_ms=t, user_id=user, items=items or (_item(0), _item(1), _item(2)),
-        ranker_latency_ms=latency, **fields,
+        event_id=f"e{t}",
+        event_time_ms=t,
+        user_id=user,
+        items=items or (_item(0), _item(1), _item(2)),
+        ranker_latency_ms=latency,
+        **fields,
     )
 
 
@@ -236,18 +249,30 @@ def test_events_in_adjacent_windows_make_separate_partials() -> None:
 
 def test_groups_split_by_surface_arm_and_cohort() -> None:
     agg = PartitionAggregator(SPEC, TOPIC, 0)
-    agg.add_message(0, [
-        _imp(W0, arm_id="control"), _imp(W0, arm_id="treatment"), _imp(W0, surface="search"),
-        _imp(W0, cohort="returning"), _imp(W0 + 1),
-    ])
+    agg.add_message(
+        0,
+        [
+            _imp(W0, arm_id="control"),
+            _imp(W0, arm_id="treatment"),
+            _imp(W0, surface="search"),
+            _imp(W0, cohort="returning"),
+            _imp(W0 + 1),
+        ],
+    )
     agg.close_all()
     windows = _windows(agg.outbox)
     keys = sorted((w.surface, w.arm_id, w.cohort) for w in windows)
-    assert keys == [("home", "control", "new"), ("home", "control", "returning"), ("home", "treatment", "new"),
-                    ("search", "control", "new")]
+    assert keys == [
+        ("home", "control", "new"),
+        ("home", "control", "returning"),
+        ("home", "treatment", "new"),
+        ("search", "control", "new"),
+    ]
     assert len({w.partial_id for w in windows}) == 4
     assert {(w.surface, w.arm_id, w.cohort): w.item_events for w in windows} == {
-        ("home", "control", "new"): 6, ("home", "control", "returning"): 3, ("home", "treatment", "new"): 3,
+        ("home", "control", "new"): 6,
+        ("home", "control", "returning"): 3,
+        ("home", "treatment", "new"): 3,
         ("search", "control", "new"): 3,
     }
 
@@ -343,21 +368,24 @@ def test_close_all_closes_everything_and_later_events_in_those_windows_are_late(
 def test_diversity_latency_and_revenue_counters_are_exact() -> None:
     items = (
         _item(0, "dresses", "s1", tail=True),
-        _item(1, "dresses", "s1"),            # same style as item 0: a near-duplicate
-        _item(2, "tops", None, tail=True),    # own style (its item id)
+        _item(1, "dresses", "s1"),  # same style as item 0: a near-duplicate
+        _item(2, "tops", None, tail=True),  # own style (its item id)
         _item(3, "shoes", "s2", fresh=True),
-        _item(4, "tops", "s2", fresh=True),   # same style as item 3
+        _item(4, "tops", "s2", fresh=True),  # same style as item 3
     )
     spec = WindowSpec(width_ms=60_000, allowed_lateness_ms=0, buckets=32)
     start = spec.start_of(T0)
     agg = PartitionAggregator(spec, TOPIC, 0)
-    agg.add_message(0, [
-        _imp(start + 1, "alice", items=items, latency=25.0),
-        _imp(start + 2, "alice", items=(_item(0, "bags"),), latency=40.5),
-        _click(start + 3, "alice"),
-        _conv(start + 4, 50.0, "alice"),
-        _conv(start + 5, 20.0, "alice"),
-    ])
+    agg.add_message(
+        0,
+        [
+            _imp(start + 1, "alice", items=items, latency=25.0),
+            _imp(start + 2, "alice", items=(_item(0, "bags"),), latency=40.5),
+            _click(start + 3, "alice"),
+            _conv(start + 4, 50.0, "alice"),
+            _conv(start + 5, 20.0, "alice"),
+        ],
+    )
     agg.close_all()
     (window,) = _windows(agg.outbox)
     sums, hist = window_arrays(window)
@@ -365,10 +393,18 @@ def test_diversity_latency_and_revenue_counters_are_exact() -> None:
     col = user_bucket("alice", 32)
     assert window.bucket_ids == (col,)
     expected = {
-        "requests": 2, "impressions": 6, "clicks": 1, "conversions": 2,
-        "revenue": 70.0, "revenue_sq": 2_500.0 + 400.0,
-        "latency_ms": 65.5, "latency_ms_sq": 625.0 + 40.5**2,
-        "distinct_categories": 3 + 1, "near_duplicates": 2 + 0, "long_tail": 2, "fresh": 2,
+        "requests": 2,
+        "impressions": 6,
+        "clicks": 1,
+        "conversions": 2,
+        "revenue": 70.0,
+        "revenue_sq": 2_500.0 + 400.0,
+        "latency_ms": 65.5,
+        "latency_ms_sq": 625.0 + 40.5**2,
+        "distinct_categories": 3 + 1,
+        "near_duplicates": 2 + 0,
+        "long_tail": 2,
+        "fresh": 2,
     }
     assert {name: sums[FIELD_INDEX[name], col] for name in BUCKET_FIELDS} == pytest.approx(expected)
     assert np.count_nonzero(sums[:, np.arange(32) != col]) == 0
@@ -393,7 +429,7 @@ def test_latency_sums_ignore_clicks_and_conversions(latencies: list[float], clic
     events += [_conv(W0 + i, 10.0, f"u{i}") for i in range(clicks // 2)]
     random.Random(clicks).shuffle(events)
     for offset in range(0, len(events), fold_every):
-        agg.add_message(offset, events[offset:offset + fold_every])
+        agg.add_message(offset, events[offset : offset + fold_every])
         agg.fold()
     agg.close_all()
     totals = merge_by_arm(_by_partial_id(_windows(agg.outbox)))[("home", "control")]

@@ -41,12 +41,19 @@ def exact(events: list[Event]) -> dict[str, tuple[int, int, int, float]]:
 async def merged(bootstrap: str) -> dict[str, tuple[int, int, int, float]]:
     totals = await read_totals(bootstrap)
     return {
-        arm: (int(t.total("impressions")), int(t.total("clicks")), int(t.total("conversions")), round(t.total("revenue"), 4))
+        arm: (
+            int(t.total("impressions")),
+            int(t.total("clicks")),
+            int(t.total("conversions")),
+            round(t.total("revenue"), 4),
+        )
         for (_, arm), t in totals.items()
     }
 
 
-async def wait_exact(bootstrap: str, expected: dict[str, tuple[int, int, int, float]], timeout_s: float) -> dict[str, tuple[int, int, int, float]]:
+async def wait_exact(
+    bootstrap: str, expected: dict[str, tuple[int, int, int, float]], timeout_s: float
+) -> dict[str, tuple[int, int, int, float]]:
     deadline = time.monotonic() + timeout_s
     got = await merged(bootstrap)
     while got != expected and time.monotonic() < deadline:
@@ -57,19 +64,28 @@ async def wait_exact(bootstrap: str, expected: dict[str, tuple[int, int, int, fl
 
 def worker_env(bootstrap: str, app_id: str) -> dict[str, str]:
     return settings_env(
-        bootstrap=bootstrap, events_partitions=PARTITIONS, window_s=2, allowed_lateness_s=0.5,
-        idle_close_s=3, checkpoint_interval_s=0.3, session_timeout_s=3, log_level="warning", app_id=app_id,
+        bootstrap=bootstrap,
+        events_partitions=PARTITIONS,
+        window_s=2,
+        allowed_lateness_s=0.5,
+        idle_close_s=3,
+        checkpoint_interval_s=0.3,
+        session_timeout_s=3,
+        log_level="warning",
+        app_id=app_id,
     )
 
 
 async def produce_slowly(bootstrap: str, events: list[Event], chunks: int, pause_s: float, source: str) -> None:
     size = -(-len(events) // chunks)
     for i in range(chunks):
-        await publish_events(bootstrap, events[i * size:(i + 1) * size], source_id=f"{source}-{i}")
+        await publish_events(bootstrap, events[i * size : (i + 1) * size], source_id=f"{source}-{i}")
         await asyncio.sleep(pause_s)
 
 
-async def test_kill_minus_nine_repeatedly_loses_and_doubles_nothing(fresh_kafka: ApacheKafkaBroker, tmp_path: Path) -> None:
+async def test_kill_minus_nine_repeatedly_loses_and_doubles_nothing(
+    fresh_kafka: ApacheKafkaBroker, tmp_path: Path
+) -> None:
     bootstrap = fresh_kafka.bootstrap
     await ensure_topics(bootstrap, catalogue_for(PARTITIONS))
     gen = TrafficGenerator(TrafficSpec(arms=("control", "a", "b")), seed=2024)

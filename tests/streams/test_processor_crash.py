@@ -102,7 +102,12 @@ def merged(log: MemoryLog) -> dict[str, tuple[int, int, int, float]]:
             partials[window.partial_id] = window
     totals = merge_by_arm(partials)
     return {
-        arm: (int(t.total("impressions")), int(t.total("clicks")), int(t.total("conversions")), round(t.total("revenue"), 6))
+        arm: (
+            int(t.total("impressions")),
+            int(t.total("clicks")),
+            int(t.total("conversions")),
+            round(t.total("revenue"), 6),
+        )
         for (_, arm), t in totals.items()
     }
 

@@ -34,7 +34,9 @@ def exact(events: list[Event]) -> dict[str, tuple[int, int, int]]:
     return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
 
-async def wait_totals(bootstrap: str, expected: dict[str, tuple[int, int, int]], timeout_s: float) -> dict[str, tuple[int, int, int]]:
+async def wait_totals(
+    bootstrap: str, expected: dict[str, tuple[int, int, int]], timeout_s: float
+) -> dict[str, tuple[int, int, int]]:
     deadline = time.monotonic() + timeout_s
     got: dict[str, tuple[int, int, int]] = {}
     while time.monotonic() < deadline:
@@ -52,8 +54,14 @@ async def wait_totals(bootstrap: str, expected: dict[str, tuple[int, int, int]],
 async def test_worker_aggregates_dead_letters_and_resumes(tansu_broker: str, tmp_path: Path) -> None:
     await ensure_topics(tansu_broker, catalogue_for(PARTITIONS))
     env = settings_env(
-        bootstrap=tansu_broker, events_partitions=PARTITIONS, window_s=5, allowed_lateness_s=1,
-        idle_close_s=2, checkpoint_interval_s=0.5, session_timeout_s=6, log_level="warning",
+        bootstrap=tansu_broker,
+        events_partitions=PARTITIONS,
+        window_s=5,
+        allowed_lateness_s=1,
+        idle_close_s=2,
+        checkpoint_interval_s=0.5,
+        session_timeout_s=6,
+        log_level="warning",
         app_id=f"it-{uuid.uuid4().hex[:8]}",
     )
     gen = TrafficGenerator(TrafficSpec(arms=("control", "treatment", "t2")), seed=42)
@@ -84,7 +92,9 @@ async def test_worker_aggregates_dead_letters_and_resumes(tansu_broker: str, tmp
     finally:
         worker.stop()
 
-    consumer = AIOKafkaConsumer("rectune.dlq", bootstrap_servers=tansu_broker, auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        "rectune.dlq", bootstrap_servers=tansu_broker, auto_offset_reset="earliest", group_id=None
+    )
     await consumer.start()
     try:
         batch = await consumer.getmany(timeout_ms=3000)
