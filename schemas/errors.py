@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 
 class SchemaError(Exception):
     """Base error of `schemas`: a message, the offending field path, the rule, a hint."""
@@ -20,3 +22,10 @@ class DecodeError(SchemaError):
 
 class SignatureError(SchemaError):
     """A signed record's signature is missing, malformed or does not verify."""
+
+
+def refuse(
+    error: type[SchemaError], field: str, rule: str, *, hint: str = "", cause: BaseException | None = None
+) -> NoReturn:
+    """Raise `error(field, rule)` (chained to `cause`): keeps call sites to one line per rule."""
+    raise error(field, rule, hint=hint) from cause
