@@ -9,7 +9,9 @@ from msgspec import Meta
 
 from schemas.events import EventTimeMs, Id
 
-AlertKind = Literal["slo_breach", "breaker_reset", "config_refused", "srm", "guardrail_breach", "rollback", "stale_config"]
+AlertKind = Literal[
+    "slo_breach", "breaker_reset", "config_refused", "srm", "guardrail_breach", "rollback", "stale_config"
+]
 
 
 class Detail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
