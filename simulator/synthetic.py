@@ -133,3 +133,28 @@ def pack(events: Sequence[Event], item_events_per_message: int) -> list[list[Eve
     if current:
         out.append(current)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class ArmTruth:
+    """Exact totals of what was produced for one arm (ground truth for tests and benchmarks)."""
+
+    impressions: int
+    clicks: int
+    conversions: int
+    revenue: float
+
+
+def truth_by_arm(events: Sequence[Event]) -> dict[str, ArmTruth]:
+    """Count produced events per arm exactly: what merged metric windows must add up to."""
+    counts: dict[str, list[float]] = {}
+    for event in events:
+        row = counts.setdefault(event.arm_id, [0, 0, 0, 0.0])
+        if isinstance(event, Impression):
+            row[0] += len(event.items)
+        elif isinstance(event, Click):
+            row[1] += 1
+        elif isinstance(event, Conversion):
+            row[2] += 1
+            row[3] += event.revenue
+    return {arm: ArmTruth(int(r[0]), int(r[1]), int(r[2]), round(r[3], 4)) for arm, r in counts.items()}

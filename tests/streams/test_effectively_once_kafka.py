@@ -17,25 +17,15 @@ from rectune.apache_kafka import ApacheKafkaBroker
 from rectune.metrics_reader import read_totals
 from rectune.processes import settings_env, start_worker
 from rectune.producer import publish_events
-from schemas.events import Click, Conversion, Event, Impression
-from simulator.synthetic import TrafficGenerator, TrafficSpec
+from schemas.events import Event
+from simulator.synthetic import TrafficGenerator, TrafficSpec, truth_by_arm
 
 PARTITIONS = 4
 START_MS = 1_767_225_600_000
 
 
 def exact(events: list[Event]) -> dict[str, tuple[int, int, int, float]]:
-    out: dict[str, list[float]] = {}
-    for e in events:
-        row = out.setdefault(e.arm_id, [0, 0, 0, 0.0])
-        if isinstance(e, Impression):
-            row[0] += len(e.items)
-        elif isinstance(e, Click):
-            row[1] += 1
-        elif isinstance(e, Conversion):
-            row[2] += 1
-            row[3] += e.revenue
-    return {k: (int(v[0]), int(v[1]), int(v[2]), round(v[3], 4)) for k, v in out.items()}
+    return {arm: (t.impressions, t.clicks, t.conversions, t.revenue) for arm, t in truth_by_arm(events).items()}
 
 
 async def merged(bootstrap: str) -> dict[str, tuple[int, int, int, float]]:

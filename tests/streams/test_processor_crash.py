@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.encode import encode_batch
-from schemas.events import Click, Conversion, Event, Impression
+from schemas.events import Event
 from schemas.metrics import MetricWindow, merge_by_arm
 from schemas.topics import DLQ, METRICS
-from simulator.synthetic import TrafficGenerator, TrafficSpec, pack
+from simulator.synthetic import TrafficGenerator, TrafficSpec, pack, truth_by_arm
 from streams.aggregate import OutRecord
 from streams.processor import StreamConfig, StreamProcessor
 from streams.windows import WindowSpec
@@ -81,17 +81,7 @@ class CrashingIO:
 
 
 def exact_totals(events: list[Event]) -> dict[str, tuple[int, int, int, float]]:
-    out: dict[str, list[float]] = {}
-    for e in events:
-        row = out.setdefault(e.arm_id, [0, 0, 0, 0.0])
-        if isinstance(e, Impression):
-            row[0] += len(e.items)
-        elif isinstance(e, Click):
-            row[1] += 1
-        elif isinstance(e, Conversion):
-            row[2] += 1
-            row[3] += e.revenue
-    return {k: (int(v[0]), int(v[1]), int(v[2]), round(v[3], 6)) for k, v in out.items()}
+    return {arm: (t.impressions, t.clicks, t.conversions, t.revenue) for arm, t in truth_by_arm(events).items()}
 
 
 def merged(log: MemoryLog) -> dict[str, tuple[int, int, int, float]]:
@@ -106,7 +96,7 @@ def merged(log: MemoryLog) -> dict[str, tuple[int, int, int, float]]:
             int(t.total("impressions")),
             int(t.total("clicks")),
             int(t.total("conversions")),
-            round(t.total("revenue"), 6),
+            round(t.total("revenue"), 4),
         )
         for (_, arm), t in totals.items()
     }

@@ -15,23 +15,14 @@ from rectune.metrics_reader import read_totals
 from rectune.processes import settings_env, start_worker
 from rectune.producer import publish_events
 from schemas.dlq import DeadLetter
-from schemas.events import Click, Conversion, Event, Impression
-from simulator.synthetic import TrafficGenerator, TrafficSpec
+from schemas.events import Event
+from simulator.synthetic import TrafficGenerator, TrafficSpec, truth_by_arm
 
 PARTITIONS = 4
 
 
 def exact(events: list[Event]) -> dict[str, tuple[int, int, int]]:
-    out: dict[str, list[int]] = {}
-    for e in events:
-        row = out.setdefault(e.arm_id, [0, 0, 0])
-        if isinstance(e, Impression):
-            row[0] += len(e.items)
-        elif isinstance(e, Click):
-            row[1] += 1
-        elif isinstance(e, Conversion):
-            row[2] += 1
-    return {k: (v[0], v[1], v[2]) for k, v in out.items()}
+    return {arm: (t.impressions, t.clicks, t.conversions) for arm, t in truth_by_arm(events).items()}
 
 
 async def wait_totals(
