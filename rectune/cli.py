@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=100, help="item events per envelope")
     p.set_defaults(handler=_cmd_produce)
 
+    __import__("rectune.config_cli").config_cli.register_config_commands(sub)
+
     p = sub.add_parser("demo", help="run the local demo on the embedded broker and Redis")
     p.add_argument("--duration-s", type=float, default=75.0)
     p.add_argument("--work-dir", default=None)

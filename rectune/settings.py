@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 from rectune.errors import SettingsError
@@ -30,6 +30,12 @@ class Settings:
     session_timeout_s: float = 10.0
     app_id: str = "rectune-streams"
     log_level: str = "info"
+    #: Config signing keys "id:hex,id:hex" (RECTUNE_CONFIG_KEYS); never printed, never defaulted in code.
+    config_keys: str = field(default="", repr=False)
+    #: Key id new config changes are signed with (RECTUNE_CONFIG_KEY_ID).
+    config_key_id: str = ""
+    #: Name of this sidecar replica in alerts, envelopes and last-known-good records.
+    sidecar_id: str = "sidecar"
 
 
 #: Environment variable of each settings field.
