@@ -1,0 +1,312 @@
+"""The issue's statistical proofs as functions: A/A validity, power at the MDE, early stopping.
+
+Each study simulates many experiments (`simulate`), reads every one
+continuously — every look, as the Online agent would — and counts outcomes:
+
+- `read_sequential`: delta-method CTR over buckets (optionally CUPED), the
+  difference treatment − control fed to the mSPRT; the experiment stops at
+  the first look with always-valid p <= α; verdict +1 (promote) or −1
+  (stop the loser) from the sign of the estimate there;
+- `read_naive`: the per-impression z-test (`simulate.naive_z_path`) peeked at
+  every look, stopping at the first |z| >= z_{1−α/2};
+- `pilot_plan`: the power gate fed as in production: the variance per
+  request and the baseline come from an A/A pilot of the same traffic (a
+  pre-period of the horizon's length), pooled over its arms;
+- `aa_study`: false promotion (verdict +1) and false decision (any verdict)
+  rates under no effect, sequential vs naive on the same data;
+- `lift_study`: detection rate within the horizon and mean stopping time
+  under a true lift (power at the MDE; early stop at 3× the MDE).
+
+Rates come with Wilson score intervals (Wilson 1927) so a reader can judge
+the Monte Carlo error.  Callers: the tests (small sizes) and
+`bench/stats.py` (full sizes).  Pure numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from agents.stats.cuped import cuped_arrays
+from agents.stats.distributions import normal_ppf
+from agents.stats.errors import StatsError
+from agents.stats.multiple import holm
+from agents.stats.power import PowerPlan, plan_experiment
+from agents.stats.ratio import ratio_arrays, ratio_estimate
+from agents.stats.sequential import always_valid_p_path, first_crossing
+from agents.stats.simulate import SimulatedExperiment, TrafficModel, naive_z_path, simulate_experiment
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """How one experiment read continuously ended: look (1-based; 0 = ran to the horizon), verdict, time."""
+
+    stop_look: int
+    verdict: int
+    stop_fraction: float
+    final_p: float
+    variance_ratio: float = math.nan
+
+
+def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Monte Carlo error of a simulated rate)."""
+    if trials <= 0 or not 0 <= successes <= trials:
+        msg = f"successes, trials: need 0 <= successes <= trials and trials > 0, got {successes}, {trials}"
+        raise StatsError(msg)
+    z = normal_ppf(0.5 + 0.5 * level)
+    p = successes / trials
+    denom = 1.0 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _stop(experiment: SimulatedExperiment, looks: np.ndarray, index: int, sign: float, final_p: float) -> Read:
+    horizon = float(experiment.look_seconds[-1])
+    if index < 0:
+        return Read(0, 0, 1.0, final_p)
+    look = int(looks[index])
+    verdict = 1 if sign > 0 else -1
+    return Read(look + 1, verdict, float(experiment.look_seconds[look]) / horizon, final_p)
+
+
+def read_sequential(
+    experiment: SimulatedExperiment,
+    tau2: float,
+    alpha: float = 0.05,
+    *,
+    cuped: bool = False,
+    treatment: int = 1,
+    control: int = 0,
+) -> Read:
+    """Read `experiment` at every look with the mSPRT on the CTR difference; stop at the first p <= alpha."""
+    pair = [control, treatment]
+    x, y = experiment.clicks[pair], experiment.impressions[pair]
+    looks = np.flatnonzero((y.sum(axis=-1) > 0.0).all(axis=0))
+    if looks.size == 0:
+        return Read(0, 0, 1.0, 1.0)
+    x, y = x[:, looks], y[:, looks]
+    ratio = math.nan
+    if cuped:
+        paths = cuped_arrays(x, y, experiment.pre_clicks[pair], experiment.pre_impressions[pair])
+        est = paths.adjusted[1] - paths.adjusted[0]
+        var = paths.adjusted_variance.sum(axis=0)
+        raw = paths.raw_variance.sum(axis=0)
+        ratio = float(var[-1] / raw[-1]) if raw[-1] > 0 else math.nan
+    else:
+        r, v = ratio_arrays(x, y)
+        est, var = r[1] - r[0], v.sum(axis=0)
+    p = always_valid_p_path(est, var, tau2)
+    index = int(first_crossing(p, alpha))
+    read = _stop(experiment, looks, index, float(est[index]) if index >= 0 else 0.0, float(p[-1]))
+    return Read(read.stop_look, read.verdict, read.stop_fraction, read.final_p, ratio)
+
+
+def read_naive(experiment: SimulatedExperiment, alpha: float = 0.05, *, treatment: int = 1, control: int = 0) -> Read:
+    """Read with the naive per-impression z-test at every look; stop at the first |z| >= z_{1−α/2}."""
+    z = naive_z_path(experiment, treatment, control)
+    looks = np.flatnonzero(np.isfinite(z))
+    crit = normal_ppf(1.0 - alpha / 2.0)
+    hit = np.flatnonzero(np.abs(z[looks]) >= crit)
+    index = int(hit[0]) if hit.size else -1
+    final_p = math.erfc(abs(float(z[looks[-1]])) / math.sqrt(2.0)) if looks.size else 1.0
+    return _stop(experiment, looks, index, float(z[looks[index]]) if index >= 0 else 0.0, final_p)
+
+
+def pilot_plan(
+    model: TrafficModel,
+    rng: np.random.Generator,
+    *,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    target_mde: float | None = None,
+    variance_confidence: float | None = 0.8,
+) -> PowerPlan:
+    """The power gate on variance per request measured from one A/A pilot of `model` (pooled over its arms).
+
+    The pooled estimate has arms·(buckets − 1) degrees of freedom; with
+    `variance_confidence` set, the gate plans on its upper confidence limit
+    (Browne 1995), with None on the point estimate.
+    """
+    pilot = simulate_experiment(model, [0.0] * model.arms, rng)
+    per_unit = []
+    for a in range(model.arms):
+        est = ratio_estimate(pilot.clicks[a, -1], pilot.impressions[a, -1])
+        per_unit.append(est.variance * float(pilot.requests[a, -1].sum()))
+    baseline = float(pilot.clicks[:, -1].sum() / pilot.impressions[:, -1].sum())
+    return plan_experiment(
+        baseline=baseline,
+        variance_per_unit=float(np.mean(per_unit)),
+        units_per_second=float(pilot.requests[:, -1].sum()) / model.horizon_seconds,
+        horizon_seconds=model.horizon_seconds,
+        treatments=model.arms - 1,
+        alpha=alpha,
+        power=power,
+        target_mde=target_mde,
+        variance_dof=None if variance_confidence is None else float(model.arms * (model.buckets - 1)),
+        variance_confidence=0.8 if variance_confidence is None else variance_confidence,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AAStudy:
+    """A/A outcomes over `runs` experiments: false promotions (+1) and false decisions (any), per method."""
+
+    runs: int
+    alpha: float
+    false_promotions: int
+    false_decisions: int
+    naive_false_promotions: int
+    naive_false_decisions: int
+    cuped_false_promotions: int
+    cuped_false_decisions: int
+    cuped_variance_ratio: float
+
+    @property
+    def false_promotion_rate(self) -> float:
+        """Share of A/A runs the sequential read promoted (the issue's headline, must be <= 5%)."""
+        return self.false_promotions / self.runs
+
+    @property
+    def naive_false_promotion_rate(self) -> float:
+        """Share of A/A runs the naive peeked per-impression test promoted."""
+        return self.naive_false_promotions / self.runs
+
+
+def aa_study(
+    model: TrafficModel, tau2: float, runs: int, rng: np.random.Generator, *, alpha: float = 0.05, cuped: bool = True
+) -> AAStudy:
+    """`runs` A/A experiments read continuously by the mSPRT (raw and CUPED) and by the naive test."""
+    if runs < 1:
+        msg = f"runs: need at least 1, got {runs}"
+        raise StatsError(msg)
+    counts = np.zeros(6, dtype=np.int64)
+    ratios = []
+    for _ in range(runs):
+        exp = simulate_experiment(model, [0.0] * model.arms, rng)
+        reads = [read_sequential(exp, tau2, alpha), read_naive(exp, alpha)]
+        if cuped:
+            reads.append(read_sequential(exp, tau2, alpha, cuped=True))
+            ratios.append(reads[-1].variance_ratio)
+        for i, read in enumerate(reads):
+            counts[2 * i] += read.verdict == 1
+            counts[2 * i + 1] += read.verdict != 0
+    c = [int(v) for v in counts]
+    return AAStudy(runs, alpha, c[0], c[1], c[2], c[3], c[4], c[5], float(np.mean(ratios)) if ratios else math.nan)
+
+
+@dataclass(frozen=True, slots=True)
+class LiftStudy:
+    """Outcomes under a true lift of `mde_multiple` × the gate's MDE: detections, wrong-sign stops, stop time."""
+
+    runs: int
+    mde_multiple: float
+    mean_lift: float
+    mean_mde: float
+    mde_spread: float
+    detections: int
+    wrong_sign: int
+    mean_stop_fraction: float
+
+    @property
+    def detection_rate(self) -> float:
+        """Share of runs that promoted the (truly better) treatment within the horizon."""
+        return self.detections / self.runs
+
+    @property
+    def saving(self) -> float:
+        """1 − mean stop time / horizon (runs that never stop count as the full horizon)."""
+        return 1.0 - self.mean_stop_fraction
+
+
+def lift_study(
+    model: TrafficModel,
+    runs: int,
+    rng: np.random.Generator,
+    *,
+    mde_multiple: float = 1.0,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    plan: PowerPlan | None = None,
+    cuped: bool = False,
+    variance_confidence: float | None = 0.8,
+) -> LiftStudy:
+    """`runs` experiments whose arm 1 has a true lift of `mde_multiple` × the MDE the power gate reported.
+
+    With `plan=None` every run first gates on its own fresh A/A pilot
+    (`pilot_plan`), then runs at that plan's MDE and τ²: the end-to-end
+    claim "a lift equal to the reported MDE is detected", averaged over the
+    pilot's own estimation noise.  With a `plan`, all runs share it.
+    """
+    if runs < 1 or not mde_multiple > 0.0:
+        msg = f"runs, mde_multiple: need runs >= 1 and a positive multiple, got {runs}, {mde_multiple}"
+        raise StatsError(msg)
+    detections = wrong = 0
+    stops, lifts, mdes = [], [], []
+    for _ in range(runs):
+        gate = plan or pilot_plan(model, rng, alpha=alpha, power=power, variance_confidence=variance_confidence)
+        lift = mde_multiple * gate.mde_relative
+        arm_lifts = [0.0, lift] + [0.0] * (model.arms - 2)
+        read = read_sequential(simulate_experiment(model, arm_lifts, rng), gate.tau2, alpha, cuped=cuped)
+        detections += read.verdict == 1
+        wrong += read.verdict == -1
+        stops.append(read.stop_fraction)
+        lifts.append(lift)
+        mdes.append(gate.mde_relative)
+    return LiftStudy(
+        runs=runs,
+        mde_multiple=mde_multiple,
+        mean_lift=float(np.mean(lifts)),
+        mean_mde=float(np.mean(mdes)),
+        mde_spread=float(np.std(mdes)),
+        detections=detections,
+        wrong_sign=wrong,
+        mean_stop_fraction=float(np.mean(stops)),
+    )
+
+
+def read_holm(experiment: SimulatedExperiment, tau2: float, alpha: float = 0.05) -> tuple[int, ...]:
+    """Verdict per treatment arm (+1/−1/0) when every arm's always-valid p is Holm-adjusted at every look.
+
+    Each arm's verdict is the sign of its estimate at the first look where
+    Holm rejects it; the family-wise error is controlled at `alpha`.
+    """
+    arms = experiment.clicks.shape[0]
+    looks = np.flatnonzero((experiment.impressions.sum(axis=-1) > 0.0).all(axis=0))
+    r, v = ratio_arrays(experiment.clicks[:, looks], experiment.impressions[:, looks])
+    est = r[1:] - r[0]
+    p = always_valid_p_path(est, v[1:] + v[0], tau2)
+    verdicts = [0] * (arms - 1)
+    for k in range(looks.size):
+        result = holm(p[:, k].tolist(), alpha)
+        for i, rejected in enumerate(result.reject):
+            if rejected and verdicts[i] == 0:
+                verdicts[i] = 1 if est[i, k] > 0 else -1
+    return tuple(verdicts)
+
+
+@dataclass(frozen=True, slots=True)
+class HolmStudy:
+    """Multi-arm A/A outcomes under Holm: runs with any false promotion / any false decision (family-wise)."""
+
+    runs: int
+    treatments: int
+    family_false_promotions: int
+    family_false_decisions: int
+
+
+def aa_holm_study(
+    model: TrafficModel, tau2: float, runs: int, rng: np.random.Generator, *, alpha: float = 0.05
+) -> HolmStudy:
+    """`runs` A/A/…/A experiments (all arms equal) read continuously with Holm across the treatment arms."""
+    if runs < 1 or model.arms < 3:
+        msg = f"runs, model.shares: need runs >= 1 and at least 3 arms, got {runs}, {model.arms}"
+        raise StatsError(msg)
+    promotions = decisions = 0
+    for _ in range(runs):
+        verdicts = read_holm(simulate_experiment(model, [0.0] * model.arms, rng), tau2, alpha)
+        promotions += any(v == 1 for v in verdicts)
+        decisions += any(v != 0 for v in verdicts)
+    return HolmStudy(runs, model.arms - 1, promotions, decisions)

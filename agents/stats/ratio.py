@@ -1,0 +1,223 @@
+"""Ratio metrics over user buckets with delta-method variance (the Online agent's basic read).
+
+A ratio metric is r = Σ_b x_b / Σ_b y_b over the user buckets b = 1..n of one
+arm (CTR = clicks / impressions, conversions / requests, revenue / requests).
+Users are the randomisation unit and a bucket is a random group of users
+(`crc32(user) mod B`), so bucket sums are i.i.d. cluster sums and the
+delta method over buckets gives the variance that respects the user as unit
+(Deng, Knoblich & Lu, "Applying the Delta Method in Metric Analytics",
+KDD 2018, eq. 3):
+
+    Var(r) ≈ (1/n) · [s²_x − 2 r s_xy + r² s²_y] / ȳ²
+
+with bucket-level sample moments (ddof = 1).  Equivalently Var(r) ≈ s²_l / n
+for the linearised values l_b = (x_b − r y_b) / ȳ (the influence function of
+r), which `linearize` returns and `cuped` reuses.  Empty buckets are data
+(a bucket with no traffic is a real cluster of zero size): pass all B
+columns of `ArmTotals.sums`, not just the non-empty ones.
+
+Comparisons (`compare`) assume the two arms hold disjoint users (the sidecar
+assigns each user to one arm), so their estimates are independent:
+
+- difference d = r_T − r_C, Var(d) = Var(r_T) + Var(r_C);
+- relative lift L = r_T / r_C − 1 by the delta method on the log ratio,
+  Var(log r_T − log r_C) ≈ Var(r_T)/r_T² + Var(r_C)/r_C²; the lift's standard
+  error is (1 + L)·sd(log ratio) (the delta method on the ratio of ratios
+  gives the same first-order value) and its interval is exp(log ratio ± z·sd)
+  − 1, which is asymmetric and never below −100%.
+
+Callers: the Online agent (interim reads, guardrail metrics), `cuped`,
+`power` (variance per unit from observed buckets), `proofs` and the tests.
+Pure numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from agents.stats.distributions import normal_ppf
+from agents.stats.errors import StatsError
+from schemas.metrics import FIELD_INDEX
+
+FloatArray = npt.NDArray[np.float64]
+
+MIN_BUCKETS: Final = 2
+_HINT_BUCKETS: Final = "pass every user bucket of the arm (B columns of ArmTotals.sums), empty ones included"
+
+
+def _z(level: float) -> float:
+    if not 0.0 < level < 1.0:
+        msg = f"level: confidence level must be in (0, 1), got {level!r}"
+        raise StatsError(msg)
+    return normal_ppf(0.5 + 0.5 * level)
+
+
+def bucket_pair(
+    numerator: npt.ArrayLike, denominator: npt.ArrayLike, *, name: str = ""
+) -> tuple[FloatArray, FloatArray]:
+    """Validate a (numerator, denominator) pair of bucket arrays; returns float64 copies.
+
+    Rules: same shape, last axis = buckets (at least 2), finite values, and a
+    positive denominator total on every row.
+    """
+    prefix = f"{name}." if name else ""
+    x = np.asarray(numerator, dtype=np.float64)
+    y = np.asarray(denominator, dtype=np.float64)
+    if x.shape != y.shape or x.ndim == 0:
+        msg = f"{prefix}numerator, {prefix}denominator: must be bucket arrays of one shape, got {x.shape} and {y.shape}"
+        raise StatsError(msg, _HINT_BUCKETS)
+    if x.shape[-1] < MIN_BUCKETS:
+        msg = f"{prefix}numerator: needs at least {MIN_BUCKETS} buckets for a variance, got {x.shape[-1]}"
+        raise StatsError(msg, _HINT_BUCKETS)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        msg = f"{prefix}numerator, {prefix}denominator: must be finite (no NaN or inf)"
+        raise StatsError(msg)
+    if not (y.sum(axis=-1) > 0.0).all():
+        msg = f"{prefix}denominator: total over buckets must be positive"
+        raise StatsError(msg, "read the arm only once it has traffic")
+    return x, y
+
+
+def ratio_arrays(numerator: npt.ArrayLike, denominator: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """Ratio and delta-method variance over the LAST axis (buckets), vectorised over leading axes.
+
+    For arrays of shape (..., n) returns (r, Var(r)) of shape (...): used by
+    the simulation harness to read every look of an experiment at once.
+    """
+    x, y = bucket_pair(numerator, denominator)
+    n = x.shape[-1]
+    r = x.sum(axis=-1) / y.sum(axis=-1)
+    ybar = y.mean(axis=-1)
+    lin = (x - r[..., None] * y) / ybar[..., None]
+    var = (lin * lin).sum(axis=-1) / (n - 1) / n  # lin has mean exactly 0 by construction
+    return r, var
+
+
+def linearize(numerator: npt.ArrayLike, denominator: npt.ArrayLike) -> FloatArray:
+    """Per-bucket linearised values l_b = (x_b − r·y_b) / ȳ (mean 0; Var(r) ≈ var(l)/n).
+
+    `cuped` uses them as the response and (pre-period) covariate.
+    """
+    x, y = bucket_pair(numerator, denominator)
+    r = x.sum(axis=-1, keepdims=True) / y.sum(axis=-1, keepdims=True)
+    out: FloatArray = (x - r * y) / y.mean(axis=-1, keepdims=True)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RatioEstimate:
+    """One arm's ratio metric: value, delta-method variance, totals and bucket count."""
+
+    value: float
+    variance: float
+    numerator_total: float
+    denominator_total: float
+    buckets: int
+
+    @property
+    def se(self) -> float:
+        """Standard error sqrt(Var(r))."""
+        return math.sqrt(self.variance)
+
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        """Two-sided fixed-sample normal interval r ± z·se (not always-valid: see `sequential`)."""
+        half = _z(level) * self.se
+        return self.value - half, self.value + half
+
+
+def ratio_estimate(numerator: npt.ArrayLike, denominator: npt.ArrayLike) -> RatioEstimate:
+    """The ratio Σx/Σy of one arm with its delta-method variance over the given 1-D bucket arrays."""
+    x, y = bucket_pair(numerator, denominator)
+    if x.ndim != 1:
+        msg = f"numerator: must be 1-D (one value per bucket), got shape {x.shape}"
+        raise StatsError(msg, "use ratio_arrays for a batch of reads")
+    r, var = ratio_arrays(x, y)
+    return RatioEstimate(float(r), float(var), float(x.sum()), float(y.sum()), int(x.size))
+
+
+def ratio_from_sums(sums: npt.ArrayLike, numerator: str, denominator: str) -> RatioEstimate:
+    """`ratio_estimate` of two named rows of an arm's (fields × buckets) sums (`schemas.metrics.ArmTotals.sums`)."""
+    for arg, field in (("numerator", numerator), ("denominator", denominator)):
+        if field not in FIELD_INDEX:
+            msg = f"{arg}: {field!r} is not a bucket field; known: {sorted(FIELD_INDEX)}"
+            raise StatsError(msg)
+    table = np.asarray(sums, dtype=np.float64)
+    if table.ndim != 2 or table.shape[0] != len(FIELD_INDEX):
+        msg = f"sums: must be (fields × buckets) with {len(FIELD_INDEX)} rows, got shape {table.shape}"
+        raise StatsError(msg)
+    return ratio_estimate(table[FIELD_INDEX[numerator]], table[FIELD_INDEX[denominator]])
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Treatment vs control on one ratio metric: absolute difference and relative lift, with variances.
+
+    `lift`, `log_ratio` and `log_ratio_variance` are NaN when either arm's
+    ratio is not positive (a lift is undefined then); the difference is
+    always defined.  `difference`/`difference_variance` are what the
+    sequential test consumes (`SequentialState.update`); `log_ratio` and its
+    variance are the relative-scale alternative.
+    """
+
+    control: float
+    treatment: float
+    difference: float
+    difference_variance: float
+    lift: float
+    log_ratio: float
+    log_ratio_variance: float
+
+    @property
+    def difference_se(self) -> float:
+        """Standard error of the absolute difference."""
+        return math.sqrt(self.difference_variance)
+
+    @property
+    def lift_se(self) -> float:
+        """First-order standard error of the relative lift: (1 + lift)·sd(log ratio)."""
+        return (1.0 + self.lift) * math.sqrt(self.log_ratio_variance)
+
+    def difference_interval(self, level: float = 0.95) -> tuple[float, float]:
+        """Fixed-sample interval for the difference (for a single final read only)."""
+        half = _z(level) * self.difference_se
+        return self.difference - half, self.difference + half
+
+    def lift_interval(self, level: float = 0.95) -> tuple[float, float]:
+        """Fixed-sample interval for the lift: exp(log ratio ± z·sd) − 1 (asymmetric, > −1)."""
+        half = _z(level) * math.sqrt(self.log_ratio_variance)
+        return math.expm1(self.log_ratio - half), math.expm1(self.log_ratio + half)
+
+
+def comparison(
+    control: float, control_variance: float, treatment: float, treatment_variance: float
+) -> Comparison:
+    """Build a `Comparison` from two independent arm estimates and their variances (also used by `cuped`)."""
+    values = (control, control_variance, treatment, treatment_variance)
+    if not all(math.isfinite(v) for v in values) or control_variance < 0.0 or treatment_variance < 0.0:
+        msg = f"control, treatment: estimates must be finite with non-negative variances, got {values}"
+        raise StatsError(msg)
+    if control > 0.0 and treatment > 0.0:
+        log_ratio = math.log(treatment / control)
+        log_var = treatment_variance / treatment**2 + control_variance / control**2
+        lift = math.expm1(log_ratio)
+    else:
+        log_ratio = log_var = lift = math.nan
+    return Comparison(
+        control=control,
+        treatment=treatment,
+        difference=treatment - control,
+        difference_variance=treatment_variance + control_variance,
+        lift=lift,
+        log_ratio=log_ratio,
+        log_ratio_variance=log_var,
+    )
+
+
+def compare(control: RatioEstimate, treatment: RatioEstimate) -> Comparison:
+    """Difference and relative lift of `treatment` over `control` (independent arms, disjoint users)."""
+    return comparison(control.value, control.variance, treatment.value, treatment.variance)
