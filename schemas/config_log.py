@@ -253,14 +253,17 @@ def fold(
     state = ServingState()
     refused: list[Refusal] = []
     for change in changes:
-        if until_version is not None and change.version > until_version:
-            break
-        if until_ms is not None and change.created_ms > until_ms:
-            break
         try:
-            state = apply(state, change, keyring, guardrails)
+            candidate = apply(state, change, keyring, guardrails)
         except (ConfigError, SignatureError) as err:
             refused.append(Refusal(change, err))
+            continue
+        # Judge the point on accepted changes only: a refused change may carry any version or time.
+        if (until_version is not None and candidate.version > until_version) or (
+            until_ms is not None and change.created_ms > until_ms
+        ):
+            break
+        state = candidate
     return FoldResult(state, tuple(refused))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import msgspec
@@ -39,6 +39,10 @@ from streams.windows import WindowSpec
 _json: Final = msgspec.json.Encoder()
 #: Rows folded into numpy at once; bounds memory of not-yet-folded events.
 FOLD_EVERY_ROWS: Final = 50_000
+#: Envelope sequence numbers remembered below each source's highest, per partition.
+SEQ_WINDOW: Final = 256
+#: Sources remembered per partition (oldest forgotten first).
+MAX_SOURCES: Final = 10_000
 #: Width of a pending row: the user bucket, then one value per BUCKET_FIELDS entry.
 ROW_WIDTH: Final = 1 + N_FIELDS
 
@@ -74,6 +78,7 @@ class Counters:
     rejected_messages: int = 0
     rejected_events: int = 0
     windows_closed: int = 0
+    duplicate_messages: int = 0
 
 
 class PartitionAggregator:
@@ -98,6 +103,9 @@ class PartitionAggregator:
         # group exists: lets the per-message close check skip scanning rows.
         self._open_starts: set[int] = set()
         self._has_late = False
+        # source_id -> (highest seq seen, bitmask of seqs seen in [high - SEQ_WINDOW, high]):
+        # a producer retry re-sends an envelope with the same (source_id, seq).
+        self.sources: dict[str, tuple[int, int]] = {}
 
     # -- feeding ---------------------------------------------------------------
 
@@ -156,16 +164,48 @@ class PartitionAggregator:
         self.watermark_ms = newest
         self.next_offset = offset + 1
         c = self.counters
-        self.counters = Counters(
-            c.messages + 1,
-            c.item_events + items_total,
-            c.late_item_events + late_items,
-            c.rejected_messages,
-            c.rejected_events,
-            c.windows_closed,
+        self.counters = replace(
+            c,
+            messages=c.messages + 1,
+            item_events=c.item_events + items_total,
+            late_item_events=c.late_item_events + late_items,
         )
         if len(rows) >= FOLD_EVERY_ROWS:
             self.fold()
+
+    def is_duplicate(self, source_id: str, seq: int) -> bool:
+        """Whether the envelope (source_id, seq) was already folded here; records it if not.
+
+        Called by the stream worker before `add_message`.  A seq further below
+        the source's highest than the window cannot be judged and is accepted
+        (producers keep at most a few dozen envelopes in flight).
+        """
+        entry = self.sources.get(source_id)
+        if entry is None:
+            if len(self.sources) >= MAX_SOURCES:
+                del self.sources[next(iter(self.sources))]
+            self.sources[source_id] = (seq, 1)
+            return False
+        high, mask = entry
+        if seq > high:
+            shift = seq - high
+            mask = ((mask << shift) | 1) & ((1 << (SEQ_WINDOW + 1)) - 1) if shift <= SEQ_WINDOW else 1
+            self.sources[source_id] = (seq, mask)
+            return False
+        back = high - seq
+        if back > SEQ_WINDOW:
+            return False
+        bit = 1 << back
+        if mask & bit:
+            return True
+        self.sources[source_id] = (high, mask | bit)
+        return False
+
+    def skip_duplicate(self, offset: int) -> None:
+        """Advance past a duplicate envelope without folding it."""
+        self.next_offset = offset + 1
+        c = self.counters
+        self.counters = replace(c, messages=c.messages + 1, duplicate_messages=c.duplicate_messages + 1)
 
     def reject(
         self,
@@ -192,13 +232,11 @@ class PartitionAggregator:
         self.outbox.append(OutRecord(DLQ.name, key, _json.encode(letter)))
         c = self.counters
         whole = event_index is None
-        self.counters = Counters(
-            c.messages + (1 if whole else 0),
-            c.item_events,
-            c.late_item_events,
-            c.rejected_messages + (1 if whole else 0),
-            c.rejected_events + (0 if whole else 1),
-            c.windows_closed,
+        self.counters = replace(
+            c,
+            messages=c.messages + whole,
+            rejected_messages=c.rejected_messages + whole,
+            rejected_events=c.rejected_events + (not whole),
         )
         if whole:
             self.next_offset = offset + 1
@@ -284,15 +322,7 @@ class PartitionAggregator:
                 continue
             self.outbox.append(self._partial(key, group))
             emitted += 1
-        c = self.counters
-        self.counters = Counters(
-            c.messages,
-            c.item_events,
-            c.late_item_events,
-            c.rejected_messages,
-            c.rejected_events,
-            c.windows_closed + emitted,
-        )
+        self.counters = replace(self.counters, windows_closed=self.counters.windows_closed + emitted)
         return emitted
 
     def _partial(self, key: GroupKey, group: Group) -> OutRecord:

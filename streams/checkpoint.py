@@ -17,11 +17,12 @@ import msgspec
 import numpy as np
 
 from schemas.metrics import BUCKET_FIELDS, N_FIELDS, N_LATENCY_BINS
-from streams.aggregate import ROW_WIDTH, Counters, Group, OutRecord, PartitionAggregator
+from streams.aggregate import ROW_WIDTH, SEQ_WINDOW, Counters, Group, OutRecord, PartitionAggregator
 from streams.errors import StateError
 from streams.windows import WindowSpec
 
 CHECKPOINT_VERSION: Final = 1
+_MASK_BYTES: Final = SEQ_WINDOW // 8 + 1
 
 
 class _GroupSnap(msgspec.Struct, frozen=True, array_like=True):
@@ -74,6 +75,8 @@ class Checkpoint(msgspec.Struct, frozen=True):
     pending_rows: bytes
     pending_keys: list[_KeySnap]
     pending_versions: list[int]
+    # Envelope de-duplication memory: (source_id, highest seq, seen-bitmask bytes).
+    sources: list[tuple[str, int, bytes]]
 
 
 _encoder: Final = msgspec.msgpack.Encoder()
@@ -100,14 +103,7 @@ def encode_checkpoint(agg: PartitionAggregator) -> bytes:
         buckets=agg.spec.buckets,
         fields=list(BUCKET_FIELDS),
         latency_bins=N_LATENCY_BINS,
-        counters=[
-            c.messages,
-            c.item_events,
-            c.late_item_events,
-            c.rejected_messages,
-            c.rejected_events,
-            c.windows_closed,
-        ],
+        counters=[getattr(c, name) for name in Counters.__slots__],
         groups=[
             _GroupSnap(
                 k[0],
@@ -126,6 +122,7 @@ def encode_checkpoint(agg: PartitionAggregator) -> bytes:
         pending_rows=np.asarray(rows, dtype=np.float64).reshape(-1, ROW_WIDTH).tobytes(),
         pending_keys=[_KeySnap(*k) for k in keys],
         pending_versions=list(versions),
+        sources=[(src, high, mask.to_bytes(_MASK_BYTES, "little")) for src, (high, mask) in agg.sources.items()],
     )
     return zlib.compress(_encoder.encode(snap), 1)
 
@@ -193,5 +190,6 @@ def restore(data: bytes, spec: WindowSpec, topic: str, partition: int) -> Partit
         snap.pending_versions,
     )
     agg.outbox = [OutRecord(r.topic, r.key, r.value) for r in snap.outbox]
+    agg.sources = {src: (high, int.from_bytes(mask, "little")) for src, high, mask in snap.sources}
     agg.reopen()
     return agg

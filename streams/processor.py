@@ -180,6 +180,13 @@ class StreamProcessor:
         except DecodeError as err:
             agg.reject(offset=offset, event_index=None, error=err, payload=payload, seen_ms=timestamp_ms)
             return
+        if (
+            decoded.source_id is not None
+            and decoded.seq is not None
+            and agg.is_duplicate(decoded.source_id, decoded.seq)
+        ):
+            agg.skip_duplicate(offset)  # a producer retry: already folded
+            return
         agg.add_message(offset, decoded.events)
         for rejected in decoded.rejected:
             agg.reject(

@@ -365,11 +365,6 @@ def test_bad_changes_mixed_in_never_move_the_head() -> None:
     assert result.state.version == 1 and len(result.refused) == 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schemas.config_log.fold checks until_version/until_ms before apply, so a *refused* change with a "
-    "bogus version or created_ms stops the replay early (its docstring promises 'the first accepted change')",
-)
 def test_fold_until_ignores_refused_changes_past_the_point() -> None:
     good = [change(1, activate=True), change(2, config=with_re_rank(default_config(), list_size=10))]
     forged_future = change(99, config=default_config(), activate=True)  # refused: version skip
