@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_produce)
 
     __import__("rectune.config_cli").config_cli.register_config_commands(sub)
+    __import__("rectune.skills_cli").skills_cli.register_skills_commands(sub)
 
     p = sub.add_parser("demo", help="run the local demo on the embedded broker and Redis")
     p.add_argument("--duration-s", type=float, default=75.0)
