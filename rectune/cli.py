@@ -14,8 +14,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rectune.config_cli import register_config_commands
 from rectune.errors import RectuneError
 from rectune.settings import Settings, load_settings
+from rectune.skills_cli import register_skills_commands
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -150,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=100, help="item events per envelope")
     p.set_defaults(handler=_cmd_produce)
 
-    __import__("rectune.config_cli").config_cli.register_config_commands(sub)
-    __import__("rectune.skills_cli").skills_cli.register_skills_commands(sub)
+    register_config_commands(sub)
+    register_skills_commands(sub)
 
     p = sub.add_parser("demo", help="run the local demo on the embedded broker and Redis")
     p.add_argument("--duration-s", type=float, default=75.0)
