@@ -1,0 +1,728 @@
+"""The offline brain: `Brain` without a network — Optuna proposes, statistics summarise (no I/O, no key).
+
+Propose.  Each call builds a fresh in-memory Optuna study over the search
+space and asks it for `context.k` candidates:
+
+- *Search space*: the tunable parameters (`parameter_specs(incumbent)`)
+  restricted to the context's allow-list (`ProposalContext.parameters`; all
+  tunables when empty).  Each numeric parameter searches its trust box around
+  the incumbent (`agents.critic.TrustRegion.box`: the same step the Critic
+  enforces), clipped to its bounds and to the guardrails that bound it
+  directly (`max_candidate_cut`, `max_rank_cut`, `max_per_category_ceiling`,
+  `max_exploration_rate`, `min_mmr_lambda`, `min_list_size`); cuts search on a
+  log scale; a choice searches all its values (if the trust region allows
+  choice changes).  Parameters whose box is a single point are left out.
+- *Skillhub notes* narrow the box (`parse_skill_note`).  `SkillNote` carries
+  `stage`, `cohort`, `confidence` and a free-text `pattern`; the only
+  structured meaning taken from `pattern` is a strict leading form — anything
+  else is ignored:
+  ``<verb> <param> ...`` with verb raise/increase/higher/up or
+  lower/decrease/reduce/down; ``<param> up|down ...``; ``<param> in [a, b] ...``.
+  `<param>` is a dotted path or a leaf name (`mmr_lambda`) resolved inside the
+  note's `stage` (`re_rank` → `re_rank.mmr_lambda`); a path outside the
+  note's stage, an unknown name, or a confidence below `min_skill_confidence`
+  is ignored.  A direction with confidence c keeps the box's side in that
+  direction and shrinks the other side to (1 − c) of its width (c = 1: only
+  moves in that direction); a range intersects the box (an empty intersection
+  becomes a direction towards the range).  Trailing text ("helps cohort X")
+  is kept only to be quoted in rationales.
+- *Warm start*: the context's `metrics` readings for the configured
+  objectives (`Objective`, default maximise "ctr"), taken for the brain's
+  `cohort` ("" = overall), the last reading per (arm, metric) winning.  An arm
+  is resolved to a config when it is a control name (`control_arms`: the
+  incumbent), a `proposal_id` this brain proposed earlier, or registered with
+  `register_arm`; other arms are ignored.  Each resolved arm becomes a
+  completed trial (`study.add_trial(create_trial(...))`) when its values lie in
+  the current search box (a trial outside it cannot share the box's
+  distributions; it is counted, not used).
+- *Sampler*: TPE (`TPESampler(seed=...)`, multivariate, constant liar so a
+  batch spreads out) by default.  When readings hold two or more of the
+  configured objectives (multi-objective readings), NSGA-II
+  (`NSGAIISampler(seed=..., population_size=...)`) over those objectives;
+  past trials are assigned to generations of `population_size` in reading
+  order, so a warm start of at least one population breeds from the past.
+  `sampler="tpe"` / `"nsga2"` forces one.
+- *Each ask* becomes a candidate: floats rounded to 4 decimals (then clipped
+  to the box), at most `context.max_changes` changes (the largest moves in
+  trust steps are kept, the rest reset to the incumbent), vetted with
+  `vet_proposal` (allow-list, guardrails, cross-field rules), and dropped if
+  it repeats the incumbent, an earlier candidate, a tried config, or lies
+  within `rules.near_duplicate_distance` of the incumbent or an earlier
+  candidate.  Up to `attempts_per_candidate` asks per wanted candidate.
+- *Text*: per change, a hypothesis from the move and the past-trial slope of
+  the primary objective in that parameter, and a rationale naming the
+  sampler, the box, the warm start and the Skillhub note used.
+
+Determinism: the sampler seed of call i is derived from (`seed`, i), so two
+brains with the same seed given the same sequence of contexts propose the
+same candidates, and asking again without news does not repeat itself.
+
+Critique returns no verdicts (the Critic's hard rules do the pruning);
+summarise builds an `InsightText` from the context's figures (each effect
+with its interval: raised / lowered / not resolved).  Optuna's logging is
+set to WARNING; storage is in memory only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeAlias
+
+import msgspec
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from agents.brain import (
+    MAX_FINDING_CHARS,
+    MAX_FINDINGS,
+    MAX_HYPOTHESIS_CHARS,
+    MAX_RATIONALE_CHARS,
+    MAX_SUMMARY_CHARS,
+    MAX_TITLE_CHARS,
+    CallKind,
+    CallOutcome,
+    CallRecord,
+    CritiqueContext,
+    CritiqueVerdict,
+    Dropped,
+    InsightContext,
+    InsightText,
+    MetricReading,
+    ParamChange,
+    ParamSpec,
+    ParamValue,
+    Proposal,
+    ProposalContext,
+    SkillNote,
+    Usage,
+    clip_text,
+    parameter_specs,
+    proposal_id_for,
+    vet_proposal,
+)
+from agents.critic import CUT_PARAMS, CriticRules, candidate_distance, param_class, trust_coordinate
+from schemas.config import CascadeConfig
+from schemas.errors import SchemaError
+from schemas.guardrails import Guardrails
+
+SamplerChoice: TypeAlias = Literal["auto", "tpe", "nsga2"]
+Direction: TypeAlias = Literal["maximize", "minimize"]
+Move: TypeAlias = Literal["up", "down"]
+
+_RECORDS_KEPT: Final = 256
+_DECIMALS: Final = 4
+_UP_WORDS: Final = frozenset({"raise", "increase", "higher", "up"})
+_DOWN_WORDS: Final = frozenset({"lower", "decrease", "reduce", "down"})
+_VERBS: Final = "|".join(sorted(_UP_WORDS | _DOWN_WORDS))
+_PATH: Final = r"(?P<path>[A-Za-z_][A-Za-z0-9_.\-]*)"
+_NUM: Final = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_VERB_FIRST: Final = re.compile(rf"^\s*(?P<verb>{_VERBS})\s+{_PATH}(?=$|[\s,;:.])", re.IGNORECASE)
+_PATH_FIRST: Final = re.compile(rf"^\s*{_PATH}\s*:?\s+(?P<verb>{_VERBS})(?=$|[\s,;:.])", re.IGNORECASE)
+_RANGE: Final = re.compile(rf"^\s*{_PATH}\s*:?\s+in\s*\[\s*(?P<low>{_NUM})\s*,\s*(?P<high>{_NUM})\s*\]", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Objective:
+    """A metric the brain optimises: its `MetricReading.name` and direction."""
+
+    name: str
+    direction: Direction = "maximize"
+
+
+@dataclass(frozen=True, slots=True)
+class SkillHint:
+    """What a Skillhub note says about one parameter: a direction, or a range [low, high]."""
+
+    parameter: str
+    confidence: float
+    note: SkillNote
+    direction: Move | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def describe(self) -> str:
+        """E.g. `re_rank.mmr_lambda down (Skillhub re_rank/young, confidence 0.80)`."""
+        what = self.direction if self.direction is not None else f"in [{self.low:g}, {self.high:g}]"
+        cohort = self.note.cohort or "all"
+        return f"{self.parameter} {what} (Skillhub {self.note.stage}/{cohort}, confidence {self.confidence:.2f})"
+
+
+def _resolve_path(path: str, stage: str, specs: Mapping[str, ParamSpec]) -> str | None:
+    path = path.rstrip(".")
+    for candidate in (path, f"{stage}.{path}"):
+        if candidate in specs:
+            return candidate if candidate.split(".", 1)[0] == stage else None
+    if "." not in path:
+        matches = [name for name in specs if name.startswith(f"{stage}.") and name.rsplit(".", 1)[-1] == path]
+        if len(matches) == 1:
+            return matches[0]
+    return None
+
+
+def parse_skill_note(note: SkillNote, specs: Mapping[str, ParamSpec]) -> SkillHint | None:
+    """The hint a note gives (see the module docstring for the grammar), or None when it gives none."""
+    confidence = note.confidence
+    if not (isinstance(confidence, int | float) and math.isfinite(confidence)):
+        return None
+    confidence = min(max(float(confidence), 0.0), 1.0)
+    ranged = _RANGE.match(note.pattern)
+    if ranged is not None:
+        name = _resolve_path(ranged["path"], note.stage, specs)
+        low, high = float(ranged["low"]), float(ranged["high"])
+        if name is None or specs[name].kind == "choice" or not low <= high:
+            return None
+        return SkillHint(parameter=name, confidence=confidence, note=note, low=low, high=high)
+    matched = _VERB_FIRST.match(note.pattern) or _PATH_FIRST.match(note.pattern)
+    if matched is None:
+        return None
+    name = _resolve_path(matched["path"], note.stage, specs)
+    if name is None or specs[name].kind == "choice":
+        return None
+    direction: Move = "up" if matched["verb"].lower() in _UP_WORDS else "down"
+    return SkillHint(parameter=name, confidence=confidence, note=note, direction=direction)
+
+
+# --------------------------------------------------------------------------- search space
+
+
+@dataclass(frozen=True, slots=True)
+class _Dimension:
+    spec: ParamSpec
+    distribution: BaseDistribution
+    low: float = 0.0
+    high: float = 0.0
+    hints: tuple[SkillHint, ...] = ()
+
+
+def _guardrail_box(name: str, guardrails: Guardrails) -> tuple[float, float]:
+    limits: dict[str, tuple[float, float]] = {
+        "pre_rank.candidate_cut": (-math.inf, guardrails.max_candidate_cut),
+        "rank.cut": (-math.inf, guardrails.max_rank_cut),
+        "re_rank.max_per_category": (-math.inf, guardrails.max_per_category_ceiling),
+        "re_rank.exploration_rate": (-math.inf, guardrails.max_exploration_rate),
+        "re_rank.mmr_lambda": (guardrails.min_mmr_lambda, math.inf),
+        "re_rank.list_size": (guardrails.min_list_size, math.inf),
+    }
+    return limits.get(name, (-math.inf, math.inf))
+
+
+def _narrow(low: float, high: float, current: float, hint: SkillHint) -> tuple[float, float]:
+    direction = hint.direction
+    if hint.low is not None and hint.high is not None:
+        new_low, new_high = max(low, hint.low), min(high, hint.high)
+        if new_low <= new_high:
+            return new_low, new_high
+        direction = "up" if hint.low > high else "down"
+    keep = 1.0 - hint.confidence
+    if direction == "down" and high > current:
+        high = current + keep * (high - current)
+    elif direction == "up" and low < current:
+        low = current - keep * (current - low)
+    return low, high
+
+
+def _dimension(
+    spec: ParamSpec, rules: CriticRules, guardrails: Guardrails, hints: Sequence[SkillHint]
+) -> _Dimension | None:
+    if spec.kind == "choice":
+        if not rules.trust.choices or len(spec.choices) < 2:
+            return None
+        return _Dimension(spec, CategoricalDistribution(spec.choices))
+    low, high = rules.trust.box(spec)
+    floor, ceiling = _guardrail_box(spec.name, guardrails)
+    low, high = max(low, floor), min(high, ceiling)
+    current = float(spec.current)
+    used = tuple(sorted(hints, key=lambda h: -h.confidence))
+    for hint in used:
+        low, high = _narrow(low, high, current, hint)
+    if spec.kind == "int":
+        low, high = float(math.ceil(low - 1e-9)), float(math.floor(high + 1e-9))
+        if high <= low:
+            return None
+        return _Dimension(
+            spec, IntDistribution(int(low), int(high), log=spec.name in CUT_PARAMS and low >= 1), low, high, used
+        )
+    scale = 10.0**_DECIMALS
+    low, high = math.ceil(low * scale - 1e-6) / scale, math.floor(high * scale + 1e-6) / scale
+    if high - low <= 1.0 / scale:
+        return None
+    return _Dimension(spec, FloatDistribution(low, high), low, high, used)
+
+
+def _contains(dimension: _Dimension, value: ParamValue) -> bool:
+    if isinstance(dimension.distribution, CategoricalDistribution):
+        return value in dimension.distribution.choices
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return dimension.low - 1e-9 <= float(value) <= dimension.high + 1e-9
+
+
+def _values(config: CascadeConfig) -> dict[str, ParamValue]:
+    return {spec.name: spec.current for spec in parameter_specs(config)}
+
+
+# --------------------------------------------------------------------------- past trials
+
+
+@dataclass(frozen=True, slots=True)
+class _Trial:
+    arm: str
+    config: CascadeConfig
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Evidence:
+    trials: tuple[_Trial, ...]
+    objectives: tuple[Objective, ...]
+    outside_box: int
+    unknown_arms: int
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _short(name: str) -> str:
+    return name.split(".", 1)[-1]
+
+
+@dataclass(slots=True)
+class _Call:
+    kind: CallKind
+    started: float = field(default_factory=time.monotonic)
+    dropped: list[Dropped] = field(default_factory=list)
+    error: str = ""
+
+
+class OfflineBrain:
+    """`Brain` with Optuna proposals and statistical summaries (see the module docstring).
+
+    `rules` supplies the trust region and the near-duplicate distance (pass the
+    Critic's, so proposals are built to pass it).  `objectives[0]` is the
+    primary objective the hypotheses speak of.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        objectives: Sequence[Objective] = (Objective("ctr"),),
+        rules: CriticRules | None = None,
+        sampler: SamplerChoice = "auto",
+        n_startup_trials: int = 6,
+        population_size: int = 8,
+        cohort: str = "",
+        min_skill_confidence: float = 0.2,
+        control_arms: Sequence[str] = ("", "control", "incumbent"),
+        memory: int = 4_096,
+        attempts_per_candidate: int = 6,
+    ) -> None:
+        if not objectives or len({o.name for o in objectives}) != len(objectives):
+            msg = "objectives: at least one, with distinct names"
+            raise ValueError(msg)
+        if sampler not in ("auto", "tpe", "nsga2"):
+            msg = f"sampler: 'auto', 'tpe' or 'nsga2', got {sampler!r}"
+            raise ValueError(msg)
+        if n_startup_trials < 1 or population_size < 2 or memory < 1 or attempts_per_candidate < 1:
+            msg = "n_startup_trials >= 1, population_size >= 2, memory >= 1, attempts_per_candidate >= 1"
+            raise ValueError(msg)
+        if not 0.0 <= min_skill_confidence <= 1.0:
+            msg = f"min_skill_confidence: must be in [0, 1], got {min_skill_confidence!r}"
+            raise ValueError(msg)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self._seed = int(seed)
+        self._objectives = tuple(objectives)
+        self._rules = rules if rules is not None else CriticRules()
+        self._sampler_choice: SamplerChoice = sampler
+        self._n_startup = n_startup_trials
+        self._population = population_size
+        self._cohort = cohort
+        self._min_confidence = min_skill_confidence
+        self._control = frozenset(control_arms)
+        self._memory_size = memory
+        self._attempts = attempts_per_candidate
+        self._arms: OrderedDict[str, CascadeConfig] = OrderedDict()
+        self._calls = 0
+        self._usage = Usage()
+        self._records: deque[CallRecord] = deque(maxlen=_RECORDS_KEPT)
+        self.last_sampler: str = ""
+        self._lock = asyncio.Lock()  # calls run in a worker thread; one at a time keeps the call index deterministic
+
+    # ---- arms
+
+    def register_arm(self, arm: str, config: CascadeConfig) -> None:
+        """Say which config an arm served, so readings for `arm` warm-start the search."""
+        self._arms[arm] = config
+        self._arms.move_to_end(arm)
+        while len(self._arms) > self._memory_size:
+            self._arms.popitem(last=False)
+
+    def _config_of(self, arm: str, incumbent: CascadeConfig) -> CascadeConfig | None:
+        if arm in self._control:
+            return incumbent
+        return self._arms.get(arm)
+
+    # ---- Brain protocol
+
+    async def propose(self, context: ProposalContext) -> list[Proposal]:
+        """Up to `context.k` vetted candidates from an Optuna study (run in a worker thread)."""
+        async with self._lock:
+            return await asyncio.to_thread(self.propose_sync, context)
+
+    async def critique(self, context: CritiqueContext) -> list[CritiqueVerdict]:
+        """No verdicts: the Critic's hard rules prune; this brain has no further objection."""
+        call = _Call("critique")
+        self._finish(call, accepted=0, outcome="ok")
+        return []
+
+    async def summarise(self, context: InsightContext) -> InsightText:
+        """A statistical summary of the decided experiment's figures."""
+        call = _Call("summarise")
+        text = self.summarise_sync(context)
+        self._finish(call, accepted=1, outcome="ok")
+        return text
+
+    def usage(self) -> Usage:
+        """Calls so far (no tokens, no cost)."""
+        return self._usage
+
+    def last_call(self) -> CallRecord | None:
+        """The record of the most recent call."""
+        return self._records[-1] if self._records else None
+
+    # ---- propose
+
+    def propose_sync(self, context: ProposalContext) -> list[Proposal]:
+        """`propose` without the event loop (deterministic for a seed and a sequence of calls)."""
+        call = _Call("propose")
+        call_index = self._calls
+        self._calls += 1
+        specs = {spec.name: spec for spec in parameter_specs(context.incumbent)}
+        wanted = [name for name in (context.parameters or tuple(specs)) if name in specs]
+        hints = self._hints(context.skills, specs)
+        dimensions = {
+            name: dim
+            for name in wanted
+            if (dim := _dimension(specs[name], self._rules, context.guardrails, hints.get(name, ()))) is not None
+        }
+        if not dimensions:
+            call.error = "no parameter of the search space can move within the trust region and guardrails"
+            self._finish(call, accepted=0, outcome="failed")
+            return []
+        evidence = self._evidence(context, dimensions)
+        study, sampler_name = self._study(evidence, dimensions, call_index)
+        self.last_sampler = sampler_name
+        tried = {_freeze(trial.config) for trial in evidence.trials}
+        proposals: list[Proposal] = []
+        incumbent_values = _values(context.incumbent)
+        distributions = {name: dim.distribution for name, dim in dimensions.items()}
+        spec_list = tuple(specs.values())
+        for attempt in range(context.k * self._attempts):
+            if len(proposals) >= context.k:
+                break
+            trial = study.ask(distributions)
+            changes = self._changes(trial.params, dimensions, incumbent_values, context, evidence, sampler_name)
+            reason = ""
+            try:
+                effective, config = vet_proposal(
+                    context.incumbent,
+                    changes,
+                    guardrails=context.guardrails,
+                    allowed=context.parameters,
+                    max_changes=context.max_changes,
+                )
+            except SchemaError as err:
+                reason = f"{err.field}: {err.rule}"
+            else:
+                reason = self._repeat_reason(config, context.incumbent, proposals, tried, spec_list)
+            if reason:
+                study.tell(trial, state=TrialState.FAIL)
+                call.dropped.append(Dropped(attempt, clip_text(reason, 400)))
+                continue
+            pid = proposal_id_for(effective)
+            title = clip_text(
+                f"offline {sampler_name}: " + ", ".join(_move_text(c, specs) for c in effective), MAX_TITLE_CHARS
+            )
+            proposals.append(Proposal(proposal_id=pid, title=title, changes=effective, config=config))
+        for proposal in proposals:
+            self.register_arm(proposal.proposal_id, proposal.config)
+        outcome: CallOutcome = "ok" if proposals else "malformed"
+        if proposals and call.dropped:
+            outcome = "partial"
+        self._finish(call, accepted=len(proposals), outcome=outcome)
+        return proposals
+
+    def _hints(self, skills: Sequence[SkillNote], specs: Mapping[str, ParamSpec]) -> dict[str, tuple[SkillHint, ...]]:
+        found: dict[str, list[SkillHint]] = {}
+        for note in skills:
+            hint = parse_skill_note(note, specs)
+            if hint is not None and hint.confidence >= self._min_confidence:
+                found.setdefault(hint.parameter, []).append(hint)
+        return {name: tuple(items) for name, items in found.items()}
+
+    def _evidence(self, context: ProposalContext, dimensions: Mapping[str, _Dimension]) -> _Evidence:
+        names = {o.name for o in self._objectives}
+        by_arm: dict[str, dict[str, float]] = {}
+        for reading in context.metrics:
+            if reading.cohort != self._cohort or reading.name not in names or not math.isfinite(reading.value):
+                continue
+            by_arm.setdefault(reading.arm, {})[reading.name] = float(reading.value)  # the last reading wins
+        unknown = 0
+        resolved: list[tuple[str, CascadeConfig, dict[str, float]]] = []
+        for arm, values in by_arm.items():
+            config = self._config_of(arm, context.incumbent)
+            if config is None:
+                unknown += 1
+                continue
+            resolved.append((arm, config, values))
+        present = tuple(o for o in self._objectives if any(o.name in values for _, _, values in resolved))
+        if self._sampler_choice == "tpe" or not present:
+            present = present[:1] or self._objectives[:1]
+        trials: list[_Trial] = []
+        outside = 0
+        for arm, config, values in resolved:
+            if not all(o.name in values for o in present):
+                continue
+            current = _values(config)
+            if not all(_contains(dim, current.get(name, dim.spec.current)) for name, dim in dimensions.items()):
+                outside += 1
+                continue
+            trials.append(_Trial(arm, config, tuple(values[o.name] for o in present)))
+        return _Evidence(tuple(trials), present, outside, unknown)
+
+    def _study(
+        self, evidence: _Evidence, dimensions: Mapping[str, _Dimension], call_index: int
+    ) -> tuple[optuna.Study, str]:
+        seed = int(np.random.SeedSequence([self._seed, call_index]).generate_state(1)[0])
+        directions = [o.direction for o in evidence.objectives]
+        use_nsga = self._sampler_choice == "nsga2" or (self._sampler_choice == "auto" and len(directions) > 1)
+        sampler: optuna.samplers.BaseSampler
+        if use_nsga:
+            sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=self._population)
+            name = "nsga2"
+        else:
+            # Optuna 5 defaults: multivariate TPE for one objective, constant liar on (a batch spreads out).
+            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self._n_startup, constant_liar=True)
+            name = "tpe"
+        study = optuna.create_study(directions=directions, sampler=sampler)
+        distributions = {name_: dim.distribution for name_, dim in dimensions.items()}
+        generation_key = f"{type(sampler).__name__}:generation"
+        for index, trial in enumerate(evidence.trials):
+            current = _values(trial.config)
+            params = {n: _param_value(dim, current.get(n, dim.spec.current)) for n, dim in dimensions.items()}
+            attrs: dict[str, Any] = {generation_key: index // self._population} if use_nsga else {}
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=params, distributions=distributions, values=list(trial.values), system_attrs=attrs
+                )
+            )
+        return study, name
+
+    def _changes(
+        self,
+        params: Mapping[str, Any],
+        dimensions: Mapping[str, _Dimension],
+        incumbent: Mapping[str, ParamValue],
+        context: ProposalContext,
+        evidence: _Evidence,
+        sampler_name: str,
+    ) -> list[ParamChange]:
+        moves: list[tuple[float, str, ParamValue]] = []
+        for name, raw in params.items():
+            dim = dimensions[name]
+            value = _rounded(dim, raw)
+            if value == incumbent[name]:
+                continue
+            moves.append((abs(trust_coordinate(dim.spec, value, self._rules.trust)), name, value))
+        moves.sort(key=lambda m: (-m[0], m[1]))
+        kept = sorted(moves[: context.max_changes], key=lambda m: list(dimensions).index(m[1]))
+        return [
+            ParamChange(
+                name=name,
+                value=value,
+                hypothesis=clip_text(self._hypothesis(dimensions[name], value, evidence), MAX_HYPOTHESIS_CHARS),
+                rationale=clip_text(self._rationale(dimensions[name], evidence, sampler_name), MAX_RATIONALE_CHARS),
+            )
+            for _, name, value in kept
+        ]
+
+    def _repeat_reason(
+        self,
+        config: CascadeConfig,
+        incumbent: CascadeConfig,
+        proposals: Sequence[Proposal],
+        tried: set[bytes],
+        specs: Sequence[ParamSpec],
+    ) -> str:
+        limit = self._rules.near_duplicate_distance
+        if _freeze(config) in tried:
+            return "repeats a config already tried"
+        distance = candidate_distance(config, incumbent, specs, self._rules.trust)
+        if distance < limit:
+            return f"near-duplicate of the incumbent ({distance:.3f} trust steps < {limit:g})"
+        for earlier in proposals:
+            distance = candidate_distance(config, earlier.config, specs, self._rules.trust)
+            if distance < limit:
+                return f"near-duplicate of {earlier.proposal_id} ({distance:.3f} trust steps < {limit:g})"
+        return ""
+
+    # ---- text
+
+    def _hypothesis(self, dim: _Dimension, value: ParamValue, evidence: _Evidence) -> str:
+        spec = dim.spec
+        primary = evidence.objectives[0] if evidence.objectives else self._objectives[0]
+        if spec.kind == "choice":
+            return f"switch {spec.name} {spec.current} -> {value}: effect on {primary.name} unknown, exploratory"
+        old, new = float(spec.current), float(value)
+        verb = "raise" if new > old else "lower"
+        change = f"{verb} {spec.name} {_fmt(spec.current)} -> {_fmt(value)}"
+        if old != 0.0:
+            change += f" ({(new - old) / abs(old):+.0%})"
+        slope, n = _slope(evidence, spec.name)
+        if slope is None or slope == 0.0:
+            return f"{change}: exploratory, no past-trial trend in {primary.name} for this parameter"
+        good = slope * (new - old) > 0.0
+        if primary.direction == "minimize":
+            good = not good
+        trend = "rises" if slope > 0 else "falls"
+        if good:
+            return f"{change} should improve {primary.name} (it {trend} with this parameter over {n} past trials)"
+        return f"{change}: against the past-trial trend ({primary.name} {trend} with it over {n} trials); exploratory"
+
+    def _rationale(self, dim: _Dimension, evidence: _Evidence, sampler_name: str) -> str:
+        spec = dim.spec
+        if isinstance(dim.distribution, CategoricalDistribution):
+            where = f"choices {list(dim.distribution.choices)}"
+        else:
+            where = f"box [{_fmt(dim.low)}, {_fmt(dim.high)}] ({param_class(spec)} trust region"
+            where += ", narrowed by the Skillhub)" if dim.hints else ")"
+        parts = [f"{sampler_name.upper()} sample in {where}"]
+        if evidence.trials:
+            primary = evidence.objectives[0]
+            pick = max if primary.direction == "maximize" else min
+            best = pick(evidence.trials, key=lambda t: t.values[0])
+            parts.append(
+                f"warm start: {len(evidence.trials)} past trials, "
+                f"best {primary.name} {best.values[0]:.4g} (arm {best.arm})"
+            )
+        else:
+            parts.append("cold start: no past trial in this box")
+        if evidence.outside_box:
+            parts.append(f"{evidence.outside_box} past trials outside the box not used")
+        parts.extend(f"{hint.describe()}: {clip_text(hint.note.pattern, 120)}" for hint in dim.hints)
+        return "; ".join(parts)
+
+    # ---- summarise
+
+    def summarise_sync(self, context: InsightContext) -> InsightText:
+        """The statistical summary of `context` (see the module docstring)."""
+        findings: list[str] = []
+        resolved = 0
+        for effect in context.effects:
+            text, decided = _effect_text(effect)
+            resolved += decided
+            findings.append(text)
+        # Only the changed paths can be named by a relevant note (their kind does not matter here).
+        specs = {c.name: ParamSpec(name=c.name, kind="float", current=0.0) for c in context.changes}
+        moved = {c.name: c.value for c in context.changes}
+        for note in context.skills:
+            hint = parse_skill_note(note, specs)
+            if hint is not None and hint.parameter in moved:
+                findings.append(f"Skillhub note relevant to this change: {hint.describe()}")
+        changes = ", ".join(f"{c.name} -> {_fmt(c.value)}" for c in context.changes) or "no parameter change"
+        summary = (
+            f"Experiment {context.experiment_id} on {context.surface}: decision {context.decision}. "
+            f"Changed: {changes}. {resolved} of {len(context.effects)} effects resolved "
+            "(interval excludes 0); the rest are not distinguishable from no effect."
+        )
+        return InsightText(
+            summary=clip_text(summary, MAX_SUMMARY_CHARS),
+            findings=tuple(clip_text(f, MAX_FINDING_CHARS) for f in findings[:MAX_FINDINGS]),
+        )
+
+    # ---- accounting
+
+    def _finish(self, call: _Call, *, accepted: int, outcome: CallOutcome) -> None:
+        self._records.append(
+            CallRecord(
+                kind=call.kind,
+                outcome=outcome,
+                attempts=1,
+                accepted=accepted,
+                dropped=tuple(call.dropped),
+                error=call.error,
+                latency_s=time.monotonic() - call.started,
+            )
+        )
+        self._usage = self._usage.plus(Usage(calls=1, failed_calls=int(outcome in ("failed", "malformed")), requests=1))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _freeze(config: CascadeConfig) -> bytes:
+    return msgspec.json.encode(config)
+
+
+def _param_value(dim: _Dimension, value: ParamValue) -> Any:
+    if isinstance(dim.distribution, CategoricalDistribution):
+        return value
+    if isinstance(dim.distribution, IntDistribution):
+        return int(value)
+    return float(value)
+
+
+def _rounded(dim: _Dimension, raw: Any) -> ParamValue:
+    if isinstance(dim.distribution, CategoricalDistribution):
+        return str(raw)
+    if isinstance(dim.distribution, IntDistribution):
+        return int(raw)
+    return min(max(round(float(raw), _DECIMALS), dim.low), dim.high)
+
+
+def _slope(evidence: _Evidence, name: str) -> tuple[float | None, int]:
+    """Least-squares slope of the primary objective in one parameter over the past trials (None if < 3 or flat)."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for trial in evidence.trials:
+        value = _values(trial.config).get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            xs.append(float(value))
+            ys.append(trial.values[0])
+    if len(xs) < 3:
+        return None, len(xs)
+    x, y = np.asarray(xs), np.asarray(ys)
+    spread = float(((x - x.mean()) ** 2).sum())
+    if spread <= 0.0:
+        return None, len(xs)
+    return float(((x - x.mean()) * (y - y.mean())).sum() / spread), len(xs)
+
+
+def _move_text(change: ParamChange, specs: Mapping[str, ParamSpec]) -> str:
+    spec = specs.get(change.name)
+    before = _fmt(spec.current) if spec is not None else "?"
+    return f"{_short(change.name)} {before}->{_fmt(change.value)}"
+
+
+def _effect_text(effect: MetricReading) -> tuple[str, bool]:
+    where = "".join([f" arm {effect.arm}" if effect.arm else "", f" cohort {effect.cohort}" if effect.cohort else ""])
+    head = f"{effect.name}{where}: {effect.value:+.4g}"
+    if effect.lower is None or effect.upper is None:
+        return f"{head} (no interval: not judged)", False
+    interval = f"{head} [{effect.lower:+.4g}, {effect.upper:+.4g}]"
+    if effect.lower > 0.0:
+        return f"{interval}: raised (interval above 0)", True
+    if effect.upper < 0.0:
+        return f"{interval}: lowered (interval below 0)", True
+    return f"{interval}: not resolved (interval includes 0)", False
