@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Annotated, Any, Final, Literal, NoReturn
+from typing import Annotated, Any, Final, Literal, NoReturn, TypeVar
 
 import msgspec
 import orjson
@@ -30,6 +30,7 @@ from schemas.guardrails import Guardrails
 
 _HINT: Final = "see schemas/config_log.py"
 MIN_KEY_BYTES: Final = 16
+V = TypeVar("V")
 
 
 def _refuse(field: str, rule: str, *, hint: str = _HINT, cause: BaseException | None = None) -> NoReturn:
@@ -155,17 +156,57 @@ class ServingState:
         return self.control_version, self.allocation
 
 
+class VersionView(Mapping[int, V]):
+    """A read-only view of an append-only, version-keyed store, up to version `limit`.
+
+    Successive states of a fold share one store, so applying a change costs
+    O(1) instead of copying every config and timeline entry (a full replay was
+    quadratic in the history's length).  Appending on top of a view that is
+    not the store's tip (two changes applied to the same state) copies the
+    visible part first, so branches never see each other's entries.
+    """
+
+    __slots__ = ("_data", "_limit")
+
+    def __init__(self, data: dict[int, V], limit: int) -> None:
+        self._data = data
+        self._limit = limit
+
+    def __getitem__(self, key: int) -> V:
+        if key > self._limit:
+            raise KeyError(key)
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[int]:
+        return (k for k in self._data if k <= self._limit)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, int) and key <= self._limit and key in self._data
+
+    def extended(self, key: int, value: V | None) -> VersionView[V]:
+        """The view up to `key` (> limit) with `value` stored at `key` (None: nothing stored)."""
+        data = self._data
+        newest = next(reversed(data), None)  # keys are only ever added in increasing order
+        if newest is not None and newest > self._limit:
+            data = {k: v for k, v in data.items() if k <= self._limit}  # branching: copy what is visible
+        if value is not None:
+            data[key] = value
+        return VersionView(data, key)
+
+
+def _view(mapping: Mapping[int, V], limit: int) -> VersionView[V]:
+    return mapping if isinstance(mapping, VersionView) else VersionView(dict(mapping), limit)
+
+
 def _next(
     state: ServingState, change: ConfigChange, control: int, allocation: Allocation | None, config: CascadeConfig | None
 ) -> ServingState:
-    configs = dict(state.configs)
-    if config is not None:
-        configs[change.version] = config
-    timeline = dict(state.timeline)
-    timeline[change.version] = (control, allocation)
-    return ServingState(
-        change.version, control, allocation, MappingProxyType(configs), MappingProxyType(timeline), change.created_ms
-    )
+    configs = _view(state.configs, state.version).extended(change.version, config)
+    timeline = _view(state.timeline, state.version).extended(change.version, (control, allocation))
+    return ServingState(change.version, control, allocation, configs, timeline, change.created_ms)
 
 
 def apply(

@@ -237,10 +237,13 @@ class _BackgroundPublisher(Generic[T]):
                 old = self._buffer.popleft()
                 self._buffered_weight -= self._weight(old)
                 self._dropped += 1
+            was_empty = not self._buffer
             self._buffer.append(item)
             self._buffered_weight += weight
             self._emitted += 1
-            wake = self._buffered_weight >= self._wake_at and not self._wake_requested
+            # Wake the publisher when an envelope is full, or when the first item arrives
+            # while it sleeps untimed on an empty buffer (it then lingers for company).
+            wake = (self._buffered_weight >= self._wake_at or was_empty) and not self._wake_requested
             if wake:
                 self._wake_requested = True
         if wake:
@@ -482,6 +485,12 @@ class _BackgroundPublisher(Generic[T]):
             if idle and closing:
                 return
             if not closing and not full and not self._outbox:
+                if idle:
+                    # Nothing buffered: sleep until emit() wakes us (no periodic wake-ups,
+                    # which would cost an idle ranker GIL time every few milliseconds).
+                    await wake.wait()
+                    self._wake_requested = False
+                    wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self._linger_s)
                 wake.clear()

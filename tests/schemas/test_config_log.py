@@ -370,3 +370,40 @@ def test_fold_until_ignores_refused_changes_past_the_point() -> None:
     forged_future = change(99, config=default_config(), activate=True)  # refused: version skip
     history = [good[0], forged_future, good[1]]
     assert fold(history, KEYS, until_version=2).state == fold(good, KEYS).state
+
+
+def test_states_share_history_but_branches_do_not_see_each_other() -> None:
+    from schemas.config import default_config as _default
+    from schemas.config_log import ConfigChange as _Change
+    from schemas.config_log import ServingState as _State
+    from schemas.config_log import apply as _apply
+    from schemas.config_log import sign as _sign
+
+    keys = Keyring.parse("k:" + "cd" * 16, "k")
+    base = _default()
+
+    def signed(version: int, list_size: int) -> _Change:
+        config = msgspec.structs.replace(base, re_rank=msgspec.structs.replace(base.re_rank, list_size=list_size))
+        change = _Change(
+            schema_version=1,
+            version=version,
+            parent_version=version - 1,
+            author="t",
+            reason="r",
+            created_ms=1_700_000_000_000 + version,
+            kind="config",
+            config=config,
+            activate=True,
+            key_id="k",
+        )
+        return _sign(change, keys)
+
+    one = _apply(_State(), signed(1, 12), keys)
+    left = _apply(one, signed(2, 10), keys)
+    right = _apply(one, signed(2, 8), keys)  # a second branch from the same state
+    left_next = _apply(left, signed(3, 9), keys)
+    assert left.control is not None and left.control.re_rank.list_size == 10
+    assert right.control is not None and right.control.re_rank.list_size == 8
+    assert left_next.configs[2].re_rank.list_size == 10
+    assert 3 not in left.configs and 3 not in one.configs and 2 not in one.timeline
+    assert sorted(left_next.configs) == [1, 2, 3] and sorted(one.configs) == [1]
