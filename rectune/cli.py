@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rectune.agents_cli import register_agents_commands
 from rectune.config_cli import register_config_commands
 from rectune.errors import RectuneError
 from rectune.settings import Settings, load_settings
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_config_commands(sub)
     register_skills_commands(sub)
+    register_agents_commands(sub)
 
     p = sub.add_parser("demo", help="run the local demo on the embedded broker and Redis")
     p.add_argument("--duration-s", type=float, default=75.0)

@@ -1,0 +1,82 @@
+"""Cumulative per-arm totals of one surface from `rectune.metrics` (thin aiokafka adapter).
+
+`MetricsFeed(bootstrap, surface)` assigns every partition of the metrics topic
+and reads from the beginning (no consumer group: each agents process keeps its
+own complete view), deduplicates partials by `partial_id` (a partial
+republished after a crash replaces its earlier copy, as `rectune metrics`
+does) and merges them per arm with `schemas.metrics.merge_by_arm`.  `poll()`
+reads what arrived; `totals()` implements `agents.loop.MetricsSource`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas.metrics import ArmTotals, MetricWindow, merge_by_arm
+from schemas.topics import METRICS
+
+log = logging.getLogger(__name__)
+_decoder = msgspec.json.Decoder(MetricWindow)
+
+
+class MetricsFeed:
+    """Merged totals of `surface`'s arms, kept up to date by `poll()`."""
+
+    def __init__(self, bootstrap: str, surface: str, *, topic: str = METRICS.name) -> None:
+        """Nothing is read until `start()`."""
+        self.bootstrap, self.surface, self.topic = bootstrap, surface, topic
+        self.partials: dict[str, MetricWindow] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._cache: dict[str, ArmTotals] | None = None
+        self.refused = 0
+
+    async def start(self) -> None:
+        """Assign every partition of the topic and seek to the beginning."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        await consumer.topics()  # refreshes the metadata
+        parts = consumer.partitions_for_topic(self.topic) or set()
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        if tps:
+            await consumer.seek_to_beginning(*tps)
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        """Close the consumer."""
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def poll(self, timeout_ms: int = 200) -> int:
+        """Read what arrived (until a fetch comes back empty); returns how many partials were read."""
+        if self._consumer is None:
+            return 0
+        read = 0
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=10_000)
+            if not batch:
+                return read
+            for records in batch.values():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    try:
+                        window = _decoder.decode(record.value)
+                    except (msgspec.ValidationError, msgspec.DecodeError):
+                        self.refused += 1
+                        continue
+                    if window.surface == self.surface:
+                        self.partials[window.partial_id] = window
+                        self._cache = None
+                        read += 1
+
+    async def totals(self) -> Mapping[str, ArmTotals]:
+        """arm id → cumulative merged totals of this surface."""
+        if self._cache is None:
+            self._cache = {arm: t for (_, arm), t in merge_by_arm(self.partials).items()}
+        return self._cache
