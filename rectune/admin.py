@@ -8,14 +8,14 @@ import contextlib
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from schemas.topics import CATALOGUE, EVENTS, STREAM_STATE, TopicSpec
+from schemas.topics import CATALOGUE, EVENTS, TopicSpec, state_topic
 
 
-def catalogue_for(events_partitions: int) -> list[TopicSpec]:
-    """The catalogue with the events (and matching state) partition count applied."""
-    out = []
+def catalogue_for(events_partitions: int, app_id: str | None = None) -> list[TopicSpec]:
+    """The catalogue with the events partition count applied, plus `app_id`'s state topic."""
+    out = [state_topic(app_id, events_partitions)] if app_id else []
     for spec in CATALOGUE:
-        if spec in (EVENTS, STREAM_STATE):
+        if spec is EVENTS:
             spec = TopicSpec(spec.name, events_partitions, spec.retention_ms, spec.cleanup_policy, spec.description)
         out.append(spec)
     return out

@@ -32,7 +32,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.processor import StreamConfig
     from streams.windows import WindowSpec
 
-    asyncio.run(ensure_topics(settings.bootstrap, catalogue_for(settings.events_partitions)))
+    asyncio.run(ensure_topics(settings.bootstrap, catalogue_for(settings.events_partitions, settings.app_id)))
     config = StreamConfig(
         topic=EVENTS.name,
         spec=WindowSpec(

@@ -46,10 +46,25 @@ STREAM_STATE: Final = TopicSpec(
     8,
     7 * DAY_MS,
     "compact,delete",
-    "stream worker checkpoints: state + source offset per events partition",
+    "stream worker checkpoints: state + source offset per events partition (one topic per app_id)",
 )
 
-CATALOGUE: Final = (EVENTS, METRICS, CONFIG, DECISIONS, ALERTS, DLQ, STREAM_STATE)
+CATALOGUE: Final = (EVENTS, METRICS, CONFIG, DECISIONS, ALERTS, DLQ)
+
+
+def state_topic(app_id: str, partitions: int) -> TopicSpec:
+    """The checkpoint topic of one stream worker group (`app_id`).
+
+    One per group: a new group on a broker where another has run must not
+    restore that group's checkpoints.
+    """
+    return TopicSpec(
+        f"{STREAM_STATE.name}.{app_id}",
+        partitions,
+        STREAM_STATE.retention_ms,
+        STREAM_STATE.cleanup_policy,
+        f"checkpoints of stream worker group {app_id!r}",
+    )
 
 
 def by_name(name: str) -> TopicSpec:

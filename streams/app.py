@@ -14,7 +14,7 @@ from typing import Any, cast
 import faust
 from faust.types import TP
 
-from schemas.topics import EVENTS, STREAM_STATE
+from schemas.topics import EVENTS, state_topic
 from streams.kafka_io import FaustStreamIO
 from streams.processor import StreamConfig, StreamProcessor
 
@@ -44,7 +44,7 @@ def build_app(
         stream_buffer_maxsize=4096,
         producer_linger_ms=1,
     )
-    io = FaustStreamIO(app, bootstrap, config.topic, STREAM_STATE.name, TP)
+    io = FaustStreamIO(app, bootstrap, config.topic, state_topic(app_id, events_partitions).name, TP)
     processor = config.build(io)
     source = app.topic(
         config.topic,

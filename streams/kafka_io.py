@@ -1,7 +1,7 @@
 """`StreamIO` over Kafka: checkpoints in the state topic, records via the Faust producer.
 
 Thin adapter: no aggregation logic lives here.  Checkpoints go to
-`rectune.streams.state`, partition = source partition, one record per
+`rectune.streams.state.<app_id>`, partition = source partition, one record per
 checkpoint, each awaited on its own so it forms its own record batch.
 Reading the latest one does not trust ListOffsets(LATEST) alone (the embedded
 broker can report less than the high watermark): it reads on from there until

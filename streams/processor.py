@@ -192,8 +192,9 @@ class StreamProcessor:
             agg.reject(
                 offset=offset, event_index=rejected.index, error=rejected.error, payload=payload, seen_ms=timestamp_ms
             )
-        if agg.close_due():
-            await self.checkpoint(partition)
+        # Closed windows wait in the outbox for the next tick's checkpoint (at most
+        # checkpoint_interval_s): checkpointing inline stalled the stream ~100 ms per close.
+        agg.close_due()
 
     # -- checkpoints -----------------------------------------------------------
 

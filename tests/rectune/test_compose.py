@@ -50,3 +50,12 @@ def test_every_variable_is_a_real_setting_with_a_valid_value(name: str, service:
     unknown = sorted(set(env) - set(ENV_VARS.values()))
     assert not unknown, f"{name}: {unknown} are not settings (see rectune/settings.py)"
     load_settings(env)  # raises SettingsError naming the variable if a value breaks a rule
+
+
+def test_each_worker_group_has_its_own_state_topic() -> None:
+    from rectune.admin import catalogue_for
+
+    a = {t.name for t in catalogue_for(4, "group-a")}
+    b = {t.name for t in catalogue_for(4, "group-b")}
+    assert "rectune.streams.state.group-a" in a and "rectune.streams.state.group-a" not in b
+    assert {t.partitions for t in catalogue_for(4, "g") if t.name.startswith("rectune.streams.state")} == {4}
