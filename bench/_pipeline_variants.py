@@ -11,14 +11,10 @@ these programs only have to consume and commit:
 - ``naive``: the baseline the issue names: a plain Faust agent over messages
   holding one event each, iterating the stream and updating a Faust `Table`
   (memory store, changelog on) once per event.
-- ``direct`` (informational, not in the issue's JSON): the library's own
-  `StreamProcessor` (strict decoding, aggregation, checkpoint + outbox +
-  commit protocol, same settings as the worker) driven by a bare aiokafka
-  `getmany` loop instead of a Faust agent: what the worker would do without
-  Faust's per-message delivery.  Bench-only I/O; its checkpoints go to their
-  own state topic so it never reads the real worker's.
+(The ``direct`` row of the benchmark is the real worker with
+``RECTUNE_ENGINE=direct``, started by ``bench/pipeline.py`` itself.)
 
-Run as ``python bench/_pipeline_variants.py {ceiling,naive,direct} --bootstrap H:P ...``.
+Run as ``python bench/_pipeline_variants.py {ceiling,naive} --bootstrap H:P ...``.
 """
 
 from __future__ import annotations
@@ -220,109 +216,6 @@ def run_naive(
     worker.execute_from_commandline()
 
 
-class DirectIO:
-    """`streams.processor.StreamIO` over a bare aiokafka consumer and producer (bench only)."""
-
-    def __init__(self, bootstrap: str, topic: str, state_topic: str, consumer: Any, producer: Any) -> None:
-        self._bootstrap = bootstrap
-        self._topic = topic
-        self._state = state_topic
-        self._consumer = consumer
-        self._producer = producer
-
-    async def load_checkpoint(self, partition: int) -> bytes | None:
-        """Latest checkpoint of a partition (the worker's own reader)."""
-        from streams.kafka_io import read_latest
-
-        return await read_latest(self._bootstrap, self._state, partition)
-
-    async def write_checkpoint(self, partition: int, data: bytes) -> None:
-        """One state record, acknowledged before returning."""
-        await self._producer.send_and_wait(self._state, data, key=str(partition).encode(), partition=partition)
-
-    async def publish(self, records: Any) -> None:
-        """Send the outbox and wait for every acknowledgement."""
-        futures = [await self._producer.send(r.topic, r.value, key=r.key) for r in records]
-        for future in futures:
-            await future
-
-    async def commit(self, partition: int, next_offset: int) -> None:
-        """Commit the group's offset of one source partition."""
-        from aiokafka import TopicPartition
-
-        await self._consumer.commit({TopicPartition(self._topic, partition): next_offset})
-
-    async def seek(self, partition: int, offset: int) -> None:
-        """Move the read position of one source partition."""
-        from aiokafka import TopicPartition
-
-        self._consumer.seek(TopicPartition(self._topic, partition), offset)
-
-    def owns(self, partition: int) -> bool:
-        """Whether the consumer is assigned this source partition."""
-        return any(tp.topic == self._topic and tp.partition == partition for tp in self._consumer.assignment())
-
-
-async def run_direct(
-    bootstrap: str, topic: str, group: str, state_topic: str, partitions: int, checkpoint_interval_s: float
-) -> None:
-    """Drive `StreamProcessor` from `getmany(max_records=1000)` until killed; checkpoints on a timer.
-
-    Same window spec and checkpoint interval as the benchmarked worker; the
-    parent times it through `group`'s committed offsets like every variant.
-    """
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from aiokafka.abc import ConsumerRebalanceListener
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    from streams.processor import StreamConfig
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        if state_topic not in set(await admin.list_topics()):
-            await admin.create_topics([NewTopic(state_topic, partitions, 1)])
-    finally:
-        await admin.close()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, max_request_size=8 * 1024 * 1024)
-    await producer.start()
-    processor = StreamConfig(topic=topic, checkpoint_interval_s=checkpoint_interval_s).build(
-        DirectIO(bootstrap, topic, state_topic, consumer, producer)
-    )
-    loop = asyncio.get_running_loop()
-
-    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-        async def on_partitions_revoked(self, revoked: Any) -> None:
-            await processor.revoke([tp.partition for tp in revoked])
-
-        async def on_partitions_assigned(self, assigned: Any) -> None:
-            await processor.assign([tp.partition for tp in assigned], loop.time())
-
-    async def ticker() -> None:
-        while True:
-            await asyncio.sleep(checkpoint_interval_s)
-            await processor.tick(loop.time())
-
-    consumer.subscribe([topic], listener=Listener())
-    await consumer.start()
-    timer = asyncio.create_task(ticker())
-    on_message = processor.on_message
-    try:
-        while True:
-            batch = await consumer.getmany(timeout_ms=500, max_records=1000)
-            now = loop.time()
-            for tp, records in batch.items():
-                for r in records:
-                    await on_message(tp.partition, r.offset, r.value, r.timestamp, now)
-    finally:
-        timer.cancel()
-        await consumer.stop()
-        await producer.stop()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line of the variant processes (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="_pipeline_variants")
@@ -339,21 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--partitions", type=int, required=True)
     p.add_argument("--commit-interval-s", type=float, default=COMMIT_EVERY_S)
     p.add_argument("--session-timeout-s", type=float, default=10.0)
-    p = sub.add_parser("direct")
-    p.add_argument("--bootstrap", required=True)
-    p.add_argument("--topic", required=True)
-    p.add_argument("--group", required=True)
-    p.add_argument("--state-topic", required=True)
-    p.add_argument("--partitions", type=int, required=True)
-    p.add_argument("--checkpoint-interval-s", type=float, default=COMMIT_EVERY_S)
     args = parser.parse_args(argv)
-    if args.variant == "direct":
-        asyncio.run(
-            run_direct(
-                args.bootstrap, args.topic, args.group, args.state_topic, args.partitions, args.checkpoint_interval_s
-            )
-        )
-    elif args.variant == "ceiling":
+    if args.variant == "ceiling":
         ends = {int(k): int(v) for k, v in json.loads(args.ends).items()}
         summary = asyncio.run(run_ceiling(args.bootstrap, args.topic, args.group, ends))
         print(json.dumps(summary), flush=True)

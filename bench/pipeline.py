@@ -420,9 +420,10 @@ def start_broker(kind: str, work_dir: Path) -> Broker:
     return Broker("kafka", kafka.bootstrap, kafka.pid or 0, kafka.stop)
 
 
-def worker_env(bootstrap: str, app_id: str, checkpoint_s: float) -> dict[str, str]:
+def worker_env(bootstrap: str, app_id: str, checkpoint_s: float, engine: str = "faust") -> dict[str, str]:
     """RECTUNE_* settings of the benchmarked worker (defaults otherwise: 60 s windows, 64 buckets)."""
     return settings_env(
+        engine=engine,
         bootstrap=bootstrap,
         events_partitions=PARTITIONS,
         app_id=app_id,
@@ -489,29 +490,12 @@ async def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict[str, Resul
         facts["broker_rss_mb"] = max(facts["broker_rss_mb"], tree_usage(broker_ps)[0] / MB)
 
         if args.direct:
-            # direct (informational): the worker's StreamProcessor without Faust, same envelopes.
+            # direct: the real `rectune worker` with RECTUNE_ENGINE=direct (the same StreamProcessor
+            # on a plain aiokafka consumer instead of a Faust agent), same envelopes.
             group = f"bench-direct-{uuid.uuid4().hex[:8]}"
-            argv = [
-                sys.executable,
-                str(VARIANTS_SCRIPT),
-                "direct",
-                "--bootstrap",
-                broker.bootstrap,
-                "--topic",
-                EVENTS.name,
-                "--group",
-                group,
-                "--state-topic",
-                f"{group}.state",
-                "--partitions",
-                str(PARTITIONS),
-                "--checkpoint-interval-s",
-                str(args.checkpoint_interval_s),
-            ]
+            env = worker_env(broker.bootstrap, group, args.checkpoint_interval_s, engine="direct")
             spawned = time.monotonic()
-            running = ManagedProcess(
-                spawn(argv, what="direct", log_path=work_dir / "direct.log", cwd=work_dir), work_dir / "direct.log"
-            )
+            running = start_worker(work_dir / "worker-direct.log", env, cwd=work_dir)
             results["direct"] = await watch("direct", broker.bootstrap, group, batched, running, spawned, timeout)
             stop_quietly(running)
             running = None
@@ -616,6 +600,7 @@ def report(args: argparse.Namespace, results: dict[str, Result], facts: dict[str
     return {
         "events": b.item_events,
         "batched_events_per_s": round(b.events_per_s),
+        "batched_direct_events_per_s": round(results["direct"].events_per_s) if "direct" in results else None,
         "single_events_per_s": round(results["single"].events_per_s),
         "naive_events_per_s": round(results["naive"].events_per_s),
         "ceiling_events_per_s": round(results["ceiling"].events_per_s),

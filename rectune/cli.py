@@ -43,6 +43,20 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         checkpoint_interval_s=settings.checkpoint_interval_s,
         idle_close_s=settings.idle_close_s,
     )
+    if settings.engine == "direct":
+        from schemas.topics import state_topic
+        from streams.direct import run_direct
+
+        asyncio.run(
+            run_direct(
+                config,
+                bootstrap=settings.bootstrap,
+                group_id=settings.app_id,
+                state_topic=state_topic(settings.app_id, settings.events_partitions).name,
+                session_timeout_s=settings.session_timeout_s,
+            )
+        )
+        return 0
     app, _ = build_app(
         config,
         bootstrap=settings.bootstrap,

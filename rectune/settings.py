@@ -30,6 +30,7 @@ class Settings:
     session_timeout_s: float = 10.0
     app_id: str = "rectune-streams"
     log_level: str = "info"
+    engine: str = "faust"
     #: Config signing keys "id:hex,id:hex" (RECTUNE_CONFIG_KEYS); never printed, never defaulted in code.
     config_keys: str = field(default="", repr=False)
     #: Key id new config changes are signed with (RECTUNE_CONFIG_KEY_ID).
@@ -78,6 +79,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         if not lo <= value <= hi:
             msg = f"{ENV_VARS[name]}: must be in [{lo}, {hi}], got {value}"
             raise SettingsError(msg, hint="see rectune/settings.py for every setting")
+    if settings.engine not in {"faust", "direct"}:
+        msg = f"{ENV_VARS['engine']}: must be 'faust' or 'direct', got {settings.engine!r}"
+        raise SettingsError(msg, hint="faust: the Faust app; direct: the same processor on a plain aiokafka consumer")
     if settings.log_level.lower() not in {"debug", "info", "warning", "error"}:
         msg = f"{ENV_VARS['log_level']}: must be one of debug, info, warning, error"
         raise SettingsError(msg)

@@ -12,6 +12,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from rectune.admin import catalogue_for, ensure_topics
 from rectune.apache_kafka import ApacheKafkaBroker
 from rectune.metrics_reader import read_totals
@@ -52,8 +54,12 @@ async def wait_exact(
     return got
 
 
-def worker_env(bootstrap: str, app_id: str) -> dict[str, str]:
+ENGINES = pytest.mark.parametrize("engine", ["faust", "direct"])
+
+
+def worker_env(bootstrap: str, app_id: str, engine: str = "faust") -> dict[str, str]:
     return settings_env(
+        engine=engine,
         bootstrap=bootstrap,
         events_partitions=PARTITIONS,
         window_s=2,
@@ -73,14 +79,15 @@ async def produce_slowly(bootstrap: str, events: list[Event], chunks: int, pause
         await asyncio.sleep(pause_s)
 
 
+@ENGINES
 async def test_kill_minus_nine_repeatedly_loses_and_doubles_nothing(
-    fresh_kafka: ApacheKafkaBroker, tmp_path: Path
+    fresh_kafka: ApacheKafkaBroker, tmp_path: Path, engine: str
 ) -> None:
     bootstrap = fresh_kafka.bootstrap
     await ensure_topics(bootstrap, catalogue_for(PARTITIONS))
     gen = TrafficGenerator(TrafficSpec(arms=("control", "a", "b")), seed=2024)
     events = list(gen.stream(START_MS, 16_000, 400.0))  # ~200k item events over 40 s of event time
-    env = worker_env(bootstrap, f"kill-{uuid.uuid4().hex[:6]}")
+    env = worker_env(bootstrap, f"kill-{uuid.uuid4().hex[:6]}", engine)
     rng = random.Random(99)
     producer = asyncio.create_task(produce_slowly(bootstrap, events, chunks=40, pause_s=0.6, source="kill"))
     kills = 0
@@ -100,12 +107,13 @@ async def test_kill_minus_nine_repeatedly_loses_and_doubles_nothing(
     assert kills == 10
 
 
-async def test_two_workers_one_leaves_mid_stream(fresh_kafka: ApacheKafkaBroker, tmp_path: Path) -> None:
+@ENGINES
+async def test_two_workers_one_leaves_mid_stream(fresh_kafka: ApacheKafkaBroker, tmp_path: Path, engine: str) -> None:
     bootstrap = fresh_kafka.bootstrap
     await ensure_topics(bootstrap, catalogue_for(PARTITIONS))
     gen = TrafficGenerator(TrafficSpec(arms=("control", "a")), seed=7)
     events = list(gen.stream(START_MS, 8_000, 400.0))
-    env = worker_env(bootstrap, f"pair-{uuid.uuid4().hex[:6]}")
+    env = worker_env(bootstrap, f"pair-{uuid.uuid4().hex[:6]}", engine)
     first = start_worker(tmp_path / "w1.log", env)
     second = start_worker(tmp_path / "w2.log", {**env, "RECTUNE_LOG_LEVEL": "info"})
     try:

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import msgspec
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from rectune.admin import catalogue_for, ensure_topics
@@ -42,9 +43,11 @@ async def wait_totals(
     return got
 
 
-async def test_worker_aggregates_dead_letters_and_resumes(tansu_broker: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["faust", "direct"])
+async def test_worker_aggregates_dead_letters_and_resumes(tansu_broker: str, tmp_path: Path, engine: str) -> None:
     await ensure_topics(tansu_broker, catalogue_for(PARTITIONS))
     env = settings_env(
+        engine=engine,
         bootstrap=tansu_broker,
         events_partitions=PARTITIONS,
         window_s=5,
