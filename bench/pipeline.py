@@ -493,9 +493,9 @@ async def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict[str, Resul
             # direct: the real `rectune worker` with RECTUNE_ENGINE=direct (the same StreamProcessor
             # on a plain aiokafka consumer instead of a Faust agent), same envelopes.
             group = f"bench-direct-{uuid.uuid4().hex[:8]}"
-            env = worker_env(broker.bootstrap, group, args.checkpoint_interval_s, engine="direct")
+            direct_env = worker_env(broker.bootstrap, group, args.checkpoint_interval_s, engine="direct")
             spawned = time.monotonic()
-            running = start_worker(work_dir / "worker-direct.log", env, cwd=work_dir)
+            running = start_worker(work_dir / "worker-direct.log", direct_env, cwd=work_dir)
             results["direct"] = await watch("direct", broker.bootstrap, group, batched, running, spawned, timeout)
             stop_quietly(running)
             running = None
