@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from typing import Final
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from rectune.admin import ensure_topics
 from rectune.errors import RectuneError
+from rectune.kafka_read import read_to_end
 from schemas.config import ConfigError
 from schemas.config_log import ConfigChange, Keyring, ServingState, apply, decode_change, encode_change, sign
 from schemas.errors import SchemaError, SignatureError
@@ -153,23 +154,8 @@ async def read_log(
 
 async def _read_log(bootstrap: str, topic: str, min_end: int) -> list[LogRecord]:
     tp = TopicPartition(topic, 0)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = max((await consumer.end_offsets([tp]))[tp], min_end)
-        out: list[LogRecord] = []
-        while True:
-            batch = await consumer.getmany(tp, timeout_ms=_SETTLE_MS, max_records=10_000)
-            records = batch.get(tp, [])
-            out.extend(LogRecord(r.offset, r.timestamp, r.value) for r in records)
-            if not records and await consumer.position(tp) >= end:
-                return out
-    finally:
-        await consumer.stop()
+    records = await read_to_end(bootstrap, [tp], settle_ms=_SETTLE_MS, min_ends={tp: min_end})
+    return [LogRecord(r.offset, r.timestamp, r.value) for r in records]
 
 
 async def publish_records(bootstrap: str, values: Sequence[bytes], topic: str = CONFIG.name) -> list[int]:

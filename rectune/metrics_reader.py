@@ -11,9 +11,10 @@ import math
 from typing import Any
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from rectune.admin import partition_count
+from rectune.kafka_read import read_to_end
 from schemas.metrics import ArmTotals, MetricWindow, latency_quantile, merge_by_arm
 from schemas.topics import METRICS
 
@@ -21,40 +22,17 @@ _decoder = msgspec.json.Decoder(MetricWindow)
 
 
 async def read_partials(bootstrap: str, *, topic: str = METRICS.name, settle_ms: int = 500) -> dict[str, MetricWindow]:
-    """Every partial on the metrics topic, deduplicated by id (reads until a fetch is empty)."""
+    """Every partial on the metrics topic, deduplicated by id (read to the end, see `rectune.kafka_read`)."""
     count = await partition_count(bootstrap, topic)
     if count == 0:
         return {}
     tps = [TopicPartition(topic, p) for p in range(count)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: dict[str, MetricWindow] = {}
-        # Read until every partition reached its end offset AND a fetch came back
-        # empty: the first alone can stop short on the embedded broker, whose
-        # ListOffsets(LATEST) may be below the high watermark; the second alone can
-        # stop before the first fetch of a slow broker returns.
-        while True:
-            batch = await consumer.getmany(*tps, timeout_ms=settle_ms, max_records=10_000)
-            for records in batch.values():
-                for record in records:
-                    if record.value is None:
-                        continue
-                    window = _decoder.decode(record.value)
-                    out[window.partial_id] = window
-            if not batch and all([await _position(consumer, tp) >= ends[tp] for tp in tps]):
-                break
-        return out
-    finally:
-        await consumer.stop()
-
-
-async def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
-    position: int = await consumer.position(tp)
-    return position
+    out: dict[str, MetricWindow] = {}
+    for record in await read_to_end(bootstrap, tps, settle_ms=settle_ms):
+        if record.value is not None:
+            window = _decoder.decode(record.value)
+            out[window.partial_id] = window
+    return out
 
 
 def totals_json(totals: dict[tuple[str, str], ArmTotals]) -> list[dict[str, Any]]:
