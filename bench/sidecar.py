@@ -86,8 +86,8 @@ from schemas.topics import CONFIG
 from serving_sidecar.candidates import CandidateSet, synthetic_candidates
 from serving_sidecar.cascade import pre_rank, rank, rank_stage, re_rank
 from serving_sidecar.holder import Snapshot
+from serving_sidecar.loop_thread import LoopThread
 from serving_sidecar.sidecar import Sidecar, SidecarConfig
-from serving_sidecar.sink import LoopThread
 
 REPO: Final = Path(__file__).resolve().parent.parent
 STORM_SCRIPT: Final = Path(__file__).resolve().parent / "_sidecar_storm.py"

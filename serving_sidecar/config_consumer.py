@@ -55,7 +55,7 @@ from schemas.guardrails import Guardrails
 from schemas.topics import CONFIG
 from serving_sidecar.holder import ConfigHolder, Snapshot
 from serving_sidecar.lkg import LkgStore, encode_lkg, make_lkg, restore
-from serving_sidecar.sink import LoopThread, cancel_requested
+from serving_sidecar.loop_thread import LoopThread, cancel_requested
 
 log = logging.getLogger(__name__)
 

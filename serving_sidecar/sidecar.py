@@ -39,7 +39,8 @@ from serving_sidecar.errors import SidecarError
 from serving_sidecar.holder import ConfigHolder, Snapshot
 from serving_sidecar.latency import LatencyMonitor
 from serving_sidecar.lkg import LkgStore, RedisLkgStore
-from serving_sidecar.sink import EventSink, KafkaAlertSink, LoopThread
+from serving_sidecar.loop_thread import LoopThread
+from serving_sidecar.sink import EventSink, KafkaAlertSink
 from serving_sidecar.tracking import TrackingToken
 
 

@@ -20,7 +20,8 @@ from rectune.embedded import free_port, start_tansu
 from schemas.decode import decode_batch
 from schemas.events import Click, Conversion, Event, EventBatch, Impression, ShownItem, item_events
 from schemas.topics import EVENTS
-from serving_sidecar.sink import EventSink, LoopThread, pack_events
+from serving_sidecar.loop_thread import LoopThread
+from serving_sidecar.sink import EventSink, pack_events
 from serving_sidecar.tracking import TrackingError, TrackingToken
 
 T0 = 1_767_225_600_000
