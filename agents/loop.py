@@ -19,20 +19,25 @@ It reads nothing and writes nothing: the only awaits are the brain's calls
 Phases (`LoopState.phase`): `idle` (propose + critique; kept candidates are
 registered) → `registering` (waits until every registered config is visible
 in the serving state, then the Online power gate plans: refuse, hold for
-approval, or allocate) → `pending_approval` (until `rectune approve`) →
+approval, or allocate) → `pending_approval` (until `rectune approve`, and
+until the A/A pre-period of `LoopSettings.pre_period_s` ends: its arms'
+totals become the CUPED covariates, `pre_period_arm`) →
 `running` (`OnlineAgent.step` per tick: interim reads, ramps, stops,
 promote / rollback / halt) → learn (Insight + Skill, on the terminal step) →
 `idle` again after a cool-down.
 
 `LoopDriver` composes the step with the I/O Protocols (`ConfigWriter`,
 `DecisionSink`, `StateStore`, `MetricsSource`, the Skillhub's `SkillStore`):
-load state, read totals and the serving head, step, execute, save.  The
+load state, read totals and the serving head, step, save the step's
+intent (`LoopState.outbox`), execute, save: a crash in between replays the
+intent instead of stepping again (no second proposal round or allocation).  The
 runtime (`agents.runtime`) gives it Kafka/Redis adapters; the tests give it
 fakes.  A restarted loop given the saved `LoopState` continues identically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -41,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, TypeAlias
 
 import msgspec
+import numpy as np
 
 from agents.actor import ActorAgent
 from agents.brain import (
@@ -55,14 +61,15 @@ from agents.brain import (
     clip_text,
 )
 from agents.critic import CriticRules, FailureMemory, FailureRecord, LatencyModel, critique
-from agents.experiment import Candidate, Decision, ExperimentState
+from agents.experiment import Candidate, Decision, ExperimentPlan, ExperimentState
 from agents.insight import ALL_COHORTS, ArmChanges, effect_readings, experiment_insights
-from agents.online import OnlineAgent, baseline_from_totals
+from agents.online import OnlineAgent, baseline_from_totals, stage_allocation
 from agents.skillhub import SkillStore
 from agents.skills import Skill, changed_skills, search_parameters, search_space, skill_notes, update_skills
 from schemas.alerts import Alert
-from schemas.config import Allocation, CascadeConfig
+from schemas.config import Allocation, ArmShare, CascadeConfig, ConfigError
 from schemas.config_log import ServingState
+from schemas.errors import SignatureError
 from schemas.metrics import ArmTotals
 
 log = logging.getLogger(__name__)
@@ -75,6 +82,7 @@ RecordKind: TypeAlias = Literal[
     "proposal", "critique", "allocation", "interim_read", "decision", "insight", "skill", "brain_call"
 ]
 _TREATMENT_ARM: Final = re.compile(r"\.(t\d+|c)$")
+_MAX_READINGS: Final = 64
 
 
 # --------------------------------------------------------------------------- state
@@ -96,6 +104,16 @@ class FailureRec(msgspec.Struct, frozen=True, kw_only=True):
     experiment_id: str = ""
 
 
+class BaselineMark(msgspec.Struct, frozen=True, array_like=True):
+    """A baseline arm's cumulative totals when the last round ended (`LoopState.baseline_mark`)."""
+
+    arm_id: str
+    windows: int
+    sums: tuple[float, ...]
+    latency_hist: tuple[int, ...]
+    buckets: int
+
+
 class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the loop needs between steps (persisted by the `StateStore` as msgpack bytes).
 
@@ -104,7 +122,12 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     Insight); `registered_after` the config head before registration (a
     candidate's version is the first later version holding its config);
     `pre_version` the head before the first allocation (what a rollback
-    restores); `cooldown_until_ms` when the next proposal round may start.
+    restores); `cooldown_until_ms` when the next proposal round may start;
+    `baseline_mark` the baseline arms' totals when the last round ended (the
+    power gate plans on the incumbent's traffic since then, not on all
+    history); `pre_period_until_ms` when the A/A pre-period (if any) ends; `outbox`
+    the actions of the step this state results from while they are being
+    executed (`LoopDriver`: saved before, cleared after; see `encode_actions`).
     """
 
     surface: str
@@ -118,6 +141,9 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     cooldown_until_ms: int = 0
     failures: tuple[FailureRec, ...] = ()
     history: tuple[str, ...] = ()
+    baseline_mark: tuple[BaselineMark, ...] = ()
+    pre_period_until_ms: int = 0
+    outbox: bytes | None = None
 
     def to_bytes(self) -> bytes:
         """msgpack bytes (exact round trip)."""
@@ -135,6 +161,32 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
 
 _state_encoder: Final = msgspec.msgpack.Encoder()
 _state_decoder: Final = msgspec.msgpack.Decoder(LoopState)
+
+
+def pre_period_arm(plan: ExperimentPlan, arm_id: str) -> str:
+    """The A/A pre-period arm of experiment arm `arm_id` (`<exp>.c` → `<exp>.pre.c`, `<exp>.t1` → `<exp>.pre.t1`).
+
+    CUPED needs each arm's pre-period sums *of its own users* per metric
+    bucket; the metric windows cannot split earlier traffic by a future arm,
+    so the loop serves an A/A allocation first with the experiment's salt:
+    same users per arm, every arm on the incumbent, arm ids from here.  Their
+    merged totals are then passed to `OnlineAgent.step` as `pre_period`.
+    """
+    return f"{plan.experiment_id}.pre{arm_id.removeprefix(plan.experiment_id)}"
+
+
+def pre_period_allocation(plan: ExperimentPlan) -> Allocation:
+    """The A/A allocation of the pre-period: the final stage's lanes, every arm serving the incumbent.
+
+    Lanes fill from their start, so a treatment arm's users at any stage are
+    among its final-stage users: the covariates cover every user it will see.
+    """
+    final = stage_allocation(plan, plan.final_stage, [True] * len(plan.treatments))
+    return Allocation(
+        experiment_id=plan.experiment_id,
+        salt=plan.salt,
+        arms=tuple(ArmShare(pre_period_arm(plan, a.arm_id), plan.control.config_version, a.share) for a in final.arms),
+    )
 
 
 # --------------------------------------------------------------------------- actions
@@ -160,7 +212,12 @@ class PublishAlert:
 
 @dataclass(frozen=True, slots=True)
 class AppendConfig:
-    """A config change to append as the next version (signed by the writer)."""
+    """A config change to append as the next version (signed by the writer).
+
+    `action_id` is set by `LoopDriver` when it saves the step's intent; a
+    writer that finds an accepted change carrying it on the log already
+    (a replay after a crash) returns that version instead of appending again.
+    """
 
     kind: Literal["config", "allocation", "rollback"]
     reason: str
@@ -169,6 +226,7 @@ class AppendConfig:
     allocation: Allocation | None = None
     restores_version: int | None = None
     proposal_id: str | None = None
+    action_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +257,8 @@ class LoopSettings:
 
     `k` candidates per round; `cooldown_s` between rounds; `window_s` the
     metric window length (baseline duration = windows × window_s);
-    `min_baseline_requests` of incumbent traffic before proposing.
+    `min_baseline_requests` of incumbent traffic before proposing;
+    `pre_period_s` > 0 runs an A/A pre-period first (see `pre_period_arm`).
     """
 
     k: int = 3
@@ -208,6 +267,7 @@ class LoopSettings:
     window_s: float = 60.0
     min_baseline_requests: float = 1.0
     objective: str = "ctr"
+    pre_period_s: float = 0.0
     rules: CriticRules = field(default_factory=CriticRules)
     latency: LatencyModel = field(default_factory=LatencyModel)
 
@@ -284,16 +344,18 @@ class AgentLoop:
         )
 
     def _metrics(self, inp: LoopInput) -> tuple[MetricReading, ...]:
+        """Each arm's primary metric (the Online policy's, e.g. ctr), for the brain's warm start (at most 64)."""
+        metric = self.online.policy.primary
         out = []
         for arm_id, totals in sorted(inp.totals.items()):
-            ctr = totals.ratio("clicks", "impressions")
-            if ctr == ctr:  # not NaN
-                out.append(MetricReading(name="ctr", value=ctr, arm=arm_id))
-        return tuple(out[:16])
+            value = totals.ratio(metric.numerator, metric.denominator)
+            if value == value:  # not NaN
+                out.append(MetricReading(name=metric.name, value=value, arm=arm_id))
+        return tuple(out[:_MAX_READINGS])
 
     async def _propose(self, state: LoopState, inp: LoopInput, out: list[Action]) -> LoopState:
         s = self.settings
-        if inp.now_ms < state.cooldown_until_ms or not self._baseline_arms(inp):
+        if inp.now_ms < state.cooldown_until_ms or not self._baseline_arms(inp, state):
             return state
         incumbent = inp.serving.control
         assert incumbent is not None  # noqa: S101 - checked by step
@@ -383,16 +445,52 @@ class AgentLoop:
         )
 
     def _cool(self, state: LoopState, inp: LoopInput) -> LoopState:
+        mark = tuple(
+            BaselineMark(
+                a,
+                t.windows,
+                tuple(np.asarray(t.sums, dtype=np.float64).ravel().tolist()),
+                tuple(np.asarray(t.latency_hist, dtype=np.int64).tolist()),
+                t.sums.shape[1],
+            )
+            for a, t in sorted(inp.totals.items())
+            if not _TREATMENT_ARM.search(a)
+        )
         return msgspec.structs.replace(
             state,
             phase="idle",
             experiment=None,
             candidates=(),
             cooldown_until_ms=inp.now_ms + int(self.settings.cooldown_s * 1000),
+            baseline_mark=mark,
         )
 
-    def _baseline_arms(self, inp: LoopInput) -> list[ArmTotals]:
-        arms = [t for a, t in inp.totals.items() if not _TREATMENT_ARM.search(a)]
+    def _baseline_arms(self, inp: LoopInput, state: LoopState) -> list[ArmTotals]:
+        """The incumbent's (non-experiment arms') totals since the last round ended (`LoopState.baseline_mark`).
+
+        Cumulative totals since the metrics topic began mix earlier incumbents,
+        and with returning users their variance per request grows with the
+        history's length (user effects do not average out), so a gate fed all
+        history refuses ever more; the traffic since the last round is recent
+        and of the current incumbent only.
+        """
+        marks = {m.arm_id: m for m in state.baseline_mark}
+        arms = []
+        for a, t in inp.totals.items():
+            if _TREATMENT_ARM.search(a):
+                continue
+            m = marks.get(a)
+            if m is not None and m.buckets == t.sums.shape[1] and len(m.sums) == t.sums.size:
+                t = ArmTotals(
+                    t.surface,
+                    a,
+                    t.sums - np.asarray(m.sums, dtype=np.float64).reshape(t.sums.shape),
+                    t.latency_hist - np.asarray(m.latency_hist, dtype=np.int64),
+                    t.item_events,
+                    t.late_item_events,
+                    t.windows - m.windows,
+                )
+            arms.append(t)
         return [t for t in arms if t.total("requests") >= self.settings.min_baseline_requests and t.windows > 0]
 
     # ---- registering: plan
@@ -413,7 +511,7 @@ class AgentLoop:
             return state
         if inp.serving.control_version != state.control_version:
             return self._cool(state, inp)  # the incumbent moved meanwhile (a human change): start over
-        baseline_arms = self._baseline_arms(inp)
+        baseline_arms = self._baseline_arms(inp, state)
         if not baseline_arms:
             return state
         seconds = max(t.windows for t in baseline_arms) * self.settings.window_s
@@ -422,8 +520,24 @@ class AgentLoop:
             Candidate(proposal_id=p.proposal_id, config_version=versions[p.proposal_id], title=p.title)
             for p in state.candidates
         ]
-        exp, decisions = self.online.plan(candidates, state.control_version, traffic, baseline, inp.now_ms)
-        state = msgspec.structs.replace(state, pre_version=inp.serving.version)
+        pre_s = self.settings.pre_period_s
+        hold = (
+            f"A/A pre-period of {pre_s:g} s first: every arm serves the incumbent (same salt, final-stage lanes), "
+            "its per-arm bucket sums become the CUPED covariates"
+            if pre_s > 0.0
+            else None
+        )
+        exp, decisions = self.online.plan(candidates, state.control_version, traffic, baseline, inp.now_ms, hold=hold)
+        if hold is not None and exp is not None and exp.status == "pending_approval":
+            aa = pre_period_allocation(exp.plan)
+            decisions = [
+                msgspec.structs.replace(d, allocation=aa) if d.kind == "hold_for_approval" else d for d in decisions
+            ]
+        state = msgspec.structs.replace(
+            state,
+            pre_version=inp.serving.version,
+            pre_period_until_ms=inp.now_ms + round(pre_s * 1000) if hold is not None else 0,
+        )
         self._emit(state, inp, decisions, out)
         if exp is None or exp.terminal:
             return self._cool(state, inp)
@@ -440,9 +554,16 @@ class AgentLoop:
         exp = state.experiment_state()
         if exp is None:
             return self._cool(state, inp)
-        if exp.experiment_id not in inp.approved:
+        if inp.now_ms < state.pre_period_until_ms:
+            return state  # the A/A pre-period is still measuring the covariates
+        if exp.plan.approval_required and exp.experiment_id not in inp.approved:
             return state
-        exp, decisions = self.online.approve(exp, inp.now_ms)
+        reason = (
+            "approved: releasing the held allocation"
+            if exp.plan.approval_required
+            else "A/A pre-period over: releasing the first stage"
+        )
+        exp, decisions = self.online.approve(exp, inp.now_ms, reason=reason)
         self._emit(state, inp, decisions, out)
         return msgspec.structs.replace(state, experiment=exp.to_bytes(), phase="running")
 
@@ -453,7 +574,9 @@ class AgentLoop:
         if exp is None:
             return self._cool(state, inp)
         arms = {a: inp.totals[a] for a in exp.plan.arm_ids if a in inp.totals}
-        exp, decisions = self.online.step(exp, arms, None, inp.now_ms)
+        pre = {a: inp.totals.get(pre_period_arm(exp.plan, a)) for a in exp.plan.arm_ids}
+        covariates = {a: t for a, t in pre.items() if t is not None}
+        exp, decisions = self.online.step(exp, arms, covariates if len(covariates) == len(pre) else None, inp.now_ms)
         self._emit(state, inp, decisions, out)
         state = msgspec.structs.replace(state, experiment=exp.to_bytes())
         if not exp.terminal:
@@ -642,7 +765,7 @@ class ApprovalSource(Protocol):
 
 
 class LoopDriver:
-    """One tick of I/O around `AgentLoop.step`: load → read → step → execute → save."""
+    """One tick of I/O around `AgentLoop.step`: load → read → step → save the intent → execute → save."""
 
     def __init__(
         self,
@@ -660,9 +783,29 @@ class LoopDriver:
         self.metrics, self.skills, self.approvals = metrics, skills, approvals
 
     async def tick(self, now_ms: int, epoch: int = 0) -> tuple[LoopState, list[Action]]:
-        """Run one step and execute its actions; the state is saved only after every action succeeded."""
+        """Run one step and execute its actions, exactly once across crashes (called by the runtime every tick).
+
+        The next state is saved first *with its actions* (`LoopState.outbox`,
+        the intent: a lease-fenced write, so a deposed leader acts on
+        nothing), then the actions run, then the state is saved without them.
+        A tick that finds an outbox (the process died in between, or an action
+        failed) executes that outbox again instead of stepping: records and
+        alerts may repeat (same `record_id`), config appends do not (each
+        carries an `action_id` the writer finds on the log).  A config change
+        the writer refuses (`ConfigError`, `SignatureError`) abandons the
+        intent: the state before it is restored and the error raised, so the
+        next tick steps again from there.
+        """
         raw = await self.store.load()
         state = LoopState.from_bytes(raw) if raw else self.loop.initial_state()
+        if state.outbox is not None:
+            box = _outbox_decoder.decode(state.outbox)
+            prior = LoopState.from_bytes(box.prior)
+            actions = decode_actions(box.actions)
+            done = msgspec.structs.replace(state, outbox=None)
+            await self._execute(actions, epoch, prior)
+            await self.store.save(done.to_bytes())
+            return done, actions
         inp = LoopInput(
             totals=await self.metrics.totals(),
             serving=await self.config.head(),
@@ -672,15 +815,80 @@ class LoopDriver:
             epoch=epoch,
         )
         new_state, actions = await self.loop.step(state, inp)
+        if actions:
+            key = hashlib.sha256(new_state.to_bytes() + str(now_ms).encode()).hexdigest()[:16]
+            actions = [
+                dataclasses.replace(a, action_id=f"{key}.{i}") if isinstance(a, AppendConfig) else a
+                for i, a in enumerate(actions)
+            ]
+            box = Outbox(prior=state.to_bytes(), actions=encode_actions(actions))
+            intent = msgspec.structs.replace(new_state, outbox=_outbox_encoder.encode(box))
+            if not await self.store.save(intent.to_bytes()):
+                log.warning("loop state not saved (lease lost?): the step's %d actions are dropped", len(actions))
+                return state, []
+            await self._execute(actions, epoch, state)
+        if new_state != state or actions:
+            await self.store.save(new_state.to_bytes())
+        return new_state, actions
+
+    async def _execute(self, actions: Sequence[Action], epoch: int, prior: LoopState) -> None:
         for action in actions:
             if isinstance(action, PublishRecord):
                 await self.sink.publish(action)
             elif isinstance(action, PublishAlert):
                 await self.sink.alert(action.alert)
             elif isinstance(action, AppendConfig):
-                await self.config.append(action, epoch)
+                try:
+                    await self.config.append(action, epoch)
+                except (ConfigError, SignatureError):
+                    await self.store.save(prior.to_bytes())  # abandon the intent (see `tick`)
+                    raise
             else:
                 await self.skills.upsert_many(action.skills)
-        if new_state != state:
-            await self.store.save(new_state.to_bytes())
-        return new_state, actions
+
+
+# --------------------------------------------------------------------------- the outbox (a step's intent)
+
+
+class Outbox(msgspec.Struct, frozen=True, array_like=True):
+    """A step's actions while they execute (`LoopState.outbox`), and the state before the step."""
+
+    prior: bytes
+    actions: tuple[tuple[str, Any], ...]
+
+
+_outbox_encoder: Final = msgspec.msgpack.Encoder()
+_outbox_decoder: Final = msgspec.msgpack.Decoder(Outbox)
+
+
+def encode_actions(actions: Sequence[Action]) -> tuple[tuple[str, Any], ...]:
+    """Actions as tagged plain data (`decode_actions` inverts it exactly); `LoopDriver` persists them."""
+    out: list[tuple[str, Any]] = []
+    for a in actions:
+        if isinstance(a, PublishRecord):
+            out.append(("record", a.record))
+        elif isinstance(a, PublishAlert):
+            out.append(("alert", msgspec.to_builtins(a.alert)))
+        elif isinstance(a, AppendConfig):
+            out.append(("config", msgspec.to_builtins(a)))
+        else:
+            out.append(("skills", [msgspec.to_builtins(s) for s in a.skills]))
+    return tuple(out)
+
+
+def decode_actions(items: Sequence[tuple[str, Any]]) -> list[Action]:
+    """The actions `encode_actions` wrote."""
+    out: list[Action] = []
+    for tag, body in items:
+        if tag == "record":
+            out.append(PublishRecord(body))
+        elif tag == "alert":
+            out.append(PublishAlert(msgspec.convert(body, Alert)))
+        elif tag == "config":
+            out.append(msgspec.convert(body, AppendConfig))
+        elif tag == "skills":
+            out.append(UpsertSkills(tuple(msgspec.convert(s, Skill) for s in body)))
+        else:
+            msg = f"outbox: unknown action tag {tag!r} (expected record, alert, config or skills)"
+            raise ValueError(msg)
+    return out

@@ -5,7 +5,8 @@ and reads from the beginning (no consumer group: each agents process keeps its
 own complete view), deduplicates partials by `partial_id` (a partial
 republished after a crash replaces its earlier copy, as `rectune metrics`
 does) and merges them per arm with `schemas.metrics.merge_by_arm`.  `poll()`
-reads what arrived; `totals()` implements `agents.loop.MetricsSource`.
+reads everything published before it (see `poll`); `totals()` implements
+`agents.loop.MetricsSource`.
 """
 
 from __future__ import annotations
@@ -53,27 +54,41 @@ class MetricsFeed:
             self._consumer = None
 
     async def poll(self, timeout_ms: int = 200) -> int:
-        """Read what arrived (until a fetch comes back empty); returns how many partials were read."""
-        if self._consumer is None:
+        """Read everything published before this call; returns how many partials of the surface were read.
+
+        Caught up means every partition's position reached the end offset
+        reported at the call AND a fetch came back empty (either alone can
+        stop short: a slow first fetch, or tansu's lagging ListOffsets), so a
+        leader that just took over ticks on complete totals, not on the first
+        fetch of a backlog.
+        """
+        consumer = self._consumer
+        if consumer is None:
             return 0
+        tps = list(consumer.assignment())
+        ends = await consumer.end_offsets(tps) if tps else {}
         read = 0
         while True:
-            batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=10_000)
-            if not batch:
-                return read
+            batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=10_000)
             for records in batch.values():
                 for record in records:
-                    if record.value is None:
-                        continue
-                    try:
-                        window = _decoder.decode(record.value)
-                    except (msgspec.ValidationError, msgspec.DecodeError):
-                        self.refused += 1
-                        continue
-                    if window.surface == self.surface:
-                        self.partials[window.partial_id] = window
-                        self._cache = None
-                        read += 1
+                    read += self._take(record.value)
+            if not batch and all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+                return read
+
+    def _take(self, value: bytes | None) -> int:
+        if value is None:
+            return 0
+        try:
+            window = _decoder.decode(value)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            self.refused += 1
+            return 0
+        if window.surface != self.surface:
+            return 0
+        self.partials[window.partial_id] = window
+        self._cache = None
+        return 1
 
     async def totals(self) -> Mapping[str, ArmTotals]:
         """arm id → cumulative merged totals of this surface."""

@@ -400,15 +400,18 @@ class OnlineAgent:
         traffic: TrafficEstimate,
         baseline: Baseline,
         now_ms: int,
+        *,
+        hold: str | None = None,
     ) -> tuple[ExperimentState | None, list[Decision]]:
         """Power-gate `candidates` against the incumbent and plan the experiment.
 
         Returns (None, [refuse]) when no candidate is usable; (state, [refuse])
         with status `refused` when the traffic cannot resolve the target MDE
         within the horizon even with one arm; otherwise a running state and
-        an `allocate` decision for stage 0, or — with `approval_required` —
-        a `pending_approval` state and a `hold_for_approval` decision.  When
-        the gate cuts arms, the decision says which and why.
+        an `allocate` decision for stage 0, or — with `approval_required`, or
+        a `hold` reason (the loop's A/A pre-period) — a `pending_approval`
+        state and a `hold_for_approval` decision that `approve` releases.
+        When the gate cuts arms, the decision says which and why.
         """
         p = self.policy
         if incumbent_version < 1:
@@ -491,11 +494,19 @@ class OnlineAgent:
             arms=tuple(ArmState(arm_id=t.arm_id) for t in plan.treatments),
         )
         figures = self._plan_figures(plan)
-        if plan.approval_required:
+        if plan.approval_required or hold is not None:
             log = _Log(state, now_ms)
             log.add(
                 "hold_for_approval",
-                [*notes, f"approval required: traffic held until `rectune approve {experiment_id}`"],
+                [
+                    *notes,
+                    *([hold] if hold is not None else []),
+                    *(
+                        [f"approval required: traffic held until `rectune approve {experiment_id}`"]
+                        if plan.approval_required
+                        else []
+                    ),
+                ],
                 0,
                 figures=figures,
             )
@@ -681,12 +692,14 @@ class OnlineAgent:
 
     # ------------------------------------------------------------------ approve
 
-    def approve(self, state: ExperimentState, now_ms: int) -> tuple[ExperimentState, list[Decision]]:
-        """Release an experiment held for approval: allocate stage 0 now (the horizon starts now)."""
+    def approve(
+        self, state: ExperimentState, now_ms: int, *, reason: str = "approved: releasing the held allocation"
+    ) -> tuple[ExperimentState, list[Decision]]:
+        """Release a held experiment (approval, or the loop's pre-period): allocate stage 0 now (horizon starts now)."""
         if state.status != "pending_approval":
             msg = f"approve: {state.plan.experiment_id} is {state.status}, not pending_approval"
             raise ExperimentError(msg)
-        return self._launch(state, now_ms, ["approved: releasing the held allocation"], self._plan_figures(state.plan))
+        return self._launch(state, now_ms, [reason], self._plan_figures(state.plan))
 
     # ------------------------------------------------------------------ step
 

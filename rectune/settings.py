@@ -37,6 +37,12 @@ class Settings:
     config_key_id: str = ""
     #: Name of this sidecar replica in alerts, envelopes and last-known-good records.
     sidecar_id: str = "sidecar"
+    #: `rectune agents`: path of the policy JSON file (Online policy + loop settings); "" = built-in defaults.
+    agents_policy: str = ""
+    #: `rectune agents`: seconds between loop ticks (each tick renews the lease).
+    agents_tick_s: float = 5.0
+    #: `rectune agents`: lease time-to-live; a standby takes over this long after a leader dies (> tick).
+    agents_lease_ttl_s: float = 15.0
 
 
 #: Environment variable of each settings field.
@@ -50,6 +56,8 @@ _RULES: Final = {
     "checkpoint_interval_s": (0.05, 3_600.0),
     "idle_close_s": (0.1, 86_400.0),
     "session_timeout_s": (1.0, 300.0),
+    "agents_tick_s": (0.05, 3_600.0),
+    "agents_lease_ttl_s": (0.5, 3_600.0),
 }
 
 

@@ -15,7 +15,10 @@ continuously — every look, as the Online agent would — and counts outcomes:
 - `aa_study`: false promotion (verdict +1) and false decision (any verdict)
   rates under no effect, sequential vs naive on the same data;
 - `lift_study`: detection rate within the horizon and mean stopping time
-  under a true lift (power at the MDE; early stop at 3× the MDE).
+  under a true lift (power at the MDE; early stop at 3× the MDE);
+- `simulated_totals`: one look of a simulated experiment as the per-arm
+  `schemas.metrics.ArmTotals` the metrics feed would give the Online agent
+  (used by the agents' unit tests).
 
 Rates come with Wilson score intervals (Wilson 1927) so a reader can judge
 the Monte Carlo error.  Callers: the tests (small sizes) and
@@ -25,6 +28,7 @@ the Monte Carlo error.  Callers: the tests (small sizes) and
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +41,7 @@ from agents.stats.power import PowerPlan, plan_experiment
 from agents.stats.ratio import ratio_arrays, ratio_estimate
 from agents.stats.sequential import always_valid_p_path, first_crossing
 from agents.stats.simulate import SimulatedExperiment, TrafficModel, naive_z_path, simulate_experiment
+from schemas.metrics import FIELD_INDEX, N_FIELDS, N_LATENCY_BINS, ArmTotals, latency_bins
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,3 +315,48 @@ def aa_holm_study(
         promotions += any(v == 1 for v in verdicts)
         decisions += any(v != 0 for v in verdicts)
     return HolmStudy(runs, model.arms - 1, promotions, decisions)
+
+
+def simulated_totals(
+    experiment: SimulatedExperiment,
+    look: int,
+    arm_ids: Sequence[str],
+    *,
+    surface: str = "home",
+    latency_ms: float | Mapping[str, float] = 20.0,
+    conversions_per_click: float = 0.1,
+    revenue_per_click: float = 4.0,
+    categories_per_list: float = 6.0,
+) -> dict[str, ArmTotals]:
+    """Cumulative totals at `look` (negative counts from the end) of arms 0.. of `experiment`, keyed by `arm_ids`.
+
+    Called by the agents' tests (loop and Online agent) to feed simulated
+    traffic through the real readers.  Requests, item impressions and clicks
+    come from the simulation; the guardrail rows are filled deterministically
+    (conversions and revenue proportional to clicks, `categories_per_list`
+    distinct categories per list, every request's latency `latency_ms`, per
+    arm id when a mapping) so guardrails read "healthy" unless a test says
+    otherwise.  `windows` is the number of looks so far.
+    """
+    looks = experiment.clicks.shape[1]
+    if not -looks <= look < looks or len(arm_ids) > experiment.clicks.shape[0]:
+        msg = f"look, arm_ids: need -{looks} <= look < {looks} and at most {experiment.clicks.shape[0]} arm ids"
+        raise StatsError(msg)
+    index = look % looks
+    out: dict[str, ArmTotals] = {}
+    for arm, arm_id in enumerate(arm_ids):
+        sums = np.zeros((N_FIELDS, experiment.clicks.shape[-1]))
+        requests = experiment.requests[arm, index]
+        clicks = experiment.clicks[arm, index]
+        sums[FIELD_INDEX["requests"]] = requests
+        sums[FIELD_INDEX["impressions"]] = experiment.impressions[arm, index]
+        sums[FIELD_INDEX["clicks"]] = clicks
+        sums[FIELD_INDEX["conversions"]] = conversions_per_click * clicks
+        sums[FIELD_INDEX["revenue"]] = revenue_per_click * clicks
+        sums[FIELD_INDEX["distinct_categories"]] = categories_per_list * requests
+        latency = latency_ms.get(arm_id, 20.0) if isinstance(latency_ms, Mapping) else latency_ms
+        hist = np.zeros(N_LATENCY_BINS, np.int64)
+        hist[int(latency_bins([latency])[0])] = int(requests.sum())
+        events = int(sums[FIELD_INDEX["impressions"]].sum())
+        out[arm_id] = ArmTotals(surface, arm_id, sums, hist, events, 0, index + 1)
+    return out

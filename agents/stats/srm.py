@@ -127,8 +127,23 @@ def srm_buckets(counts: npt.ArrayLike, shares: Sequence[float], *, threshold: fl
     if total <= 0.0:
         msg = "counts: total must be positive"
         raise StatsError(msg, "check SRM once the experiment has traffic")
-    pi = _shares(shares, arms)
-    observed = table.sum(axis=1) / total
+    pi_all = _shares(shares, arms)
+    observed_all = table.sum(axis=1) / total
+    # Arms with no share and no traffic (stopped arms keep their place) carry no information, and with them in
+    # the first p rows the live rows sum to a constant: a singular covariance.  Test the live arms only.
+    live = (pi_all > 0.0) | (observed_all > 0.0)
+    if int(live.sum()) < 2:
+        return SrmResult(
+            "bucket Wald (Hotelling T², F)",
+            tuple(observed_all.tolist()),
+            tuple(pi_all.tolist()),
+            0.0,
+            0.0,
+            1.0,
+            threshold,
+        )
+    table, pi, observed = table[live], pi_all[live], observed_all[live]
+    p = table.shape[0] - 1
     lin = (table - observed[:, None] * bucket_totals[None, :]) / bucket_totals.mean()
     cov = (lin[:p] @ lin[:p].T) / ((n - 1) * n)
     delta = (observed - pi)[:p]
@@ -148,8 +163,8 @@ def srm_buckets(counts: npt.ArrayLike, shares: Sequence[float], *, threshold: fl
             p_value = f_sf(statistic, p_eff, n - p_eff)
     return SrmResult(
         "bucket Wald (Hotelling T², F)",
-        tuple(observed.tolist()),
-        tuple(pi.tolist()),
+        tuple(observed_all.tolist()),
+        tuple(pi_all.tolist()),
         statistic,
         float(p),
         p_value,

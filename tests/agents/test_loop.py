@@ -1,12 +1,13 @@
-"""The agents loop (`agents.loop`) end to end with fakes for every port: no broker, no Redis.
+"""The agents loop (`agents.loop`) end to end with the in-memory ports (`agents.memory_ports`): no broker, no Redis.
 
 Traffic comes from `agents.stats.simulate.simulate_experiment` (user-level
-heterogeneity), turned into cumulative per-arm `ArmTotals` per look.
+heterogeneity), turned into cumulative per-arm `ArmTotals` per look by
+`agents.stats.proofs.simulated_totals`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import msgspec
 import numpy as np
@@ -30,117 +31,21 @@ from agents.loop import (
     LoopDriver,
     LoopSettings,
     LoopState,
-    PublishRecord,
 )
+from agents.memory_ports import MemoryApprovals, MemoryConfigWriter, MemoryMetrics, MemorySink, MemoryStateStore
 from agents.offline_brain import OfflineBrain
 from agents.online import OnlineAgent, OnlinePolicy
 from agents.skillhub import MemorySkillStore
-from agents.stats.simulate import SimulatedExperiment, TrafficModel, simulate_experiment
-from schemas.alerts import Alert
+from agents.stats.proofs import simulated_totals
+from agents.stats.simulate import TrafficModel, simulate_experiment
 from schemas.config import default_config
-from schemas.config_log import ConfigChange, Keyring, ServingState, apply, sign
-from schemas.metrics import FIELD_INDEX, N_FIELDS, N_LATENCY_BINS, ArmTotals, latency_bins
+from schemas.config_log import Keyring
+from schemas.metrics import FIELD_INDEX
 
 T0 = 1_767_225_600_000
 MODEL = TrafficModel()
 KEYRING = Keyring.parse("k1:" + "ab" * 16, "k1")
 WINDOW_S = MODEL.horizon_seconds / MODEL.looks
-
-
-def arm_totals(exp: SimulatedExperiment, look: int, arm: int, arm_id: str, latency_ms: float = 20.0) -> ArmTotals:
-    """Cumulative totals of simulated arm `arm` at `look` (guardrail rows filled)."""
-    sums = np.zeros((N_FIELDS, exp.clicks.shape[-1]))
-    req = exp.requests[arm, look]
-    sums[FIELD_INDEX["requests"]] = req
-    sums[FIELD_INDEX["impressions"]] = exp.impressions[arm, look]
-    sums[FIELD_INDEX["clicks"]] = exp.clicks[arm, look]
-    sums[FIELD_INDEX["conversions"]] = 0.1 * exp.clicks[arm, look]
-    sums[FIELD_INDEX["revenue"]] = 4.0 * exp.clicks[arm, look]
-    sums[FIELD_INDEX["distinct_categories"]] = 6.0 * req
-    hist = np.zeros(N_LATENCY_BINS, np.int64)
-    hist[int(latency_bins([latency_ms])[0])] = int(req.sum())
-    return ArmTotals("home", arm_id, sums, hist, int(sums[1].sum()), 0, look + 1)
-
-
-# --------------------------------------------------------------------------- fakes
-
-
-class FakeConfig:
-    """The config topic as a list of signed changes, folded like the sidecar does."""
-
-    def __init__(self) -> None:
-        self.changes: list[ConfigChange] = []
-        self.state = ServingState()
-        self._append("config", config=default_config(), activate=True)
-
-    def _append(self, kind: str, **kw: object) -> int:
-        change = ConfigChange(
-            schema_version=1,
-            version=self.state.version + 1,
-            parent_version=self.state.version,
-            author="test",
-            reason="t",
-            created_ms=T0,
-            kind=kind,  # type: ignore[arg-type]
-            key_id="k1",
-            **kw,  # type: ignore[arg-type]
-        )
-        change = sign(change, KEYRING)
-        self.state = apply(self.state, change, KEYRING)
-        self.changes.append(change)
-        return change.version
-
-    async def head(self) -> ServingState:
-        return self.state
-
-    async def append(self, action: AppendConfig, epoch: int) -> int:
-        return self._append(
-            action.kind,
-            config=action.config,
-            activate=action.activate,
-            allocation=action.allocation,
-            restores_version=action.restores_version,
-        )
-
-
-class FakeSink:
-    def __init__(self) -> None:
-        self.records: list[dict[str, object]] = []
-        self.alerts: list[Alert] = []
-
-    async def publish(self, record: PublishRecord) -> None:
-        self.records.append(msgspec.json.decode(record.to_json()))
-
-    async def alert(self, alert: Alert) -> None:
-        self.alerts.append(alert)
-
-
-class FakeStore:
-    def __init__(self) -> None:
-        self.data: bytes | None = None
-
-    async def load(self) -> bytes | None:
-        return self.data
-
-    async def save(self, data: bytes) -> bool:
-        self.data = data
-        return True
-
-
-class FakeMetrics:
-    def __init__(self) -> None:
-        self.current: dict[str, ArmTotals] = {}
-
-    async def totals(self) -> Mapping[str, ArmTotals]:
-        return self.current
-
-
-class FakeApprovals:
-    def __init__(self) -> None:
-        self.ids: set[str] = set()
-
-    async def approved(self) -> frozenset[str]:
-        return frozenset(self.ids)
 
 
 def policy(**kw: object) -> OnlinePolicy:
@@ -160,13 +65,14 @@ def policy(**kw: object) -> OnlinePolicy:
 
 class Harness:
     def __init__(self, *, brain: object | None = None, **policy_kw: object) -> None:
-        self.config, self.sink, self.store = FakeConfig(), FakeSink(), FakeStore()
-        self.metrics, self.skills, self.approvals = FakeMetrics(), MemorySkillStore(), FakeApprovals()
+        self.config = MemoryConfigWriter(KEYRING, initial=default_config(), now_ms=T0)
+        self.sink, self.store = MemorySink(), MemoryStateStore()
+        self.metrics, self.skills, self.approvals = MemoryMetrics(), MemorySkillStore(), MemoryApprovals()
         self.brain = brain if brain is not None else OfflineBrain(seed=1)
         self.policy_kw = policy_kw
         self.driver = self.make_driver()
         pilot = simulate_experiment(MODEL, [0.0, 0.0], np.random.default_rng(11))
-        self.metrics.current = {"base": arm_totals(pilot, MODEL.looks - 1, 0, "base")}
+        self.metrics.set(simulated_totals(pilot, -1, ["base"]))
         self.appended: list[AppendConfig] = []
         self.actions: list[object] = []
 
@@ -215,16 +121,16 @@ class Harness:
         exp = simulate_experiment(MODEL, list(lifts), np.random.default_rng(seed))
         c, t = exp_state.plan.arm_ids
         for look in range(start_at, min(MODEL.looks, stop_at)):
-            treat = arm_totals(exp, look, 1, t, latency)
-            treat.sums[FIELD_INDEX["requests"]] *= scale
-            self.metrics.current = {**self.metrics.current, c: arm_totals(exp, look, 0, c), t: treat}
+            arms = simulated_totals(exp, look, [c, t], latency_ms={c: 20.0, t: latency})
+            arms[t].sums[FIELD_INDEX["requests"]] *= scale
+            self.metrics.set({**self.metrics.current, **arms})
             state = await self.tick(started + int(exp.look_seconds[look] * 1000))
             if state.phase != "running":
                 break
         return state
 
     def kinds(self, kind: str) -> list[dict[str, object]]:
-        return [r for r in self.sink.records if r["kind"] == kind]
+        return self.sink.kinds(kind)
 
 
 def payload_kinds(records: Sequence[dict[str, object]]) -> list[object]:
@@ -347,7 +253,7 @@ async def test_approval_required_holds_until_approved() -> None:
     assert state.phase == "pending_approval" and [a.kind for a in h.appended] == ["config"]
     exp = state.experiment_state()
     assert exp is not None
-    h.approvals.ids.add(exp.experiment_id)
+    h.approvals.approve(exp.experiment_id)
     state = await h.tick(T0 + 60_000)
     assert state.phase == "running"
     assert h.appended[-1].kind == "allocation" and h.appended[-1].allocation is not None

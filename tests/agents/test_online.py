@@ -5,7 +5,7 @@ Two traffic sources:
 - `agents.stats.simulate.simulate_experiment` (user-level heterogeneity,
   the same generator `bench/stats.py` and `agents.stats.proofs` use), for
   single-stage reads: a winner at 3× the gated MDE, A/A seeds, losers.
-  Its cumulative per-look bucket sums become `ArmTotals` (`sim_totals`);
+  Its cumulative per-look bucket sums become `ArmTotals` (`agents.stats.proofs.simulated_totals`);
 - `BucketTraffic` below, for ramped experiments: per step, each arm's
   requests per user bucket follow the shares the sidecar serves for the
   *current* allocation (or an injected wrong share), with bucket-level
@@ -46,6 +46,7 @@ from agents.online import (
     served_shares,
 )
 from agents.stats.power import plan_experiment
+from agents.stats.proofs import simulated_totals
 from agents.stats.simulate import SimulatedExperiment, TrafficModel, simulate_experiment
 from schemas.config import Allocation, ArmShare, validate_allocation
 from schemas.metrics import FIELD_INDEX, N_FIELDS, N_LATENCY_BINS, ArmTotals, latency_bins
@@ -65,25 +66,6 @@ CANDIDATES = (
 
 def _totals(arm_id: str, sums: np.ndarray, hist: np.ndarray) -> ArmTotals:
     return ArmTotals("home", arm_id, sums, hist, int(sums[FIELD_INDEX["impressions"]].sum()), 0, 1)
-
-
-def sim_totals(exp: SimulatedExperiment, look: int, arm_ids: Sequence[str]) -> dict[str, ArmTotals]:
-    """Cumulative totals at `look` of a simulated experiment, one `ArmTotals` per arm (guardrail rows filled)."""
-    out = {}
-    lat_bin = int(latency_bins([20.0])[0])
-    for a, arm_id in enumerate(arm_ids):
-        sums = np.zeros((N_FIELDS, exp.clicks.shape[-1]))
-        req = exp.requests[a, look]
-        sums[FIELD_INDEX["requests"]] = req
-        sums[FIELD_INDEX["impressions"]] = exp.impressions[a, look]
-        sums[FIELD_INDEX["clicks"]] = exp.clicks[a, look]
-        sums[FIELD_INDEX["conversions"]] = 0.1 * exp.clicks[a, look]
-        sums[FIELD_INDEX["revenue"]] = 4.0 * exp.clicks[a, look]
-        sums[FIELD_INDEX["distinct_categories"]] = 6.0 * req
-        hist = np.zeros(N_LATENCY_BINS, np.int64)
-        hist[lat_bin] = int(req.sum())
-        out[arm_id] = _totals(arm_id, sums, hist)
-    return out
 
 
 def sim_pre_period(exp: SimulatedExperiment, arm_ids: Sequence[str]) -> dict[str, ArmTotals]:
@@ -165,7 +147,7 @@ def _share(arm_id: str, share: float) -> ArmShare:
 def sim_baseline(seed: int) -> tuple[TrafficEstimate, Baseline]:
     """Traffic and baseline from one A/A pilot of `MODEL` (what `proofs.pilot_plan` feeds the gate)."""
     pilot = simulate_experiment(MODEL, [0.0, 0.0], np.random.default_rng(seed))
-    totals = sim_totals(pilot, -1, ["a", "b"])
+    totals = simulated_totals(pilot, -1, ["a", "b"])
     return baseline_from_totals(list(totals.values()), CTR, MODEL.horizon_seconds)
 
 
@@ -198,7 +180,7 @@ def run_sim(
     pre_period = sim_pre_period(exp, arm_ids) if pre else None
     for look in range(exp.clicks.shape[1]):
         now = (state.started_ms or T0) + int(exp.look_seconds[look] * 1000)
-        state, out = agent.step(state, sim_totals(exp, look, arm_ids), pre_period if look == 0 else None, now)
+        state, out = agent.step(state, simulated_totals(exp, look, arm_ids), pre_period if look == 0 else None, now)
         decisions += out
         if state.terminal:
             break
@@ -469,7 +451,7 @@ def test_best_of_several_winners_is_promoted() -> None:
     model = TrafficModel(shares=(0.5, 0.25, 0.25))
     pilot = simulate_experiment(model, [0.0, 0.0, 0.0], np.random.default_rng(20))
     traffic, baseline = baseline_from_totals(
-        list(sim_totals(pilot, -1, ["a", "b", "c"]).values()), CTR, model.horizon_seconds
+        list(simulated_totals(pilot, -1, ["a", "b", "c"]).values()), CTR, model.horizon_seconds
     )
     agent = OnlineAgent(single_stage_policy(min_dwell_s=7 * 86_400.0))  # both arms significant by then
     state, _ = agent.plan(CANDIDATES[:2], 1, traffic, baseline, T0)
@@ -547,7 +529,7 @@ def test_state_round_trips_exactly_and_decisions_are_strict_json() -> None:
     pre = sim_pre_period(exp, state.plan.arm_ids)
     for look in range(14):
         now = T0 + int(exp.look_seconds[look] * 1000)
-        state, out = agent.step(state, sim_totals(exp, look, state.plan.arm_ids), pre if look == 0 else None, now)
+        state, out = agent.step(state, simulated_totals(exp, look, state.plan.arm_ids), pre if look == 0 else None, now)
         decisions += out
         blob = state.to_bytes()
         again = ExperimentState.from_bytes(blob)
@@ -557,7 +539,7 @@ def test_state_round_trips_exactly_and_decisions_are_strict_json() -> None:
     assert all(a.primary is not None for a in state.arms)
     # A restarted agent continues from the decoded state exactly as the original would.
     nxt = T0 + int(exp.look_seconds[14] * 1000)
-    totals = sim_totals(exp, 14, state.plan.arm_ids)
+    totals = simulated_totals(exp, 14, state.plan.arm_ids)
     assert agent.step(ExperimentState.from_bytes(state.to_bytes()), totals, None, nxt) == agent.step(
         state, totals, None, nxt
     )

@@ -93,3 +93,28 @@ def test_bad_inputs_are_refused(call: object, rule: str) -> None:
 
 def test_threshold_default() -> None:
     assert HALT_P == 1e-3
+
+
+# Requests per metric bucket of a control and its live treatment (5/6 : 1/6) while two stopped arms keep their place.
+_LIVE_C = [168, 182, 175, 141, 135, 145, 170, 137, 146, 162, 178, 127, 150, 154, 196, 150, 181, 160, 194, 159, 154, 237]
+_LIVE_C += [131, 171, 170, 190, 187, 152, 175, 140, 151, 215, 175, 171, 177, 174, 134, 180, 175, 159, 149, 171, 188]
+_LIVE_C += [170, 187, 167, 147, 192, 140, 179, 177, 173, 180, 155, 178, 124, 148, 144, 175, 180, 170, 149, 152, 214]
+_LIVE_T = [25, 39, 23, 42, 51, 35, 61, 48, 35, 44, 22, 33, 38, 32, 25, 55, 23, 60, 31, 30, 26, 31, 28, 58, 27, 30, 19]
+_LIVE_T += [37, 28, 26, 64, 32, 18, 43, 28, 36, 37, 38, 38, 29, 29, 36, 63, 26, 41, 49, 50, 26, 38, 42, 23, 35, 38, 42]
+_LIVE_T += [30, 26, 39, 37, 30, 59, 42, 51, 39, 40]
+
+
+def test_bucket_test_ignores_stopped_arms_that_keep_their_place() -> None:
+    """Two of three treatment arms stopped (share 0, no traffic): the live control and t1 are still tested.
+
+    Regression: with the stopped arms in the table the live rows summed to the bucket totals and the
+    covariance was singular (`numpy.linalg.LinAlgError` on these counts, seen in the simulated loop).
+    """
+    table = np.array([_LIVE_C, _LIVE_T, [0] * 64, [0] * 64], dtype=np.float64)
+    shares = (0.8333, 0.1667, 0.0, 0.0)
+    fair = srm_buckets(table, shares)
+    assert not fair.halt and fair.p_value > HALT_P and fair.df == 1
+    skewed = table.copy()
+    skewed[1] *= 0.6
+    assert srm_buckets(skewed, shares).halt
+    assert srm_buckets(table, (1.0, 0.0, 0.0, 0.0)).halt  # traffic where no share is: infinite statistic
