@@ -19,6 +19,7 @@ from rectune.config_cli import register_config_commands
 from rectune.errors import RectuneError
 from rectune.settings import Settings, load_settings
 from rectune.skills_cli import register_skills_commands
+from rectune.traffic import register_traffic_command
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -130,7 +131,17 @@ def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from rectune.demo import run_demo
 
-    return run_demo(settings, duration_s=args.duration_s, work_dir=Path(args.work_dir) if args.work_dir else None)
+    return run_demo(
+        settings,
+        duration_s=args.duration_s,
+        work_dir=Path(args.work_dir) if args.work_dir else None,
+        scenario=args.scenario,
+        brain=args.brain,
+        requests_per_s=args.rate,
+        runs_dir=Path(args.runs_dir),
+        seed=args.seed,
+        target_mde=args.target_mde,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,10 +181,32 @@ def build_parser() -> argparse.ArgumentParser:
     register_config_commands(sub)
     register_skills_commands(sub)
     register_agents_commands(sub)
+    register_traffic_command(sub)
 
-    p = sub.add_parser("demo", help="run the local demo on the embedded broker and Redis")
-    p.add_argument("--duration-s", type=float, default=75.0)
-    p.add_argument("--work-dir", default=None)
+    p = sub.add_parser(
+        "demo",
+        help="run the whole tuning loop locally on the embedded broker and Redis (what `make demo` runs)",
+        description="Embedded broker + Redis, stream worker, agents, simulated traffic through the real sidecar; "
+        "a live view, then a report with plots in RUNS_DIR/<UTC time>/.  Ctrl-C stops everything cleanly.",
+    )
+    p.add_argument("--duration-s", type=float, default=180.0, help="seconds of traffic (default 180)")
+    p.add_argument("--scenario", default="apparel_core", help="simulator scenario: shipped name or JSON path")
+    p.add_argument(
+        "--brain",
+        choices=["auto", "offline", "gemini"],
+        default="auto",
+        help="agents' brain (auto: gemini when GEMINI_API_KEY is set, else offline)",
+    )
+    p.add_argument("--rate", type=float, default=None, help="simulated requests per second (default 300)")
+    p.add_argument("--seed", type=int, default=7, help="world and traffic seed")
+    p.add_argument(
+        "--target-mde",
+        type=float,
+        default=None,
+        help="relative lift an experiment must resolve within its horizon (power gate; default 0.15)",
+    )
+    p.add_argument("--runs-dir", default="runs", help="where the report directory goes (default ./runs)")
+    p.add_argument("--work-dir", default=None, help="logs and state of this run (default: a new temp dir)")
     p.set_defaults(handler=_cmd_demo)
     return parser
 

@@ -134,18 +134,35 @@ class ArmStats:
     near_duplicate_rate: float
     item_events: int
     windows: int
+    #: The run's north-star ratio (numerator / denominator bucket fields), delta-method interval.
+    north_star: Estimate = Estimate(math.nan, math.nan, math.nan, math.nan)
+    fresh_share: float = math.nan
+
+
+#: North-star metric when none is given: clicks per served list.
+DEFAULT_NORTH_STAR: Final = ("clicks", "requests")
 
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den else math.nan
 
 
-def arm_stats(arm: str, sums: FloatArray, hist: IntArray, *, item_events: int, windows: int) -> ArmStats:
+def arm_stats(
+    arm: str,
+    sums: FloatArray,
+    hist: IntArray,
+    *,
+    item_events: int,
+    windows: int,
+    north_star: tuple[str, str] = DEFAULT_NORTH_STAR,
+) -> ArmStats:
     """Summarise merged (fields x buckets) sums and a latency histogram as one `ArmStats`.
 
     Called by `WindowBook` for each arm of a closed window and for the run
     totals.  Near-duplicate rate is near-duplicate items per shown item;
-    categories per list is the mean number of distinct categories in a list.
+    categories per list is the mean number of distinct categories in a list;
+    fresh share is fresh items per shown item; `north_star` names the
+    (numerator, denominator) bucket fields of the run's north-star ratio.
     """
 
     def total(name: str) -> float:
@@ -167,6 +184,8 @@ def arm_stats(arm: str, sums: FloatArray, hist: IntArray, *, item_events: int, w
         near_duplicate_rate=_ratio(total("near_duplicates"), impressions),
         item_events=item_events,
         windows=windows,
+        north_star=ratio_interval(sums[FIELD_INDEX[north_star[0]]], sums[FIELD_INDEX[north_star[1]]]),
+        fresh_share=_ratio(total("fresh"), impressions),
     )
 
 
@@ -197,9 +216,9 @@ def _accumulate(accs: dict[str, _ArmAcc], window: MetricWindow, sums: FloatArray
     acc.add(sums, hist, window.item_events, window.window_start_ms)
 
 
-def _stats(accs: Mapping[str, _ArmAcc]) -> dict[str, ArmStats]:
+def _stats(accs: Mapping[str, _ArmAcc], north_star: tuple[str, str]) -> dict[str, ArmStats]:
     return {
-        arm: arm_stats(arm, a.sums, a.hist, item_events=a.item_events, windows=len(a.starts))
+        arm: arm_stats(arm, a.sums, a.hist, item_events=a.item_events, windows=len(a.starts), north_star=north_star)
         for arm, a in sorted(accs.items())
     }
 
@@ -238,11 +257,23 @@ class WindowBook:
     events) still count in the run totals.
     """
 
-    def __init__(self, partitions: int, *, settle_s: float = 0.3, grace_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        partitions: int,
+        *,
+        settle_s: float = 0.3,
+        grace_s: float = 3.0,
+        north_star: tuple[str, str] = DEFAULT_NORTH_STAR,
+    ) -> None:
         if partitions < 1:
             msg = f"partitions: must be >= 1, got {partitions}"
             raise ValueError(msg)
+        unknown = [name for name in north_star if name not in FIELD_INDEX]
+        if len(north_star) != 2 or unknown:
+            msg = f"north_star: must be two bucket fields (numerator, denominator), unknown {unknown}"
+            raise ValueError(msg)
         self.partitions = partitions
+        self.north_star = north_star
         self.settle_s = settle_s
         self.grace_s = grace_s
         self.duplicates = 0
@@ -302,7 +333,7 @@ class WindowBook:
             end_ms=p.end_ms,
             partitions=frozenset(p.partitions),
             complete=len(p.partitions) >= self.partitions,
-            arms=_stats(p.arms),
+            arms=_stats(p.arms, self.north_star),
         )
         return closed
 
@@ -322,7 +353,7 @@ class WindowBook:
 
     def totals(self) -> dict[str, ArmStats]:
         """Per-arm statistics over every partial taken (late ones included)."""
-        return _stats(self._totals)
+        return _stats(self._totals, self.north_star)
 
 
 # -- formatting ---------------------------------------------------------------------
