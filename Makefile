@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/sidecar.py
 	$(BIN)/python bench/stats.py
+	$(BIN)/python bench/tuning.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .cache runs

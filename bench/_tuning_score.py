@@ -1,0 +1,176 @@
+"""Scoring of one tuning run against the oracle (pure): regret, share of the oracle's lift, regressions, breaches.
+
+A method's run is a `MethodTrace`: per simulated step, the requests served
+and the served mix (each arm's config and traffic share, the incumbent
+first); the promotions it made (the config it replaced and the one it
+shipped); how many experiments it ran and rolled back.  `score` reads it
+with an oracle view `truth(config, at_s) -> Truth` (the world's exact
+expectation, never shown to the methods) and the oracle's best config:
+
+- `oracle_share` = (value(final incumbent) − value(start)) / (value(best) − value(start)),
+  all three evaluated at `value_at_s` (NaN when the oracle found no lift);
+- `cum_regret` = Σ_steps requests × (value(best) − Σ_arms share × value(arm)),
+  values at the step's start time (the best config's value moves with the
+  world too);
+- `regressions_shipped`: promotions whose new config's true value at the
+  promotion time is below the replaced incumbent's;
+- `guardrail_breaches`: distinct served arms (`ServedArm.key`) that at any
+  step had a true latency p99 above the SLO, or true conversions per request
+  below (1 − margin) × the step's incumbent's.
+
+Callers: `bench/tuning.py` and its unit test.  No simulator import: the
+oracle comes in as a function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas.config import CascadeConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Truth:
+    """The oracle's view of one config at one time: north-star value, p99 latency, conversions per request."""
+
+    value: float
+    latency_p99_ms: float
+    conversions: float
+
+
+@dataclass(frozen=True, slots=True)
+class ServedArm:
+    """One arm of a step's served mix: a stable key (experiment + arm), its config and its traffic share."""
+
+    key: str
+    config: CascadeConfig
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One simulated step: when, how many requests, and the mix served (`served[0]` is the incumbent)."""
+
+    start_s: float
+    duration_s: float
+    requests: float
+    served: tuple[ServedArm, ...]
+
+    @property
+    def incumbent(self) -> CascadeConfig:
+        """The config the incumbent (control) arm served in this step."""
+        return self.served[0].config
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """A shipped change: at `at_s`, `new` replaced `old` as the incumbent."""
+
+    at_s: float
+    old: CascadeConfig
+    new: CascadeConfig
+
+
+@dataclass(frozen=True, slots=True)
+class MethodTrace:
+    """What one method did over the budget (see the module docstring)."""
+
+    method: str
+    start: CascadeConfig
+    final: CascadeConfig
+    steps: tuple[Step, ...]
+    promotions: tuple[Promotion, ...] = ()
+    experiments: int = 0
+    rollbacks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """The figures of one run (one method, scenario and seed)."""
+
+    oracle_share: float
+    cum_regret: float
+    experiments: int
+    promotions: int
+    regressions_shipped: int
+    rollbacks: int
+    guardrail_breaches: int
+    final_value: float
+    requests: float
+
+
+TruthFn = Callable[[CascadeConfig, float], Truth]
+
+
+def _share_of_lift(final: float, start: float, best: float) -> float:
+    lift = best - start
+    return (final - start) / lift if lift > 0.0 else math.nan
+
+
+def score(
+    trace: MethodTrace,
+    truth: TruthFn,
+    best: CascadeConfig,
+    *,
+    value_at_s: float,
+    latency_slo_ms: float,
+    conversion_margin: float,
+) -> Score:
+    """Score `trace` with the oracle (`truth`) and its `best` config (see the module docstring)."""
+    if not 0.0 <= conversion_margin < 1.0 or not latency_slo_ms > 0.0:
+        msg = f"conversion_margin in [0, 1), latency_slo_ms > 0: got {conversion_margin}, {latency_slo_ms}"
+        raise ValueError(msg)
+    regret = 0.0
+    breached: set[str] = set()
+    requests = 0.0
+    for step in trace.steps:
+        at = step.start_s
+        total_share = sum(arm.share for arm in step.served)
+        if step.served and not math.isclose(total_share, 1.0, abs_tol=1e-6):
+            msg = f"steps[{at:g}].served: shares must sum to 1, got {total_share:g}"
+            raise ValueError(msg)
+        incumbent = truth(step.incumbent, at)
+        served_value = 0.0
+        for arm in step.served:
+            t = truth(arm.config, at)
+            served_value += arm.share * t.value
+            if arm.share > 0.0 and (
+                t.latency_p99_ms > latency_slo_ms or t.conversions < (1.0 - conversion_margin) * incumbent.conversions
+            ):
+                breached.add(arm.key)
+        regret += step.requests * (truth(best, at).value - served_value)
+        requests += step.requests
+    regressions = sum(truth(p.new, p.at_s).value < truth(p.old, p.at_s).value for p in trace.promotions)
+    start = truth(trace.start, value_at_s).value
+    final = truth(trace.final, value_at_s).value
+    return Score(
+        oracle_share=_share_of_lift(final, start, truth(best, value_at_s).value),
+        cum_regret=regret,
+        experiments=trace.experiments,
+        promotions=len(trace.promotions),
+        regressions_shipped=int(regressions),
+        rollbacks=trace.rollbacks,
+        guardrail_breaches=len(breached),
+        final_value=final,
+        requests=requests,
+    )
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value; NaNs are left out; NaN when nothing is left)."""
+    finite = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
+    if finite.size == 0:
+        return math.nan, math.nan
+    sd = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+    return float(finite.mean()), sd
+
+
+def incumbent_path(trace: MethodTrace, truth: TruthFn) -> tuple[list[float], list[float]]:
+    """(step start times in days, true value of the incumbent at each step): the tuning plot's curve."""
+    days = [s.start_s / 86_400.0 for s in trace.steps]
+    values = [truth(s.incumbent, s.start_s).value for s in trace.steps]
+    return days, values
