@@ -106,6 +106,12 @@ class Score:
 TruthFn = Callable[[CascadeConfig, float], Truth]
 
 
+def step_regret(step: Step, truth: TruthFn, best: CascadeConfig) -> float:
+    """Requests of `step` × (oracle best − true value of the traffic-weighted mix it served)."""
+    served_value = sum(arm.share * truth(arm.config, step.start_s).value for arm in step.served)
+    return step.requests * (truth(best, step.start_s).value - served_value)
+
+
 def _share_of_lift(final: float, start: float, best: float) -> float:
     lift = best - start
     return (final - start) / lift if lift > 0.0 else math.nan
@@ -134,15 +140,13 @@ def score(
             msg = f"steps[{at:g}].served: shares must sum to 1, got {total_share:g}"
             raise ValueError(msg)
         incumbent = truth(step.incumbent, at)
-        served_value = 0.0
         for arm in step.served:
             t = truth(arm.config, at)
-            served_value += arm.share * t.value
             if arm.share > 0.0 and (
                 t.latency_p99_ms > latency_slo_ms or t.conversions < (1.0 - conversion_margin) * incumbent.conversions
             ):
                 breached.add(arm.key)
-        regret += step.requests * (truth(best, at).value - served_value)
+        regret += step_regret(step, truth, best)
         requests += step.requests
     regressions = sum(truth(p.new, p.at_s).value < truth(p.old, p.at_s).value for p in trace.promotions)
     start = truth(trace.start, value_at_s).value
@@ -174,3 +178,13 @@ def incumbent_path(trace: MethodTrace, truth: TruthFn) -> tuple[list[float], lis
     days = [s.start_s / 86_400.0 for s in trace.steps]
     values = [truth(s.incumbent, s.start_s).value for s in trace.steps]
     return days, values
+
+
+def regret_path(trace: MethodTrace, truth: TruthFn, best: CascadeConfig) -> tuple[list[float], list[float]]:
+    """(step end times in days, cumulative regret after each step): the tuning plot's second curve."""
+    days, total, regrets = [], 0.0, []
+    for step in trace.steps:
+        total += step_regret(step, truth, best)
+        days.append((step.start_s + step.duration_s) / 86_400.0)
+        regrets.append(total)
+    return days, regrets

@@ -46,7 +46,7 @@ from typing import Any, Final
 
 import numpy as np
 from _tuning_methods import RandomSearch, TpeSearch, config_key, run_ab_search, run_static, trace_from_sim
-from _tuning_score import MethodTrace, Score, Truth, incumbent_path, mean_sd, score
+from _tuning_score import MethodTrace, Score, Truth, incumbent_path, mean_sd, regret_path, score
 
 from rectune.simloop import SimPreset, north_star_metric, preset_for, run_simloop
 from schemas.config import CascadeConfig, default_config
@@ -138,6 +138,7 @@ class RunResult:
     seed: int
     scores: dict[str, Score]
     curves: dict[str, tuple[list[float], list[float]]]
+    regret_curves: dict[str, tuple[list[float], list[float]]]
     best_value: float
     seconds: dict[str, float]
     notes: tuple[str, ...]
@@ -185,9 +186,10 @@ def run_one(scenario_ref: str, seed: int, days: float, oracle_evaluations: int =
         for name, trace in traces.items()
     }
     curves = {name: incumbent_path(trace, truth) for name, trace in traces.items()}
+    regret_curves = {name: regret_path(trace, truth, best.config) for name, trace in traces.items()}
     refusals = sim.decision_kinds().count("refuse")
     notes = (*preset.notes, f"agentic: {refusals} power-gate refusals, history {list(sim.history)[-6:]}")
-    return RunResult(scenario.name, seed, scores, curves, truth(best.config, 0.0).value, timings, notes)
+    return RunResult(scenario.name, seed, scores, curves, regret_curves, truth(best.config, 0.0).value, timings, notes)
 
 
 # --------------------------------------------------------------------------- report
@@ -254,22 +256,28 @@ def print_table(summary: dict[str, Any], results: Sequence[RunResult]) -> None:
 
 
 def plot(result: RunResult, path: Path) -> None:
-    """The incumbent's true north star over simulated time, per method, with the oracle's best."""
+    """Per method: the incumbent's true north star over simulated time, and cumulative regret."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig, (ax, rax) = plt.subplots(1, 2, figsize=(13, 4.8))
     for method, style in zip(METHODS, ("-", "--", "-.", "-"), strict=True):
-        days, values = result.curves[method]
         width = 2.2 if method == "agentic" else 1.4
+        days, values = result.curves[method]
         ax.step(days, values, where="post", label=method, linestyle=style, linewidth=width)
+        rdays, regrets = result.regret_curves[method]
+        rax.plot(rdays, regrets, label=method, linestyle=style, linewidth=width)
     ax.axhline(result.best_value, color="black", linestyle=":", label="oracle best (day 0)")
     ax.set_xlabel("simulated days")
     ax.set_ylabel("true north star of the incumbent")
-    ax.set_title(f"{result.scenario}, seed {result.seed}: incumbent value over time")
+    ax.set_title(f"{result.scenario}, seed {result.seed}: incumbent value")
     ax.legend(loc="lower right")
+    rax.set_xlabel("simulated days")
+    rax.set_ylabel("cumulative regret (requests × value gap to the oracle)")
+    rax.set_title("cumulative regret (lower is better)")
+    rax.legend(loc="upper left")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
