@@ -141,6 +141,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         runs_dir=Path(args.runs_dir),
         seed=args.seed,
         target_mde=args.target_mde,
+        start_config=Path(args.start_config) if args.start_config else None,
     )
 
 
@@ -204,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="relative lift an experiment must resolve within its horizon (power gate; default 0.15)",
+    )
+    p.add_argument(
+        "--start-config",
+        default=None,
+        help="CascadeConfig JSON served as version 1 (default: schemas.config.default_config(); "
+        "`make demo` uses examples/start_no_diversity.json)",
     )
     p.add_argument("--runs-dir", default="runs", help="where the report directory goes (default ./runs)")
     p.add_argument("--work-dir", default=None, help="logs and state of this run (default: a new temp dir)")

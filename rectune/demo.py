@@ -388,9 +388,10 @@ def run_demo(
     runs_dir: Path | None = None,
     seed: int = 7,
     target_mde: float | None = None,
+    start_config: Path | None = None,
 ) -> int:
     """Entry point of `rectune demo` / `make demo` (called by `rectune.cli`); returns the exit code."""
-    plan = DemoPlan(scenario=scenario, brain=brain, seed=seed)
+    plan = DemoPlan(scenario=scenario, brain=brain, seed=seed, start_config=start_config)
     if requests_per_s is not None:
         plan = replace(plan, requests_per_s=requests_per_s)
     if runs_dir is not None:

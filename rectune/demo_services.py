@@ -34,8 +34,10 @@ from rectune.embedded import ManagedProcess, RedisProcess, TansuProcess, spawn, 
 from rectune.errors import RectuneError
 from rectune.processes import settings_env
 from rectune.settings import Settings
-from schemas.config import default_config
+from schemas.config import CascadeConfig, decode_config, default_config, validate_config
 from schemas.config_log import Keyring
+from schemas.errors import SchemaError
+from schemas.guardrails import Guardrails
 
 __all__ = ["DemoPlan", "Services", "demo_policy", "start_services"]
 
@@ -73,6 +75,7 @@ class DemoPlan:
     drain_timeout_s: float = 15.0
     stop_timeout_s: float = 10.0
     runs_dir: Path = field(default_factory=lambda: Path("runs"))
+    start_config: Path | None = None
 
     def resolved_brain(self, env: dict[str, str] | None = None) -> str:
         """`offline` or `gemini`: `auto` picks Gemini when GEMINI_API_KEY is set."""
@@ -168,6 +171,22 @@ def new_keyring() -> tuple[Keyring, dict[str, str]]:
     return Keyring.parse(spec, KEY_ID), {"RECTUNE_CONFIG_KEYS": spec, "RECTUNE_CONFIG_KEY_ID": KEY_ID}
 
 
+def starting_config(path: Path | None) -> tuple[CascadeConfig, str]:
+    """The demo's version 1: `default_config()` or the validated config in `path` (`--start-config`)."""
+    if path is None:
+        return default_config(), "the hand-tuned starting config"
+    try:
+        config = validate_config(decode_config(path.read_bytes()))
+        Guardrails().check(config)
+    except OSError as err:
+        msg = f"--start-config: cannot read {path}: {err.strerror}"
+        raise RectuneError(msg, hint="pass a CascadeConfig JSON file, e.g. examples/start_no_diversity.json") from err
+    except SchemaError as err:
+        msg = f"--start-config {path}: {err}"
+        raise RectuneError(msg, hint="see schemas/config.py for the fields and bounds") from err
+    return config, f"the starting config from {path}"
+
+
 def start_services(ctx: StartContext, stack: ExitStack) -> Services:
     """Start everything in order; each stop is registered on `stack` as soon as its process exists."""
     plan, settings, say = ctx.plan, ctx.settings, ctx.say
@@ -181,9 +200,10 @@ def start_services(ctx: StartContext, stack: ExitStack) -> Services:
     ctx.check_signal()
     asyncio.run(ensure_topics(broker.bootstrap, catalogue_for(plan.partitions)))
     keyring, key_env = new_keyring()
-    start = draft("config", author="person:demo", reason="starting config", config=default_config(), activate=True)
+    config, what = starting_config(plan.start_config)
+    start = draft("config", author="person:demo", reason="starting config", config=config, activate=True)
     appended = asyncio.run(append_change(broker.bootstrap, start, keyring, now_ms=int(time.time() * 1000)))
-    say(f"  config   v{appended.change.version}: the hand-tuned starting config, signed with a fresh per-run key")
+    say(f"  config   v{appended.change.version}: {what}, signed with a fresh per-run key")
     services = Services(broker, store, keyring)
     ctx.check_signal()
     env = key_env | settings_env(
