@@ -61,6 +61,7 @@ from agents.brain import (
     clip_text,
 )
 from agents.critic import CriticRules, FailureMemory, FailureRecord, LatencyModel, critique
+from agents.diagnostics import diagnostic_values
 from agents.experiment import Candidate, Decision, ExperimentPlan, ExperimentState
 from agents.insight import ALL_COHORTS, ArmChanges, effect_readings, experiment_insights
 from agents.online import OnlineAgent, baseline_from_totals, stage_allocation
@@ -344,13 +345,19 @@ class AgentLoop:
         )
 
     def _metrics(self, inp: LoopInput) -> tuple[MetricReading, ...]:
-        """Each arm's primary metric (the Online policy's, e.g. ctr), for the brain's warm start (at most 64)."""
+        """The brain's readings (at most 64): each arm's primary metric (the Online policy's, e.g. ctr) for the
+        warm start, then each arm's diagnostics (`agents.diagnostics.diagnostic_values`: near_duplicate_share,
+        categories_per_list, fresh_share, long_tail_share; NaN left out), incumbent arms before experiment arms,
+        so the diagnostic rules and a model brain see how the served lists look."""
         metric = self.online.policy.primary
         out = []
-        for arm_id, totals in sorted(inp.totals.items()):
+        arms = sorted(inp.totals.items())
+        for arm_id, totals in arms:
             value = totals.ratio(metric.numerator, metric.denominator)
             if value == value:  # not NaN
                 out.append(MetricReading(name=metric.name, value=value, arm=arm_id))
+        for arm_id, totals in sorted(arms, key=lambda item: (bool(_TREATMENT_ARM.search(item[0])), item[0])):
+            out.extend(MetricReading(name=n, value=v, arm=arm_id) for n, v in diagnostic_values(totals).items())
         return tuple(out[:_MAX_READINGS])
 
     async def _propose(self, state: LoopState, inp: LoopInput, out: list[Action]) -> LoopState:

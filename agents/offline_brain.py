@@ -42,6 +42,15 @@ space and asks it for `context.k` candidates:
   past trials are assigned to generations of `population_size` in reading
   order, so a warm start of at least one population breeds from the past.
   `sampler="tpe"` / `"nsga2"` forces one.
+- *Diagnostic candidates* come first (`agents.diagnostics`, rules in
+  `DiagnosticRules`, at most `max_candidates` per call, default 1): from the
+  incumbent's diagnostic readings (control arms, the brain's cohort; finite
+  values, the last one wins), e.g. near_duplicate_share >= 0.10 lowers
+  `re_rank.near_duplicate_threshold` (and `mmr_lambda`) by one trust step.
+  Each is trimmed to `max_changes`, vetted like a sampled candidate, and not
+  proposed when it repeats a tried config or one this brain proposed before
+  (`last_diagnostics` says what the rules did).  The sampler fills the rest
+  of `context.k`; readings that are not objectives never enter the study.
 - *Each ask* becomes a candidate: floats rounded to 4 decimals (then clipped
   to the box), at most `context.max_changes` changes (the largest moves in
   trust steps are kept, the rest reset to the incumbent), vetted with
@@ -109,6 +118,14 @@ from agents.brain import (
     vet_proposal,
 )
 from agents.critic import CUT_PARAMS, CriticRules, candidate_distance, param_class, trust_coordinate
+from agents.diagnostics import (
+    DiagnosticMove,
+    DiagnosticRules,
+    diagnostic_moves,
+    diagnostic_proposals,
+    guardrail_box,
+    incumbent_diagnostics,
+)
 from schemas.config import CascadeConfig
 from schemas.errors import SchemaError
 from schemas.guardrails import Guardrails
@@ -202,18 +219,6 @@ class _Dimension:
     hints: tuple[SkillHint, ...] = ()
 
 
-def _guardrail_box(name: str, guardrails: Guardrails) -> tuple[float, float]:
-    limits: dict[str, tuple[float, float]] = {
-        "pre_rank.candidate_cut": (-math.inf, guardrails.max_candidate_cut),
-        "rank.cut": (-math.inf, guardrails.max_rank_cut),
-        "re_rank.max_per_category": (-math.inf, guardrails.max_per_category_ceiling),
-        "re_rank.exploration_rate": (-math.inf, guardrails.max_exploration_rate),
-        "re_rank.mmr_lambda": (guardrails.min_mmr_lambda, math.inf),
-        "re_rank.list_size": (guardrails.min_list_size, math.inf),
-    }
-    return limits.get(name, (-math.inf, math.inf))
-
-
 def _narrow(low: float, high: float, current: float, hint: SkillHint) -> tuple[float, float]:
     direction = hint.direction
     if hint.low is not None and hint.high is not None:
@@ -237,7 +242,7 @@ def _dimension(
             return None
         return _Dimension(spec, CategoricalDistribution(spec.choices))
     low, high = rules.trust.box(spec)
-    floor, ceiling = _guardrail_box(spec.name, guardrails)
+    floor, ceiling = guardrail_box(spec.name, guardrails)
     low, high = max(low, floor), min(high, ceiling)
     current = float(spec.current)
     used = tuple(sorted(hints, key=lambda h: -h.confidence))
@@ -327,6 +332,7 @@ class OfflineBrain:
         control_arms: Sequence[str] = ("", "control", "incumbent"),
         memory: int = 4_096,
         attempts_per_candidate: int = 6,
+        diagnostics: DiagnosticRules | None = None,
     ) -> None:
         if not objectives or len({o.name for o in objectives}) != len(objectives):
             msg = "objectives: at least one, with distinct names"
@@ -352,11 +358,13 @@ class OfflineBrain:
         self._control = frozenset(control_arms)
         self._memory_size = memory
         self._attempts = attempts_per_candidate
+        self._diagnostics = diagnostics if diagnostics is not None else DiagnosticRules()
         self._arms: OrderedDict[str, CascadeConfig] = OrderedDict()
         self._calls = 0
         self._usage = Usage()
         self._records: deque[CallRecord] = deque(maxlen=_RECORDS_KEPT)
         self.last_sampler: str = ""
+        self.last_diagnostics: tuple[str, ...] = ()  # what the diagnostic rules did in the last propose call
         self._lock = asyncio.Lock()  # calls run in a worker thread; one at a time keeps the call index deterministic
 
     # ---- arms
@@ -406,6 +414,7 @@ class OfflineBrain:
     def propose_sync(self, context: ProposalContext) -> list[Proposal]:
         """`propose` without the event loop (deterministic for a seed and a sequence of calls)."""
         call = _Call("propose")
+        self.last_diagnostics = ()
         call_index = self._calls
         self._calls += 1
         specs = {spec.name: spec for spec in parameter_specs(context.incumbent)}
@@ -428,6 +437,8 @@ class OfflineBrain:
         incumbent_values = _values(context.incumbent)
         distributions = {name: dim.distribution for name, dim in dimensions.items()}
         spec_list = tuple(specs.values())
+        remembered = tried | {_freeze(config) for config in self._arms.values()}
+        proposals.extend(self._diagnostic_proposals(context, specs, remembered, spec_list))
         for attempt in range(context.k * self._attempts):
             if len(proposals) >= context.k:
                 break
@@ -461,6 +472,38 @@ class OfflineBrain:
         if proposals and call.dropped:
             outcome = "partial"
         self._finish(call, accepted=len(proposals), outcome=outcome)
+        return proposals
+
+    def _diagnostic_proposals(
+        self,
+        context: ProposalContext,
+        specs: Mapping[str, ParamSpec],
+        tried: set[bytes],
+        spec_list: Sequence[ParamSpec],
+    ) -> list[Proposal]:
+        """The diagnostic candidates of this call (`agents.diagnostics.diagnostic_proposals`)."""
+        rules = self._diagnostics
+        readings = incumbent_diagnostics(context.metrics, control_arms=self._control, cohort=self._cohort)
+        moves = diagnostic_moves(
+            context.incumbent,
+            readings,
+            rules=rules,
+            trust=self._rules.trust,
+            guardrails=context.guardrails,
+            allowed=context.parameters,
+            objective=self._objectives[0].name,
+        )
+
+        def repeat(config: CascadeConfig, earlier: Sequence[Proposal]) -> str:
+            return self._repeat_reason(config, context.incumbent, earlier, tried, spec_list)
+
+        def title(move: DiagnosticMove, changes: Sequence[ParamChange]) -> str:
+            moved = ", ".join(_move_text(c, specs) for c in changes)
+            return clip_text(f"offline diagnostic ({move.describe()}): {moved}", MAX_TITLE_CHARS)
+
+        proposals, self.last_diagnostics = diagnostic_proposals(
+            context, moves, wanted=min(rules.max_candidates, context.k), repeat_reason=repeat, title=title
+        )
         return proposals
 
     def _hints(self, skills: Sequence[SkillNote], specs: Mapping[str, ParamSpec]) -> dict[str, tuple[SkillHint, ...]]:

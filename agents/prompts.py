@@ -125,7 +125,10 @@ def actor_prompt(context: ProposalContext) -> str:
     task = (
         f"Propose up to {context.k} candidate configurations for the surface named in the `surface` data, "
         f"each with 1 to {context.max_changes} parameter changes. Parameter names are dotted paths exactly as "
-        "listed in `parameters`. Answer with JSON matching the response schema."
+        "listed in `parameters`. Besides objectives, `recent_metrics` may hold per-arm diagnostics of the "
+        "served lists: near_duplicate_share (share of shown items repeating a style already in their list), "
+        "categories_per_list, fresh_share and long_tail_share (shares of shown items). "
+        "Answer with JSON matching the response schema."
     )
     blocks = [
         untrusted_block("surface", context.surface),
