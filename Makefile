@@ -32,7 +32,7 @@ test-all: lint
 	$(PYTEST)
 
 demo: $(STAMP)
-	$(BIN)/rectune demo
+	$(BIN)/rectune demo --start-config examples/start_no_diversity.json
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
