@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,6 +16,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from rectune.demo_services import starting_config
+from rectune.errors import RectuneError
+from schemas.config import default_config
 
 pytestmark = pytest.mark.integration
 
@@ -181,7 +186,13 @@ def test_ctrl_c_stops_everything_and_exits_130(tmp_path: Path) -> None:
     assert "the run was interrupted (SIGINT)" in (run_dir / "report.md").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize(("child", "message"), [("worker", "the stream worker"), ("traffic", "the traffic process")])
+@pytest.mark.parametrize(
+    ("child", "message"),
+    [
+        pytest.param("worker", "the stream worker", marks=pytest.mark.slow),  # same code path; keeps make test lean
+        ("traffic", "the traffic process"),
+    ],
+)
 def test_a_dead_child_fails_the_demo_and_stops_the_rest(tmp_path: Path, child: str, message: str) -> None:
     demo = DemoProcess(120, tmp_path)
     assert demo.watch_until(lambda: demo.saw(WINDOW), timeout_s=60), demo.output()
@@ -228,3 +239,22 @@ def test_the_default_three_minute_demo_runs_experiments_to_a_decision(tmp_path: 
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert "The world's oracle" in (run_dir / "report.md").read_text(encoding="utf-8")
     assert demo.leftovers() == []
+
+
+def test_the_start_config_is_validated_before_anything_starts(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "start_no_diversity.json"
+    config, what = starting_config(example)
+    assert config.re_rank.near_duplicate_threshold == 1.0 and str(example) in what
+    assert starting_config(None)[0] == default_config()
+    bad = json.loads(example.read_text())
+    bad["re_rank"]["mmr_lambda"] = 1.5
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(RectuneError, match=r"mmr_lambda"):
+        starting_config(tmp_path / "bad.json")
+    bad["re_rank"]["mmr_lambda"] = 0.8
+    bad["re_rank"]["max_per_category"] = 12  # inside the schema's bounds, above the guardrail ceiling
+    (tmp_path / "rail.json").write_text(json.dumps(bad))
+    with pytest.raises(RectuneError, match=r"max_per_category"):
+        starting_config(tmp_path / "rail.json")
+    with pytest.raises(RectuneError, match=r"cannot read"):
+        starting_config(tmp_path / "missing.json")
