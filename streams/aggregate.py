@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Final
 
 import msgspec
@@ -37,8 +37,10 @@ from schemas.topics import DLQ, METRICS
 from streams.windows import WindowSpec
 
 _json: Final = msgspec.json.Encoder()
-#: Rows folded into numpy at once; bounds memory of not-yet-folded events.
-FOLD_EVERY_ROWS: Final = 50_000
+#: Rows folded into numpy at once.  Bounds the not-yet-folded rows every
+#: checkpoint carries (~120 bytes each); the fold points depend only on the
+#: input sequence, so a restored worker folds exactly where an uninterrupted one does.
+FOLD_EVERY_ROWS: Final = 2_048
 #: Envelope sequence numbers remembered below each source's highest, per partition.
 SEQ_WINDOW: Final = 256
 #: Sources remembered per partition (oldest forgotten first).
@@ -56,6 +58,21 @@ class OutRecord:
     topic: str
     key: bytes
     value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """Rows not yet folded, as flat machine arrays (what a checkpoint stores verbatim).
+
+    `rows` holds `ROW_WIDTH` float64 per row; `key_ids` and `versions` one
+    int64 per row; `key_ids` index `keys`, the distinct group keys in order of
+    first appearance since the last fold.
+    """
+
+    rows: bytes
+    key_ids: bytes
+    versions: bytes
+    keys: list[GroupKey]
 
 
 @dataclass(slots=True)
@@ -92,13 +109,30 @@ class PartitionAggregator:
         self.watermark_ms = -(2**62)
         self.closed_through_ms = -(2**62)
         self.late_seq = 0
-        self.counters = Counters()
         self.groups: dict[GroupKey, Group] = {}
         self.outbox: list[OutRecord] = []
         self._bucket_cache: dict[str, int] = {}
+        # Counters as plain ints (the hot path bumps them per message).
+        self._messages = 0
+        self._item_events = 0
+        self._late_item_events = 0
+        self._rejected_messages = 0
+        self._rejected_events = 0
+        self._windows_closed = 0
+        self._duplicate_messages = 0
+        # Pending (not yet folded) rows: the newest ones as Python lists, appended
+        # per event (a row tuple, the index of its group key in `_keys`, its config
+        # version); the older `_n_packed` ones as machine arrays (`_pack`), so each
+        # row is converted once however many checkpoints carry it before the fold.
         self._rows: list[tuple[float, ...]] = []
-        self._row_keys: list[GroupKey] = []
+        self._row_keys: list[int] = []
         self._row_versions: list[int] = []
+        self._keys: list[GroupKey] = []
+        self._key_ids: dict[GroupKey, int] = {}
+        self._n_packed = 0
+        self._packed_rows = bytearray()
+        self._packed_keys = bytearray()
+        self._packed_versions = bytearray()
         # Window starts with unfolded or folded on-time data, and whether any late
         # group exists: lets the per-message close check skip scanning rows.
         self._open_starts: set[int] = set()
@@ -106,6 +140,29 @@ class PartitionAggregator:
         # source_id -> (highest seq seen, bitmask of seqs seen in [high - SEQ_WINDOW, high]):
         # a producer retry re-sends an envelope with the same (source_id, seq).
         self.sources: dict[str, tuple[int, int]] = {}
+
+    @property
+    def counters(self) -> Counters:
+        """Running totals of this partition (a snapshot)."""
+        return Counters(
+            self._messages,
+            self._item_events,
+            self._late_item_events,
+            self._rejected_messages,
+            self._rejected_events,
+            self._windows_closed,
+            self._duplicate_messages,
+        )
+
+    @counters.setter
+    def counters(self, value: Counters) -> None:
+        self._messages = value.messages
+        self._item_events = value.item_events
+        self._late_item_events = value.late_item_events
+        self._rejected_messages = value.rejected_messages
+        self._rejected_events = value.rejected_events
+        self._windows_closed = value.windows_closed
+        self._duplicate_messages = value.duplicate_messages
 
     # -- feeding ---------------------------------------------------------------
 
@@ -116,9 +173,11 @@ class PartitionAggregator:
         width = spec.width_ms
         buckets = spec.buckets
         cache = self._bucket_cache
-        rows = self._rows
-        keys = self._row_keys
-        versions = self._row_versions
+        add_row = self._rows.append
+        add_key_id = self._row_keys.append
+        add_version = self._row_versions.append
+        key_ids = self._key_ids
+        keys = self._keys
         newest = self.watermark_ms
         open_starts = self._open_starts
         items_total = 0
@@ -136,23 +195,36 @@ class PartitionAggregator:
             if isinstance(event, Impression):
                 items = event.items
                 n = len(items)
-                styles = {item.style_id or item.item_id for item in items}
-                cats = {item.category for item in items}
-                tail = sum(1 for item in items if item.long_tail)
-                fresh = sum(1 for item in items if item.fresh)
+                # One explicit loop: ~30% fewer instructions than four comprehensions.
+                styles: set[str] = set()
+                cats: set[str] = set()
+                add_style = styles.add
+                add_cat = cats.add
+                tail = 0
+                fresh = 0
+                for item in items:
+                    add_style(item.style_id or item.item_id)
+                    add_cat(item.category)
+                    if item.long_tail:
+                        tail += 1
+                    if item.fresh:
+                        fresh += 1
                 lat = event.ranker_latency_ms
-                rows.append(
-                    (bucket, 1.0, n, 0.0, 0.0, 0.0, 0.0, lat, lat * lat, len(cats), n - len(styles), tail, fresh)
-                )
+                add_row((bucket, 1.0, n, 0.0, 0.0, 0.0, 0.0, lat, lat * lat, len(cats), n - len(styles), tail, fresh))
             elif isinstance(event, Click):
                 n = 1
-                rows.append((bucket, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+                add_row((bucket, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0))
             else:
                 n = 1
                 rev = event.revenue
-                rows.append((bucket, 0.0, 0.0, 0.0, 1.0, rev, rev * rev, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0))
-            keys.append((start, event.surface, event.arm_id, event.cohort, late))
-            versions.append(event.config_version)
+                add_row((bucket, 0.0, 0.0, 0.0, 1.0, rev, rev * rev, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+            key = (start, event.surface, event.arm_id, event.cohort, late)
+            key_id = key_ids.get(key)
+            if key_id is None:
+                key_id = key_ids[key] = len(keys)
+                keys.append(key)
+            add_key_id(key_id)
+            add_version(event.config_version)
             items_total += n
             if late:
                 late_items += n
@@ -163,14 +235,10 @@ class PartitionAggregator:
                 newest = t
         self.watermark_ms = newest
         self.next_offset = offset + 1
-        c = self.counters
-        self.counters = replace(
-            c,
-            messages=c.messages + 1,
-            item_events=c.item_events + items_total,
-            late_item_events=c.late_item_events + late_items,
-        )
-        if len(rows) >= FOLD_EVERY_ROWS:
+        self._messages += 1
+        self._item_events += items_total
+        self._late_item_events += late_items
+        if self._n_packed + len(self._row_keys) >= FOLD_EVERY_ROWS:
             self.fold()
 
     def is_duplicate(self, source_id: str, seq: int) -> bool:
@@ -204,8 +272,8 @@ class PartitionAggregator:
     def skip_duplicate(self, offset: int) -> None:
         """Advance past a duplicate envelope without folding it."""
         self.next_offset = offset + 1
-        c = self.counters
-        self.counters = replace(c, messages=c.messages + 1, duplicate_messages=c.duplicate_messages + 1)
+        self._messages += 1
+        self._duplicate_messages += 1
 
     def reject(
         self,
@@ -230,28 +298,24 @@ class PartitionAggregator:
         )
         key = f"{self.topic}:{self.partition}:{offset}:{event_index}".encode()
         self.outbox.append(OutRecord(DLQ.name, key, _json.encode(letter)))
-        c = self.counters
-        whole = event_index is None
-        self.counters = replace(
-            c,
-            messages=c.messages + whole,
-            rejected_messages=c.rejected_messages + whole,
-            rejected_events=c.rejected_events + (not whole),
-        )
-        if whole:
+        if event_index is None:
+            self._messages += 1
+            self._rejected_messages += 1
             self.next_offset = offset + 1
+        else:
+            self._rejected_events += 1
 
     def fold(self) -> None:
         """Add not-yet-folded rows into the groups' numpy sums (one pass per batch)."""
-        if not self._rows:
+        self._pack()
+        n_rows = self._n_packed
+        if not n_rows:
             return
-        index: dict[GroupKey, int] = {}
-        gids = np.fromiter(
-            (index.setdefault(k, len(index)) for k in self._row_keys), dtype=np.int64, count=len(self._row_keys)
-        )
-        table = np.asarray(self._rows, dtype=np.float64)
+        table = np.frombuffer(self._packed_rows, dtype=np.float64).reshape(n_rows, ROW_WIDTH)
+        gids = np.frombuffer(self._packed_keys, dtype=np.int64)
+        versions = np.frombuffer(self._packed_versions, dtype=np.int64)
         buckets = self.spec.buckets
-        n_groups = len(index)
+        n_groups = len(self._keys)
         cell = gids * buckets + table[:, 0].astype(np.int64)
         sums = np.empty((n_groups, N_FIELDS, buckets), dtype=np.float64)
         for f in range(N_FIELDS):
@@ -268,10 +332,11 @@ class PartitionAggregator:
             cell[~has_lat], weights=lat[~has_lat], minlength=n_groups * buckets
         ).reshape(n_groups, buckets)
         items = np.bincount(gids, weights=table[:, 2] + table[:, 3] + table[:, 4], minlength=n_groups)
-        per_group_versions: list[set[int]] = [set() for _ in range(n_groups)]
-        for gid, version in zip(gids.tolist(), self._row_versions, strict=True):
-            per_group_versions[gid].add(version)
-        for key, gid in index.items():
+        if versions.min() == versions.max():  # the usual case: one config version in the batch
+            per_group_versions = [{int(versions[0])}] * n_groups  # only read below
+        else:
+            per_group_versions = [set(np.unique(versions[gids == gid]).tolist()) for gid in range(n_groups)]
+        for gid, key in enumerate(self._keys):
             group = self.groups.get(key)
             if group is None:
                 group = Group(np.zeros((N_FIELDS, buckets)), np.zeros(N_LATENCY_BINS, np.int64))
@@ -280,9 +345,31 @@ class PartitionAggregator:
             group.hist += hist[gid]
             group.item_events += int(items[gid])
             group.config_versions |= per_group_versions[gid]
-        self._rows.clear()
-        self._row_keys.clear()
-        self._row_versions.clear()
+        self._reset_pending()
+
+    def _reset_pending(self) -> None:
+        # New objects rather than clearing in place: numpy views may still share the old buffers.
+        self._rows = []
+        self._row_keys = []
+        self._row_versions = []
+        self._keys = []
+        self._key_ids = {}
+        self._n_packed = 0
+        self._packed_rows = bytearray()
+        self._packed_keys = bytearray()
+        self._packed_versions = bytearray()
+
+    def _pack(self) -> None:
+        """Move the rows added since the last call from the lists to the packed buffers."""
+        if not self._row_keys:
+            return
+        self._packed_rows += np.asarray(self._rows, dtype=np.float64).tobytes()
+        self._packed_keys += np.asarray(self._row_keys, dtype=np.int64).tobytes()
+        self._packed_versions += np.asarray(self._row_versions, dtype=np.int64).tobytes()
+        self._n_packed += len(self._row_keys)
+        self._rows = []
+        self._row_keys = []
+        self._row_versions = []
 
     # -- closing ---------------------------------------------------------------
 
@@ -322,7 +409,7 @@ class PartitionAggregator:
                 continue
             self.outbox.append(self._partial(key, group))
             emitted += 1
-        self.counters = replace(self.counters, windows_closed=self.counters.windows_closed + emitted)
+        self._windows_closed += emitted
         return emitted
 
     def _partial(self, key: GroupKey, group: Group) -> OutRecord:
@@ -352,19 +439,26 @@ class PartitionAggregator:
         )
         return OutRecord(METRICS.name, f"{surface}|{arm}".encode(), _json.encode(window))
 
-    def pending(self) -> tuple[list[tuple[float, ...]], list[GroupKey], list[int]]:
-        """Rows not yet folded (for the checkpoint codec; do not mutate)."""
-        return self._rows, self._row_keys, self._row_versions
+    def pending(self) -> Pending:
+        """Rows not yet folded, as bytes (for the checkpoint codec)."""
+        self._pack()
+        return Pending(
+            bytes(self._packed_rows), bytes(self._packed_keys), bytes(self._packed_versions), list(self._keys)
+        )
 
-    def load_pending(self, rows: list[tuple[float, ...]], keys: list[GroupKey], versions: list[int]) -> None:
-        """Put back unfolded rows from a checkpoint (the inverse of `pending`)."""
-        self._rows = rows
-        self._row_keys = keys
-        self._row_versions = versions
+    def load_pending(self, pending: Pending) -> None:
+        """Put back unfolded rows from a checkpoint (the inverse of `pending`; sizes checked by the caller)."""
+        self._reset_pending()
+        self._keys = list(pending.keys)
+        self._key_ids = {key: i for i, key in enumerate(self._keys)}
+        self._packed_rows = bytearray(pending.rows)
+        self._packed_keys = bytearray(pending.key_ids)
+        self._packed_versions = bytearray(pending.versions)
+        self._n_packed = len(pending.key_ids) // 8
 
     def reopen(self) -> None:
         """Recompute the open-window index after a restore from a checkpoint."""
-        keys = [*self.groups, *self._row_keys]
+        keys = [*self.groups, *self._keys]
         self._open_starts = {k[0] for k in keys if not k[4]}
         self._has_late = any(k[4] for k in keys)
 

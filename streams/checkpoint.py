@@ -3,9 +3,14 @@
 A checkpoint is the single changelog record of DESIGN.md's effectively-once
 scheme: aggregate state, the offset of the next source message, and the outbox
 of records still to publish, encoded together so they can never disagree.
-msgpack + zlib keeps it compact; the layout (bucket count, field names,
-histogram size, window spec) is checked on restore so a worker never folds a
-checkpoint of another build into its sums.
+The record is msgpack followed by its CRC-32, or, above
+`COMPRESS_ABOVE_BYTES`, a zlib stream of the msgpack (which carries its own
+checksum; a zlib stream starts with 0x78, a msgpack map never does).  Most
+records are not compressed: unfolded rows are bounded by the aggregator's
+`FOLD_EVERY_ROWS` (~120 bytes each), and zlib cost milliseconds per checkpoint
+of the worker's one busy core.  The layout (bucket count, field names, histogram
+size, window spec) is checked on restore so a worker never folds a checkpoint
+of another build into its sums.
 """
 
 from __future__ import annotations
@@ -17,11 +22,16 @@ import msgspec
 import numpy as np
 
 from schemas.metrics import BUCKET_FIELDS, N_FIELDS, N_LATENCY_BINS
-from streams.aggregate import ROW_WIDTH, SEQ_WINDOW, Counters, Group, OutRecord, PartitionAggregator
+from streams.aggregate import ROW_WIDTH, SEQ_WINDOW, Counters, Group, OutRecord, PartitionAggregator, Pending
 from streams.errors import StateError
 from streams.windows import WindowSpec
 
-CHECKPOINT_VERSION: Final = 1
+CHECKPOINT_VERSION: Final = 2
+#: Records larger than this are zlib-compressed (a burst of dead letters, many open
+#: groups), keeping them well below brokers' default 1 MB message limit.
+COMPRESS_ABOVE_BYTES: Final = 512 * 1024
+_ZLIB_MAGIC: Final = b"\x78"
+_CRC_BYTES: Final = 4
 _MASK_BYTES: Final = SEQ_WINDOW // 8 + 1
 
 
@@ -72,9 +82,12 @@ class Checkpoint(msgspec.Struct, frozen=True):
     # Rows not yet folded into the sums, kept as they are: folding them here
     # would change the order of float additions, so a restored worker would
     # publish partials that differ in the last bits from an uninterrupted one.
+    # Flat native-order arrays (as the group sums): float64 x ROW_WIDTH per row, int64 key index
+    # (into pending_keys) and int64 config version per row.
     pending_rows: bytes
+    pending_key_ids: bytes
+    pending_versions: bytes
     pending_keys: list[_KeySnap]
-    pending_versions: list[int]
     # Envelope de-duplication memory: (source_id, highest seq, seen-bitmask bytes).
     sources: list[tuple[str, int, bytes]]
 
@@ -89,7 +102,7 @@ def encode_checkpoint(agg: PartitionAggregator) -> bytes:
     Called by the stream worker before it publishes the outbox and commits.
     """
     c = agg.counters
-    rows, keys, versions = agg.pending()
+    pending = agg.pending()
     snap = Checkpoint(
         version=CHECKPOINT_VERSION,
         topic=agg.topic,
@@ -119,24 +132,39 @@ def encode_checkpoint(agg: PartitionAggregator) -> bytes:
             for k, g in agg.groups.items()
         ],
         outbox=[_OutSnap(r.topic, r.key, r.value) for r in agg.outbox],
-        pending_rows=np.asarray(rows, dtype=np.float64).reshape(-1, ROW_WIDTH).tobytes(),
-        pending_keys=[_KeySnap(*k) for k in keys],
-        pending_versions=list(versions),
+        pending_rows=pending.rows,
+        pending_key_ids=pending.key_ids,
+        pending_versions=pending.versions,
+        pending_keys=[_KeySnap(*k) for k in pending.keys],
         sources=[(src, high, mask.to_bytes(_MASK_BYTES, "little")) for src, (high, mask) in agg.sources.items()],
     )
-    return zlib.compress(_encoder.encode(snap), 1)
+    body = _encoder.encode(snap)
+    if len(body) > COMPRESS_ABOVE_BYTES:
+        return zlib.compress(body, 1)
+    return body + zlib.crc32(body).to_bytes(_CRC_BYTES, "little")
+
+
+def _body(data: bytes) -> bytes:
+    """The msgpack body of a record, its checksum verified (zlib verifies its own)."""
+    if data[:1] == _ZLIB_MAGIC:
+        return zlib.decompress(data)
+    body, crc = data[:-_CRC_BYTES], data[-_CRC_BYTES:]
+    if len(data) <= _CRC_BYTES or zlib.crc32(body).to_bytes(_CRC_BYTES, "little") != crc:
+        msg = "checkpoint: checksum mismatch (a truncated or corrupted record)"
+        raise StateError(msg, hint="is something else writing to the state topic?")
+    return body
 
 
 def decode_checkpoint(data: bytes) -> Checkpoint:
     """Parse checkpoint bytes; raises `StateError` when they are not a checkpoint."""
     try:
-        snap = _decoder.decode(zlib.decompress(data))
+        snap = _decoder.decode(_body(data))
     except (zlib.error, msgspec.DecodeError, RecursionError) as err:
         msg = f"checkpoint: not a valid checkpoint record ({err})"
         raise StateError(msg, hint="is something else writing to the state topic?") from err
     if snap.version != CHECKPOINT_VERSION:
         msg = f"checkpoint.version: must be {CHECKPOINT_VERSION}, got {snap.version}"
-        raise StateError(msg, hint="a newer worker wrote this state; upgrade this one")
+        raise StateError(msg, hint="another build of the worker wrote this state: run that build, or use a new app id")
     return snap
 
 
@@ -179,15 +207,21 @@ def restore(data: bytes, spec: WindowSpec, topic: str, partition: int) -> Partit
         agg.groups[(g.window_start_ms, g.surface, g.arm_id, g.cohort, g.late)] = Group(
             sums, hist, set(g.config_versions), g.item_events
         )
-    n_rows = len(snap.pending_keys)
-    if len(snap.pending_rows) != n_rows * ROW_WIDTH * 8 or len(snap.pending_versions) != n_rows:
-        msg = "checkpoint.pending_rows: must hold one row and one version per pending key"
+    n_rows, extra = divmod(len(snap.pending_rows), ROW_WIDTH * 8)
+    if extra or len(snap.pending_key_ids) != n_rows * 8 or len(snap.pending_versions) != n_rows * 8:
+        msg = "checkpoint.pending_rows: must hold one row, one key index and one version per pending row"
         raise StateError(msg, hint="the record is corrupt")
-    rows = np.frombuffer(snap.pending_rows, dtype=np.float64).reshape(n_rows, ROW_WIDTH).tolist()
+    key_ids = np.frombuffer(snap.pending_key_ids, dtype=np.int64)
+    if n_rows and (int(key_ids.min()) < 0 or int(key_ids.max()) >= len(snap.pending_keys)):
+        msg = f"checkpoint.pending_key_ids: must index pending_keys (0..{len(snap.pending_keys) - 1})"
+        raise StateError(msg, hint="the record is corrupt")
     agg.load_pending(
-        [tuple(r) for r in rows],
-        [(k.window_start_ms, k.surface, k.arm_id, k.cohort, k.late) for k in snap.pending_keys],
-        snap.pending_versions,
+        Pending(
+            snap.pending_rows,
+            snap.pending_key_ids,
+            snap.pending_versions,
+            [(k.window_start_ms, k.surface, k.arm_id, k.cohort, k.late) for k in snap.pending_keys],
+        )
     )
     agg.outbox = [OutRecord(r.topic, r.key, r.value) for r in snap.outbox]
     agg.sources = {src: (high, int.from_bytes(mask, "little")) for src, high, mask in snap.sources}

@@ -12,6 +12,7 @@ import random
 import zlib
 from collections.abc import Sequence
 from typing import Any
+from unittest import mock
 
 import msgspec
 import numpy as np
@@ -26,8 +27,16 @@ from schemas.events import Event
 from schemas.metrics import FIELD_INDEX, MetricWindow
 from schemas.topics import METRICS
 from simulator.synthetic import TrafficGenerator, TrafficSpec, pack
-from streams.aggregate import PartitionAggregator
-from streams.checkpoint import CHECKPOINT_VERSION, Checkpoint, decode_checkpoint, encode_checkpoint, restore
+from streams import aggregate
+from streams.aggregate import FOLD_EVERY_ROWS, ROW_WIDTH, OutRecord, PartitionAggregator
+from streams.checkpoint import (
+    CHECKPOINT_VERSION,
+    COMPRESS_ABOVE_BYTES,
+    Checkpoint,
+    decode_checkpoint,
+    encode_checkpoint,
+    restore,
+)
 from streams.errors import StateError, StreamsError
 from streams.windows import WindowSpec
 
@@ -141,6 +150,57 @@ def test_restored_partials_are_byte_identical() -> None:
     assert [r.value for r in crashed.outbox] == [r.value for r in straight.outbox]
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    requests=st.integers(1, 80),
+    per_message=st.integers(1, 40),
+    fold_every=st.integers(1, 50),
+    rnd=st.randoms(use_true_random=False),
+)
+def test_restores_between_folds_publish_byte_identical_partials(
+    seed: int, requests: int, per_message: int, fold_every: int, rnd: random.Random
+) -> None:
+    """Fold points depend only on the input, so checkpoints that carry unfolded rows change no bit."""
+    events = list(TrafficGenerator(SMALL, seed=seed).stream(T0, requests, 100.0))
+    messages: list[Message] = list(pack(events, per_message))
+    cuts = {i for i in range(len(messages) + 1) if rnd.random() < 0.4}
+    with mock.patch.object(aggregate, "FOLD_EVERY_ROWS", fold_every):
+        straight = _run(SPEC, messages, set(), set())
+        crashed = _run(SPEC, messages, set(), cuts)
+    assert _state(crashed) == _state(straight)
+    assert [(r.topic, r.key, r.value) for r in crashed.outbox] == [(r.topic, r.key, r.value) for r in straight.outbox]
+
+
+def test_a_busy_partition_checkpoints_uncompressed_and_small() -> None:
+    """Unfolded rows are bounded by FOLD_EVERY_ROWS, so the record stays small without zlib."""
+    events = list(TrafficGenerator(SMALL, seed=5).stream(T0, 3_000, 1_000.0))
+    agg = PartitionAggregator(WindowSpec(width_ms=60_000, allowed_lateness_ms=10_000, buckets=64), TOPIC, 0)
+    largest = 0
+    for offset, message in enumerate(pack(events, 100)):
+        agg.add_message(offset, message)
+        agg.close_due()
+        data = encode_checkpoint(agg)
+        assert data[:1] != b"\x78"  # plain msgpack
+        largest = max(largest, len(data))
+    assert agg.counters.item_events > 2 * FOLD_EVERY_ROWS  # folds happened on the way
+    assert largest < FOLD_EVERY_ROWS * (ROW_WIDTH + 2) * 8 + 64 * 1024 < COMPRESS_ABOVE_BYTES
+
+
+def test_a_large_record_is_compressed_and_restores_the_same() -> None:
+    agg = PartitionAggregator(SPEC, TOPIC, 1)
+    agg.add_message(0, list(TrafficGenerator(SMALL, seed=2).stream(T0, 40, 100.0)))
+    big = COMPRESS_ABOVE_BYTES // 10_000 + 1
+    agg.outbox = [OutRecord("rectune.dlq", b"k%d" % i, b"x" * 10_000) for i in range(big)]
+    data = encode_checkpoint(agg)
+    assert data[:1] == b"\x78"
+    assert len(data) < COMPRESS_ABOVE_BYTES
+    again = restore(data, SPEC, TOPIC, 1)
+    assert again.outbox == agg.outbox
+    assert _state(again) == _state(agg)
+    assert encode_checkpoint(again) == data
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -194,10 +254,12 @@ def test_checkpoint_keeps_the_unpublished_outbox_and_restored_state_resumes_at_n
 # -- refusals ------------------------------------------------------------------------
 
 
-def _checkpoint() -> bytes:
+def _checkpoint(*, pending: bool = False) -> bytes:
     agg = PartitionAggregator(SPEC, TOPIC, 2)
     agg.add_message(0, list(TrafficGenerator(SMALL, seed=1).stream(T0, 5, 100.0)))
-    agg.fold()  # so the record holds folded groups (pending rows are covered by the properties)
+    agg.fold()  # so the record holds folded groups
+    if pending:  # ... and one unfolded row
+        agg.add_message(1, list(TrafficGenerator(SMALL, seed=1).stream(T0 + 10, 1, 100.0))[:1])
     return encode_checkpoint(agg)
 
 
@@ -224,9 +286,17 @@ def test_restore_refuses_a_checkpoint_of_another_layout_naming_the_field(
     assert restore(data, SPEC, TOPIC, 2).next_offset == 1
 
 
+def _snap(data: bytes) -> Checkpoint:
+    return msgspec.msgpack.decode(zlib.decompress(data) if data[:1] == b"\x78" else data[:-4], type=Checkpoint)
+
+
+def _sealed(body: bytes) -> bytes:
+    """A record as the codec writes it: msgpack + CRC-32 (little-endian)."""
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
 def _rewrite(data: bytes, **changes: Any) -> bytes:
-    snap = msgspec.msgpack.decode(zlib.decompress(data), type=Checkpoint)
-    return zlib.compress(msgspec.msgpack.encode(msgspec.structs.replace(snap, **changes)))
+    return _sealed(msgspec.msgpack.encode(msgspec.structs.replace(_snap(data), **changes)))
 
 
 @pytest.mark.parametrize(
@@ -235,11 +305,15 @@ def _rewrite(data: bytes, **changes: Any) -> bytes:
         ({"version": CHECKPOINT_VERSION + 1}, "version"),
         ({"fields": ["requests", "clicks"]}, "fields"),
         ({"latency_bins": 7}, "latency_bins"),
+        ({"pending_versions": b"\x00" * 16}, "pending_rows"),
+        ({"pending_key_ids": b""}, "pending_rows"),
+        ({"pending_rows": b"\x00" * 8}, "pending_rows"),
+        ({"pending_key_ids": (7).to_bytes(8, "little"), "pending_keys": []}, "pending_key_ids"),
     ],
 )
 def test_restore_refuses_another_build_naming_the_field(changes: dict[str, Any], field: str) -> None:
     with pytest.raises(StateError, match=rf"checkpoint\.{field}:"):
-        restore(_rewrite(_checkpoint(), **changes), SPEC, TOPIC, 2)
+        restore(_rewrite(_checkpoint(pending=True), **changes), SPEC, TOPIC, 2)
 
 
 @pytest.mark.parametrize(
@@ -251,9 +325,23 @@ def test_restore_refuses_another_build_naming_the_field(changes: dict[str, Any],
         zlib.compress(b"not msgpack at all"),
         zlib.compress(msgspec.msgpack.encode({"version": 1})),
         zlib.compress(msgspec.msgpack.encode([1, 2, 3])),
-        msgspec.msgpack.encode({"version": 1}),  # not compressed
+        msgspec.msgpack.encode({"version": 1}),  # no checksum
+        _sealed(msgspec.msgpack.encode({"version": 1})),
+        _sealed(b"not msgpack at all"),
+        b"\x78garbage",  # looks compressed, is not
     ],
-    ids=["empty", "text", "zeros", "zlib-text", "zlib-partial-map", "zlib-list", "uncompressed"],
+    ids=[
+        "empty",
+        "text",
+        "zeros",
+        "zlib-text",
+        "zlib-partial-map",
+        "zlib-list",
+        "no-checksum",
+        "partial-map",
+        "sealed-text",
+        "fake-zlib",
+    ],
 )
 def test_garbage_is_a_state_error(data: bytes) -> None:
     with pytest.raises(StateError, match=r"^checkpoint"):
@@ -271,15 +359,18 @@ def test_truncated_or_corrupted_checkpoint_is_a_state_error() -> None:
 
 
 def _group_change(field: str, cut: int) -> dict[str, Any]:
-    snap = msgspec.msgpack.decode(zlib.decompress(_checkpoint()), type=Checkpoint)
+    snap = _snap(_checkpoint())
     group = snap.groups[0]
     return {"groups": [msgspec.structs.replace(group, **{field: getattr(group, field)[:-cut]}), *snap.groups[1:]]}
 
 
-@pytest.mark.parametrize("case", ["nested-unknown-field", "short-sums", "short-hist", "short-counters"])
-def test_malformed_record_inside_valid_zlib_is_a_state_error(case: str) -> None:
-    if case == "nested-unknown-field":
-        data = zlib.compress(b"\x81\xa1x" + b"\x91" * 5000 + b"\xc0")  # {"x": [[[...[nil]...]]]}
+@pytest.mark.parametrize(
+    "case", ["nested-unknown-field", "nested-unknown-field-zlib", "short-sums", "short-hist", "short-counters"]
+)
+def test_malformed_record_is_a_state_error(case: str) -> None:
+    if case.startswith("nested-unknown-field"):
+        body = b"\x81\xa1x" + b"\x91" * 5000 + b"\xc0"  # {"x": [[[...[nil]...]]]}
+        data = zlib.compress(body) if case.endswith("zlib") else _sealed(body)
     elif case == "short-sums":
         data = _rewrite(_checkpoint(), **_group_change("sums", 8))
     elif case == "short-hist":
