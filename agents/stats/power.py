@@ -234,8 +234,7 @@ def plan_experiment(
         elif max_t > 0:
             cut = _mde(max_t, **kw)[0]
             reason = (
-                f"traffic can resolve only {_lift(mde_rel)} in {head}: "
-                f"cut to {_arms(max_t)} (resolves {_lift(cut)})"
+                f"traffic can resolve only {_lift(mde_rel)} in {head}: cut to {_arms(max_t)} (resolves {_lift(cut)})"
             )
         else:
             one = _mde(1, **kw)[0]

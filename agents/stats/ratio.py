@@ -193,9 +193,7 @@ class Comparison:
         return math.expm1(self.log_ratio - half), math.expm1(self.log_ratio + half)
 
 
-def comparison(
-    control: float, control_variance: float, treatment: float, treatment_variance: float
-) -> Comparison:
+def comparison(control: float, control_variance: float, treatment: float, treatment_variance: float) -> Comparison:
     """Build a `Comparison` from two independent arm estimates and their variances (also used by `cuped`)."""
     values = (control, control_variance, treatment, treatment_variance)
     if not all(math.isfinite(v) for v in values) or control_variance < 0.0 or treatment_variance < 0.0:

@@ -96,9 +96,7 @@ class SimulatedExperiment:
     users_per_arm: tuple[int, ...]
 
 
-def simulate_experiment(
-    model: TrafficModel, lifts: Sequence[float], rng: np.random.Generator
-) -> SimulatedExperiment:
+def simulate_experiment(model: TrafficModel, lifts: Sequence[float], rng: np.random.Generator) -> SimulatedExperiment:
     """One synthetic experiment: `lifts[a]` is arm a's true relative CTR lift (0 for control and A/A arms)."""
     if len(lifts) != model.arms or any(not math.isfinite(v) or v <= -1.0 for v in lifts):
         msg = f"lifts: need {model.arms} finite lifts > −1 (one per arm), got {list(lifts)}"
