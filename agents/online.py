@@ -84,7 +84,7 @@ from agents.experiment import (
     ExperimentState,
 )
 from agents.online_guard import _guardrails, _srm
-from agents.online_plan import _gate, _launch, _plan_figures, _plan_struct, _power, _refused
+from agents.online_plan import _gate, _launch, _plan_figures, _plan_struct, _refused, power_plan
 from agents.online_policy import Baseline, OnlinePolicy, TrafficEstimate, _per_stage, baseline_from_totals
 from agents.online_primary import _read
 from agents.online_ramp import (
@@ -176,7 +176,7 @@ class OnlineAgent:
             return _refused(stub_plan, [*notes, f"refuse: cannot plan the experiment ({err})"], now_ms)
 
         if gate is None:
-            one = _power(self.policy, 1, traffic, baseline, fractions)
+            one = power_plan(self.policy, 1, traffic, baseline, fractions)
             needed = requested.horizon_needed_seconds
             reason = (
                 f"power gate: refuse — with {len(kept)} treatment arm(s) the traffic resolves only "
@@ -313,6 +313,7 @@ __all__ = [
     "TrafficEstimate",
     "baseline_from_totals",
     "guardrail_tau2",
+    "power_plan",
     "ramp_exposure",
     "served_shares",
     "stage_allocation",

@@ -19,16 +19,29 @@ from agents.experiment import (
     Figure,
     PowerFigures,
 )
-from agents.online_policy import Baseline, OnlinePolicy, TrafficEstimate
+from agents.online_policy import Baseline, OnlinePolicy, TrafficEstimate, _per_stage
 from agents.online_ramp import guardrail_tau2, ramp_exposure, stage_allocation, stage_fractions
 from agents.online_reads import _Log
 from agents.stats.power import PowerPlan, plan_experiment
 
 
-def _power(
-    policy: OnlinePolicy, treatments: int, traffic: TrafficEstimate, baseline: Baseline, fractions: Sequence[float]
+def power_plan(
+    policy: OnlinePolicy,
+    treatments: int,
+    traffic: TrafficEstimate,
+    baseline: Baseline,
+    fractions: Sequence[float] | None = None,
 ) -> PowerPlan:
+    """The sequential test's power plan for `treatments` arms over `policy`'s ramp and horizon at `traffic`.
+
+    Called by the power gate (`_gate`, `OnlineAgent.plan`) and by `rectune.simloop` to derive a resolvable
+    target from a pilot.  `fractions` are the ramp's stage fractions of the horizon (default: from the
+    policy's per-stage dwell).
+    """
     p = policy
+    if fractions is None:
+        dwell = _per_stage("min_dwell_s", p.min_dwell_s, len(p.stages))
+        fractions = stage_fractions(p.stages, dwell, p.horizon_s)
     return plan_experiment(
         baseline=baseline.value,
         variance_per_unit=baseline.variance_per_request,
@@ -52,11 +65,11 @@ def _gate(
     The exposure depends on K (the ramp splits each stage over the arms),
     so arms are cut one at a time rather than by `max_treatments_for`.
     """
-    requested = _power(policy, requested_arms, traffic, baseline, fractions)
+    requested = power_plan(policy, requested_arms, traffic, baseline, fractions)
     if requested.feasible:
         return requested, requested
     for k in range(requested_arms - 1, 0, -1):
-        candidate = _power(policy, k, traffic, baseline, fractions)
+        candidate = power_plan(policy, k, traffic, baseline, fractions)
         if candidate.feasible:
             return candidate, requested
     return None, requested

@@ -59,11 +59,9 @@ from agents.online import (
     OnlinePolicy,
     TrafficEstimate,
     baseline_from_totals,
-    ramp_exposure,
-    stage_fractions,
+    power_plan,
 )
 from agents.skillhub import MemorySkillStore
-from agents.stats.power import plan_experiment
 from schemas.config import Allocation, ArmShare, CascadeConfig, default_config
 from schemas.config_log import Keyring, ServingState
 from schemas.guardrails import Guardrails
@@ -150,21 +148,7 @@ def insight_objective(scenario: Scenario) -> str:
 def pilot_target_mde(policy: OnlinePolicy, pilot: tuple[TrafficEstimate, Baseline]) -> float:
     """The relative lift `PLANNED_ARMS` treatment arms resolve over `policy`'s ramp and horizon at a pilot's traffic."""
     traffic, baseline = pilot
-    dwell = policy.min_dwell_s if isinstance(policy.min_dwell_s, tuple) else (policy.min_dwell_s,) * len(policy.stages)
-    fractions = stage_fractions(policy.stages, dwell, policy.horizon_s)
-    plan = plan_experiment(
-        baseline=baseline.value,
-        variance_per_unit=baseline.variance_per_request,
-        units_per_second=traffic.requests_per_second,
-        horizon_seconds=policy.horizon_s,
-        treatments=PLANNED_ARMS,
-        alpha=policy.alpha,
-        power=policy.power,
-        exposure=ramp_exposure(policy.stages, fractions, PLANNED_ARMS),
-        variance_dof=baseline.variance_dof,
-        variance_confidence=policy.variance_confidence,
-    )
-    return plan.mde_relative
+    return power_plan(policy, PLANNED_ARMS, traffic, baseline).mde_relative
 
 
 def preset_for(
