@@ -453,6 +453,8 @@ def test_broker_stopped_mid_run_kafka(fresh_kafka: ApacheKafkaBroker, redis_url:
                 append_change(bootstrap, draft("allocation", author="ops", reason="end", allocation=None), KEYS)
             )
             wait(lambda: consumer.applied_version == 4, 40, "catch-up to v4 after the restart")
+            # the request thread may not have run since the swap on a loaded box
+            wait(lambda: 4 in requests.versions, 10, "a request served v4")
         assert not requests.failures and requests.versions == {3, 4}
         snap = holder.snapshot()
         assert snap is not None and snap.version == 4 and snap.allocation is None
@@ -506,6 +508,7 @@ def test_broker_restarted_empty_tansu_refolds_without_regressing(tmp_path: Path)
                 assert holder.snapshot() is served
                 asyncio.run(publish_records(bootstrap, [encode_change(c) for c in history[1:]]))
                 wait(lambda: consumer.applied_version == 4, 20, "v4")
+                wait(lambda: 4 in requests.versions, 10, "a request served v4")
         assert not requests.failures and requests.versions == {3, 4}
         assert alerts and {a.kind for a in alerts} == {"stale_config"}
     finally:
