@@ -280,6 +280,19 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @runtime_checkable
+class ArmRegistry(Protocol):
+    """A brain that learns from past arms: the loop tells it which config each experiment arm serves.
+
+    `AgentLoop.step` calls `register_arm` for the running experiment's arms on
+    every tick (idempotent), so arm readings (`MetricReading.arm`) resolve to
+    configs; a brain without it just sees readings.
+    """
+
+    def register_arm(self, arm: str, config: CascadeConfig) -> None:
+        """Remember that `arm` serves `config`."""
+
+
+@runtime_checkable
 class Brain(Protocol):
     """What the agents think with.  Implementations never raise for a bad or missing answer.
 
@@ -522,6 +535,22 @@ def vet_proposal(
     config = apply_changes(incumbent, effective)
     guardrails.check(config)
     return tuple(effective), config
+
+
+def vet_in_context(
+    context: ProposalContext, changes: Sequence[ParamChange]
+) -> tuple[tuple[ParamChange, ...], CascadeConfig]:
+    """`vet_proposal` against `context`'s incumbent, guardrails, allow-list and change limit.
+
+    The offline brain's sampler, diagnostic and ascent candidates all vet through it.
+    """
+    return vet_proposal(
+        context.incumbent,
+        changes,
+        guardrails=context.guardrails,
+        allowed=context.parameters,
+        max_changes=context.max_changes,
+    )
 
 
 def _is_same(spec: ParamSpec, value: object) -> bool:

@@ -76,7 +76,7 @@ from agents.brain import (
     proposal_id_for,
     vet_proposal,
 )
-from agents.critic_diversity import DiversityFloor, _diversity_problems, guaranteed_categories
+from agents.critic_diversity import DiversityFloor, diversity_problems, guaranteed_categories
 from agents.critic_failures import FailedMove, FailureMemory, FailureRecord, _failure_text
 from agents.critic_latency import LatencyModel, LatencySource, latency_features
 from agents.critic_trust import (
@@ -109,6 +109,7 @@ __all__ = [
     "Verdict",
     "candidate_distance",
     "critique",
+    "diversity_problems",
     "guaranteed_categories",
     "latency_features",
     "param_class",
@@ -278,7 +279,7 @@ def _hard_rules(
     if predicted > rules.latency_budget_ms:
         judgement.reject("latency_budget", f"latency_budget: {latency_text} > budget {rules.latency_budget_ms:g} ms")
     # diversity floor
-    for problem in _diversity_problems(config, incumbent, rules.diversity, surface):
+    for problem in diversity_problems(config, incumbent, rules.diversity, surface):
         judgement.reject("diversity_floor", problem)
     # failure memory
     record = failures.match(incumbent, judgement.changes)

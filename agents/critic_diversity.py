@@ -1,7 +1,7 @@
 """The Critic's diversity floor: the least diversity a candidate's lists may have (pure, no I/O).
 
 Lives here: `DiversityFloor`, `guaranteed_categories` and the rule-4 check
-`_diversity_problems`.  Callers: `agents.critic` (rule 4, `diversity_floor`,
+`diversity_problems`.  Callers: `agents.critic` (rule 4, `diversity_floor`,
 and the figures of a kept verdict); re-exported by `agents.critic`.
 """
 
@@ -35,7 +35,7 @@ def guaranteed_categories(config: CascadeConfig, surface: str = "") -> int:
     return -(-resolved.list_size // resolved.max_per_category)
 
 
-def _diversity_problems(
+def diversity_problems(
     config: CascadeConfig, incumbent: CascadeConfig, floor: DiversityFloor, surface: str
 ) -> list[str]:
     problems: list[str] = []

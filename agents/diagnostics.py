@@ -45,12 +45,13 @@ from agents.brain import (
     MetricReading,
     ParamChange,
     ParamSpec,
+    ParamValue,
     Proposal,
     ProposalContext,
     clip_text,
     parameter_specs,
     proposal_id_for,
-    vet_proposal,
+    vet_in_context,
 )
 from agents.critic import TrustRegion, param_class
 from schemas.config import CascadeConfig
@@ -151,24 +152,42 @@ def guardrail_box(name: str, guardrails: Guardrails) -> tuple[float, float]:
     return limits.get(name, (-math.inf, math.inf))
 
 
-def step_down(spec: ParamSpec, trust: TrustRegion, guardrails: Guardrails) -> float | int | None:
-    """`spec`'s value one trust step down, clipped to its trust box and guardrails; None if it cannot move."""
+def step_toward(
+    spec: ParamSpec, trust: TrustRegion, guardrails: Guardrails, sign: int, fraction: float = 1.0
+) -> ParamValue | None:
+    """`spec`'s value `fraction` of a trust step up (`sign` +1) or down (−1); None if it cannot move.
+
+    Clipped to the trust box, the parameter's bounds and the guardrails that
+    bound it directly, rounded towards the incumbent (so it stays inside the
+    box); cuts step on their log scale.  A two-valued choice steps to its
+    second (+1) or first (−1) value when the trust region allows choice
+    changes.  Called by the diagnostic rules and the offline brain's ascent.
+    """
     if spec.kind == "choice" or isinstance(spec.current, str):
-        return None
+        if not trust.choices or len(spec.choices) != 2:
+            return None
+        choice = spec.choices[1] if sign > 0 else spec.choices[0]
+        return None if choice == spec.current else choice
     current = float(spec.current)
-    low, _ = trust.box(spec)
-    floor, _ = guardrail_box(spec.name, guardrails)
-    # A cut's box low is already one (log) step down; others step by the half-width.
-    step = math.inf if param_class(spec) == "cut" else trust.half_width(spec)
-    target = max(current - step, low, floor)
-    if spec.kind == "int":
-        value: float | int = math.ceil(target - _EPS)
+    low, high = trust.box(spec)
+    floor, ceiling = guardrail_box(spec.name, guardrails)
+    if param_class(spec) == "cut":
+        target = current * trust.cut_factor ** (sign * fraction)
     else:
-        scale = 10.0**_DECIMALS
-        value = math.ceil(target * scale - _EPS) / scale  # rounded towards the incumbent: stays inside the box
-    if value >= current - _EPS:
+        target = current + sign * fraction * trust.half_width(spec)
+    target = min(max(target, low, floor), high, ceiling)
+    scale = 1.0 if spec.kind == "int" else 10.0**_DECIMALS
+    rounded = math.ceil(target * scale - _EPS) if sign < 0 else math.floor(target * scale + _EPS)
+    value: float | int = int(rounded) if spec.kind == "int" else rounded / scale
+    if (sign < 0 and value >= current - _EPS) or (sign > 0 and value <= current + _EPS):
         return None
     return value
+
+
+def step_down(spec: ParamSpec, trust: TrustRegion, guardrails: Guardrails) -> float | int | None:
+    """`spec`'s value one trust step down (`step_toward` with sign −1; None for choices and when it cannot move)."""
+    value = step_toward(spec, trust, guardrails, -1)
+    return None if isinstance(value, str) else value
 
 
 def _change(spec: ParamSpec, value: float | int, move: str, verb: str, objective: str) -> ParamChange:
@@ -281,13 +300,7 @@ def diagnostic_proposals(
         if len(out) >= wanted:
             break
         try:
-            effective, config = vet_proposal(
-                context.incumbent,
-                move.changes[: context.max_changes],
-                guardrails=context.guardrails,
-                allowed=context.parameters,
-                max_changes=context.max_changes,
-            )
+            effective, config = vet_in_context(context, move.changes[: context.max_changes])
         except SchemaError as err:
             notes.append(f"{move.rule} ({move.describe()}): refused, {err.field}: {err.rule}")
             continue

@@ -13,7 +13,7 @@ non-dominated set of the configs tried so far (e.g. CTR vs latency p99 vs
 diversity), which the Actor and the dashboard show.
 
 Metrics (`METRICS`): ratio metrics over user buckets — `ctr` (clicks per
-shown item), `conversion_rate` (conversions per request),
+shown item), `clicks_per_request`, `conversion_rate` (conversions per request),
 `revenue_per_request`, `diversity` (distinct categories per list) — read with
 the delta method (`agents.stats.ratio`): relative lift with the log-ratio
 interval, asymmetric and > −100%.  `latency_p99` is a quantile of the fixed
@@ -115,6 +115,7 @@ METRICS: Final[Mapping[str, MetricDef]] = {
     m.name: m
     for m in (
         MetricDef("ctr", "ratio", True, numerator="clicks", denominator="impressions"),
+        MetricDef("clicks_per_request", "ratio", True, numerator="clicks", denominator="requests"),
         MetricDef("conversion_rate", "ratio", True, numerator="conversions", denominator="requests"),
         MetricDef("revenue_per_request", "ratio", True, numerator="revenue", denominator="requests"),
         MetricDef("latency_p99", "quantile", False, quantile=0.99),

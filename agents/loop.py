@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ import numpy as np
 from agents.actor import ActorAgent
 from agents.brain import (
     MAX_TITLE_CHARS,
+    ArmRegistry,
     Brain,
     CritiqueContext,
     InsightContext,
@@ -67,6 +69,7 @@ from agents.insight import ALL_COHORTS, ArmChanges, effect_readings, experiment_
 from agents.online import OnlineAgent, baseline_from_totals, stage_allocation
 from agents.skillhub import SkillStore
 from agents.skills import Skill, changed_skills, search_parameters, search_space, skill_notes, update_skills
+from agents.stats.ratio import ratio_from_sums
 from schemas.alerts import Alert
 from schemas.config import Allocation, ArmShare, CascadeConfig, ConfigError
 from schemas.config_log import ServingState
@@ -296,6 +299,7 @@ class AgentLoop:
         out: list[Action] = []
         if inp.serving.control is None:
             return state, out
+        self._register_arms(state, inp)
         if state.phase == "idle":
             state = await self._propose(state, inp, out)
         elif state.phase == "registering":
@@ -305,6 +309,17 @@ class AgentLoop:
         elif state.phase == "running":
             state = await self._run(state, inp, out)
         return state, out
+
+    def _register_arms(self, state: LoopState, inp: LoopInput) -> None:
+        """Tell a brain that learns from past arms (`ArmRegistry`) which config each running arm serves."""
+        experiment = state.experiment_state() if isinstance(self.brain, ArmRegistry) else None
+        if experiment is None or not isinstance(self.brain, ArmRegistry):
+            return
+        plan = experiment.plan
+        for arm in (plan.control, *plan.treatments):
+            config = inp.serving.configs.get(arm.config_version)
+            if config is not None:
+                self.brain.register_arm(arm.arm_id, config)
 
     # ---- records
 
@@ -355,7 +370,18 @@ class AgentLoop:
         for arm_id, totals in arms:
             value = totals.ratio(metric.numerator, metric.denominator)
             if value == value:  # not NaN
-                out.append(MetricReading(name=metric.name, value=value, arm=arm_id))
+                # the 95% interval (delta method over user buckets) lets a brain weigh the read
+                lower, upper = ratio_from_sums(totals.sums, metric.numerator, metric.denominator).interval()
+                finite = math.isfinite(lower) and math.isfinite(upper)
+                out.append(
+                    MetricReading(
+                        name=metric.name,
+                        value=value,
+                        lower=lower if finite else None,
+                        upper=upper if finite else None,
+                        arm=arm_id,
+                    )
+                )
         for arm_id, totals in sorted(arms, key=lambda item: (bool(_TREATMENT_ARM.search(item[0])), item[0])):
             out.extend(MetricReading(name=n, value=v, arm=arm_id) for n, v in diagnostic_values(totals).items())
         return tuple(out[:_MAX_READINGS])

@@ -49,8 +49,18 @@ space and asks it for `context.k` candidates:
   `re_rank.near_duplicate_threshold` (and `mmr_lambda`) by one trust step.
   Each is trimmed to `max_changes`, vetted like a sampled candidate, and not
   proposed when it repeats a tried config or one this brain proposed before
-  (`last_diagnostics` says what the rules did).  The sampler fills the rest
-  of `context.k`; readings that are not objectives never enter the study.
+  (`last_diagnostics` says what the rules did).
+- *Ascent candidates* next (`agents.ascent`, `agents.ascent_candidates`;
+  `AscentSettings.candidates` per call, default 2): a Bayesian linear model of
+  the primary objective's relative lift per trust step, fitted on every past
+  treatment arm whose read (with its interval) and whose control's read the
+  context holds and whose configs this brain can resolve; Skillhub directions
+  set its prior mean.  The greedy candidate steps along the posterior mean
+  (once evidence exists), Thompson draws explore; each moves at most
+  `max_changes` parameters one trust step (half a step if a full one breaks the
+  Critic's diversity floor).  `last_ascent` says what it did.
+- The sampler fills the rest of `context.k`; readings that are not
+  objectives never enter the study.
 - *Each ask* becomes a candidate: floats rounded to 4 decimals (then clipped
   to the box), at most `context.max_changes` changes (the largest moves in
   trust steps are kept, the rest reset to the incumbent), vetted with
@@ -80,7 +90,7 @@ import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
@@ -89,6 +99,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from agents.ascent import AscentSettings
+from agents.ascent_candidates import AscentInputs, ascent_candidates, skill_prior
 from agents.brain import (
     MAX_FINDING_CHARS,
     MAX_FINDINGS,
@@ -115,7 +127,7 @@ from agents.brain import (
     clip_text,
     parameter_specs,
     proposal_id_for,
-    vet_proposal,
+    vet_in_context,
 )
 from agents.critic import CUT_PARAMS, CriticRules, candidate_distance, param_class, trust_coordinate
 from agents.diagnostics import (
@@ -333,6 +345,7 @@ class OfflineBrain:
         memory: int = 4_096,
         attempts_per_candidate: int = 6,
         diagnostics: DiagnosticRules | None = None,
+        ascent: AscentSettings | None = None,
     ) -> None:
         if not objectives or len({o.name for o in objectives}) != len(objectives):
             msg = "objectives: at least one, with distinct names"
@@ -359,12 +372,14 @@ class OfflineBrain:
         self._memory_size = memory
         self._attempts = attempts_per_candidate
         self._diagnostics = diagnostics if diagnostics is not None else DiagnosticRules()
+        self._ascent = ascent if ascent is not None else AscentSettings()
         self._arms: OrderedDict[str, CascadeConfig] = OrderedDict()
         self._calls = 0
         self._usage = Usage()
         self._records: deque[CallRecord] = deque(maxlen=_RECORDS_KEPT)
         self.last_sampler: str = ""
         self.last_diagnostics: tuple[str, ...] = ()  # what the diagnostic rules did in the last propose call
+        self.last_ascent: tuple[str, ...] = ()  # what the lift model did in the last propose call
         self._lock = asyncio.Lock()  # calls run in a worker thread; one at a time keeps the call index deterministic
 
     # ---- arms
@@ -439,6 +454,9 @@ class OfflineBrain:
         spec_list = tuple(specs.values())
         remembered = tried | {_freeze(config) for config in self._arms.values()}
         proposals.extend(self._diagnostic_proposals(context, specs, remembered, spec_list))
+        proposals.extend(
+            self._ascent_proposals(context, hints, dimensions, remembered, spec_list, proposals, call_index)
+        )
         for attempt in range(context.k * self._attempts):
             if len(proposals) >= context.k:
                 break
@@ -446,13 +464,7 @@ class OfflineBrain:
             changes = self._changes(trial.params, dimensions, incumbent_values, context, evidence, sampler_name)
             reason = ""
             try:
-                effective, config = vet_proposal(
-                    context.incumbent,
-                    changes,
-                    guardrails=context.guardrails,
-                    allowed=context.parameters,
-                    max_changes=context.max_changes,
-                )
+                effective, config = vet_in_context(context, changes)
             except SchemaError as err:
                 reason = f"{err.field}: {err.rule}"
             else:
@@ -504,6 +516,54 @@ class OfflineBrain:
         proposals, self.last_diagnostics = diagnostic_proposals(
             context, moves, wanted=min(rules.max_candidates, context.k), repeat_reason=repeat, title=title
         )
+        return proposals
+
+    def _ascent_proposals(
+        self,
+        context: ProposalContext,
+        hints: Mapping[str, Sequence[SkillHint]],
+        dimensions: Mapping[str, _Dimension],
+        tried: set[bytes],
+        spec_list: Sequence[ParamSpec],
+        earlier: Sequence[Proposal],
+        call_index: int,
+    ) -> list[Proposal]:
+        """The lift model's candidates of this call (`agents.ascent_candidates`), after the diagnostic ones."""
+        settings = self._ascent
+        wanted = min(settings.candidates, context.k - len(earlier))
+        if wanted <= 0:
+            self.last_ascent = ()
+            return []
+        directions = {
+            name: [(1 if h.direction == "up" else -1, h.confidence) for h in items if h.direction is not None]
+            for name, items in hints.items()
+        }
+
+        def repeat(config: CascadeConfig, mine: Sequence[Proposal]) -> str:
+            return self._repeat_reason(config, context.incumbent, [*earlier, *mine], tried, spec_list)
+
+        inputs = AscentInputs(
+            metric=self._objectives[0].name,
+            config_of=lambda arm: self._config_of(arm, context.incumbent),
+            prior_mean=skill_prior(directions, settings.prior_sd),
+            rng=np.random.default_rng(np.random.SeedSequence([self._seed, call_index, 0xA5C])),
+            repeat_reason=repeat,
+            cohort=self._cohort,
+            # the same box the sampler searches: a Skillhub-narrowed box binds the ascent too
+            boxes={
+                name: (dim.low, dim.high)
+                for name, dim in dimensions.items()
+                if not isinstance(dim.distribution, CategoricalDistribution)
+            },
+            box_notes={
+                name: f"box [{_fmt(dim.low)}, {_fmt(dim.high)}] narrowed by the Skillhub: "
+                + "; ".join(hint.describe() for hint in dim.hints)
+                for name, dim in dimensions.items()
+                if dim.hints
+            },
+        )
+        limited = replace(settings, candidates=wanted)
+        proposals, self.last_ascent = ascent_candidates(context, self._rules, limited, inputs)
         return proposals
 
     def _hints(self, skills: Sequence[SkillNote], specs: Mapping[str, ParamSpec]) -> dict[str, tuple[SkillHint, ...]]:

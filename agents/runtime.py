@@ -54,7 +54,7 @@ from agents.experiment import ExperimentError
 from agents.lease import Lease
 from agents.loop import AgentLoop, AppendConfig, LoopDriver, LoopSettings, PublishRecord
 from agents.metrics_feed import MetricsFeed
-from agents.offline_brain import OfflineBrain
+from agents.offline_brain import Objective, OfflineBrain
 from agents.online import OnlineAgent, OnlinePolicy
 from agents.skillhub import RedisSkillStore
 from agents.state_store import RedisApprovals, RedisStateStore
@@ -204,7 +204,9 @@ def make_brain(settings: RuntimeSettings) -> Brain:
         from agents.gemini_brain import gemini_brain_from_env
 
         return gemini_brain_from_env()
-    return OfflineBrain(rules=settings.loop.rules)
+    # the brain learns from the primary metric's readings, which carry the Online policy's metric name
+    policy = settings.policy or OnlinePolicy(surface=settings.surface)
+    return OfflineBrain(rules=settings.loop.rules, objectives=(Objective(policy.primary.name),))
 
 
 async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> None:

@@ -78,6 +78,7 @@ SIM_KEYRING: Final = Keyring.parse("sim:" + "5a" * 16, "sim")
 EXPERIMENTS_PER_BUDGET: Final = 10.0  # the horizon lets about this many full-length experiments fit the budget
 STEPS_PER_HORIZON: Final = 24  # simulation steps (loop ticks) per experiment horizon
 FIRST_STAGE_FRACTION: Final = 0.15  # share of the horizon the first (small) ramp stage lasts at least
+PRE_PERIOD_FRACTION: Final = 0.25  # share of the horizon each A/A pre-period (CUPED covariates) lasts
 PLANNED_ARMS: Final = 2  # treatment arms an experiment is planned for when the target comes from a pilot
 #: Steps of control traffic the pilot measures: as many as the loop's first power gate sees (a step until it
 #: proposes, a step until the candidates are registered), so the gate plans on the same kind of baseline.
@@ -126,23 +127,23 @@ class SimPreset:
 
 
 def north_star_metric(scenario: Scenario) -> MetricSpec:
-    """The scenario's north star as the Online agent's primary metric (`clicks_per_requests`, say)."""
+    """The scenario's north star as the Online agent's primary metric, named as `agents.insight.METRICS` names it.
+
+    One name for the north star across the Online reads, Insight, the Skillhub
+    and the brain's warm start (e.g. `clicks_per_request`); a ratio Insight
+    does not know is named `<numerator>_per_<denominator>`.
+    """
     numerator, denominator = scenario.north_star
-    name = "ctr" if (numerator, denominator) == ("clicks", "impressions") else f"{numerator}_per_{denominator}"
-    return MetricSpec(name=name, numerator=numerator, denominator=denominator)
+    for name, metric in METRICS.items():
+        if metric.kind == "ratio" and (metric.numerator, metric.denominator) == (numerator, denominator):
+            return MetricSpec(name=name, numerator=numerator, denominator=denominator)
+    return MetricSpec(name=f"{numerator}_per_{denominator}", numerator=numerator, denominator=denominator)
 
 
 def insight_objective(scenario: Scenario) -> str:
-    """The Insight/Skill objective for the north star: the `agents.insight.METRICS` entry of the same ratio.
-
-    Insight knows a fixed set of metrics; a north star it does not know (e.g.
-    clicks per request) falls back to "ctr", the click metric it knows and the
-    one the loop's warm-start readings for the brain are in.
-    """
-    for name, metric in METRICS.items():
-        if metric.kind == "ratio" and (metric.numerator, metric.denominator) == tuple(scenario.north_star):
-            return name
-    return "ctr"
+    """The Insight/Skill objective for the north star: its `agents.insight.METRICS` name ("ctr" if Insight lacks it)."""
+    name = north_star_metric(scenario).name
+    return name if name in METRICS else "ctr"
 
 
 def pilot_target_mde(policy: OnlinePolicy, pilot: tuple[TrafficEstimate, Baseline]) -> float:
@@ -212,6 +213,7 @@ def preset_for(
         window_s=METRIC_WINDOW_S,
         objective=insight_objective(scenario),
         rules=CriticRules(guardrails=rails, latency_budget_ms=scenario.latency_slo_ms),
+        pre_period_s=PRE_PERIOD_FRACTION * horizon_s,
     )
     notes = (
         f"horizon {horizon_s / 86_400.0:.3g} d = budget / {EXPERIMENTS_PER_BUDGET:g}",
@@ -383,7 +385,7 @@ async def run_simloop(
         SIM_KEYRING, initial=start or default_config(), guardrails=rules.guardrails, now_ms=epoch_ms
     )
     sink, store, metrics = MemorySink(), MemoryStateStore(), MemoryMetrics(surface)
-    brain = brain or OfflineBrain(seed=seed, objectives=(Objective(preset.settings.objective),), rules=rules)
+    brain = brain or OfflineBrain(seed=seed, objectives=(Objective(preset.policy.primary.name),), rules=rules)
     loop = AgentLoop(brain, OnlineAgent(preset.policy), preset.settings)
     driver = LoopDriver(
         loop,
@@ -448,9 +450,6 @@ async def run_simloop(
         if writer.state.control_version != head.control_version and "promote" in kinds:
             promoted = (writer.state.control_version,)
             promotions.append(Promotion(index, t, head.control_version, writer.state.control_version))
-        if isinstance(brain, OfflineBrain):  # say which config each arm serves: its readings warm-start the brain
-            for share in writer.state.allocation.arms if writer.state.allocation is not None else ():
-                brain.register_arm(share.arm_id, writer.state.configs[share.config_version])
         phase = state.phase
         step = SimStep(
             index=index,

@@ -107,8 +107,23 @@ def test_every_metric_reads_its_known_lift() -> None:
     effects, refused = cohort_effects(control, treatment)
     assert refused == ()
     by_metric = {e.metric: e for e in effects}
-    assert set(by_metric) == {"ctr", "conversion_rate", "revenue_per_request", "latency_p99", "diversity"}
-    truth = {"ctr": 0.08, "conversion_rate": 0.0, "revenue_per_request": 0.0, "latency_p99": 0.35, "diversity": -0.05}
+    assert set(by_metric) == {
+        "ctr",
+        "clicks_per_request",
+        "conversion_rate",
+        "revenue_per_request",
+        "latency_p99",
+        "diversity",
+    }
+    # clicks scale with the ctr lift at the same impressions per request
+    truth = {
+        "ctr": 0.08,
+        "clicks_per_request": 0.08,
+        "conversion_rate": 0.0,
+        "revenue_per_request": 0.0,
+        "latency_p99": 0.35,
+        "diversity": -0.05,
+    }
     for metric, lift in truth.items():
         e = by_metric[metric]
         assert e.lower <= lift <= e.upper, (metric, e)
@@ -165,7 +180,7 @@ def test_unreadable_metrics_are_refused_not_raised() -> None:
     treatment = synthetic_totals(rng, latency=False)
     effects, refused = cohort_effects(control, treatment)
     assert {m for m, _ in refused} == {"conversion_rate", "revenue_per_request", "latency_p99"}
-    assert {e.metric for e in effects} == {"ctr", "diversity"}
+    assert {e.metric for e in effects} == {"ctr", "clicks_per_request", "diversity"}
     with pytest.raises(StatsError):
         metric_effect("conversion_rate", control, treatment)
     with pytest.raises(ValueError, match="unknown"):
@@ -327,6 +342,7 @@ def test_tried_configs_from_a_report_feed_the_front() -> None:
     assert [t.config_id for t in tried] == ["exp-3/control", "exp-3/t1", "exp-3/t2"]
     assert {name for name, _ in tried[0].metrics} == {
         "ctr",
+        "clicks_per_request",
         "conversion_rate",
         "revenue_per_request",
         "latency_p99",

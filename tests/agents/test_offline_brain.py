@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from agents.actor import ActorAgent, screen
+from agents.ascent import AscentSettings
 from agents.brain import (
     Brain,
     CallRecord,
@@ -163,7 +164,7 @@ def test_improves_over_rounds_on_a_toy_objective_better_than_random() -> None:
 
 
 def test_warm_start_from_past_readings_proposes_near_the_best_past_trial() -> None:
-    brain = OfflineBrain(seed=0)
+    brain = OfflineBrain(seed=0, ascent=AscentSettings(candidates=0))  # the sampler alone
     grid = [(m, f) for m in (0.66, 0.74, 0.82, 0.9) for f in (0.02, 0.09, 0.16, 0.23)]
     readings = []
     for index, (mmr, fresh) in enumerate(grid):
@@ -182,12 +183,12 @@ def test_warm_start_from_past_readings_proposes_near_the_best_past_trial() -> No
     distances = [float(np.linalg.norm(point(p.config) - best)) for p in proposals]
     assert np.mean(distances) < 0.5 * random_box_distance(best), distances
     assert "warm start: 16 past trials" in proposals[0].changes[0].rationale
-    cold = OfflineBrain(seed=0).propose_sync(context(k=4))
+    cold = OfflineBrain(seed=0, ascent=AscentSettings(candidates=0)).propose_sync(context(k=4))
     assert "cold start" in cold[0].changes[0].rationale
 
 
 def test_control_readings_map_to_the_incumbent() -> None:
-    brain = OfflineBrain(seed=0)
+    brain = OfflineBrain(seed=0, ascent=AscentSettings(candidates=0))
     readings = (MetricReading(name="ctr", value=0.05, arm="control"),)
     proposals = brain.propose_sync(context(metrics=readings))
     assert "warm start: 1 past trials" in proposals[0].changes[0].rationale

@@ -1,0 +1,278 @@
+"""Steepest-ascent candidates from past experiments: a Bayesian linear model of lift per trust step (pure).
+
+Why: with a few experiments per month a black-box sampler over a dozen
+parameters learns little from each one (TPE needs tens of trials before it
+beats random).  Past experiments do say more than "this config scored x":
+each treatment arm is a *move* away from its own control, and its read is the
+relative lift of that move with a standard error.  Response-surface practice
+(screen, then follow the path of steepest ascent) uses exactly that.
+
+The model.  Each past treatment arm i gives `ArmEffect`: its move x_i in trust
+steps per parameter (`agents.critic.trust_coordinate` against its control's
+config; a two-valued choice is ±1 by the index of its value) and y_i = lift,
+with se_i.  Locally y_i ≈ Σ_j β_j · x_ij; with a Gaussian prior β_j ~
+N(m_j, τ²) (m_j from Skillhub directions, else 0) and weights 1/se_i² the
+posterior is Gaussian (`fit_effects`, ridge regression in closed form).
+
+Candidates (`ascent_moves`):
+- *greedy* — the posterior mean: each parameter whose |mean| ≥ `z_min`·sd
+  moves one trust step in the mean's direction, the `max_changes` largest
+  gains first.  After a promotion this continues the winning move (pattern
+  search's momentum); after a loser it steps the other way.
+- *Thompson* — the same on one posterior draw.  With no evidence the draw is
+  the prior, so the first rounds screen a few parameters at the trust edge
+  (sparse moves a test can resolve); with evidence the draws concentrate on
+  the directions that paid.
+
+The caller (`agents.offline_brain.OfflineBrain`) turns each direction set
+into values (one trust step, `agents.diagnostics.step_toward`), vets it like
+any candidate and de-duplicates it.  Nothing here reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from agents.brain import MetricReading, ParamSpec, parameter_specs
+from agents.critic import TrustRegion, trust_coordinate
+from schemas.config import CascadeConfig
+
+#: `<experiment>.c` is an experiment's control arm, `<experiment>.t<N>` a treatment (`agents.online`'s arm ids).
+_ARM: Final = re.compile(r"^(?P<experiment>.+)\.(?P<role>c|t\d+)$")
+_Z95: Final = 1.959963984540054
+_TINY: Final = 1e-12
+
+
+class AscentError(ValueError):
+    """A model input or setting is out of range; the message names the field and the rule."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArmEffect:
+    """One past treatment arm: its move from its control in trust steps, and the relative lift it read."""
+
+    arm: str
+    moves: tuple[tuple[str, float], ...]
+    lift: float
+    se: float
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EffectModel:
+    """Posterior of the lift per trust step of each parameter in `names` (mean, covariance, evidence count)."""
+
+    names: tuple[str, ...]
+    mean: np.ndarray
+    cov: np.ndarray
+    arms: int
+
+    def sd(self, name: str) -> float:
+        """Posterior standard deviation of `name`'s effect."""
+        j = self.names.index(name)
+        return math.sqrt(max(float(self.cov[j, j]), 0.0))
+
+    def effect(self, name: str) -> float:
+        """Posterior mean of `name`'s effect (relative lift per trust step)."""
+        return float(self.mean[self.names.index(name)])
+
+
+@dataclass(frozen=True, slots=True)
+class Direction:
+    """Move `name` one trust step up (+1) or down (−1); `gain` is the model's lift for that step."""
+
+    name: str
+    sign: int
+    gain: float
+
+
+def coordinates(control: CascadeConfig, arm: CascadeConfig, trust: TrustRegion) -> dict[str, float]:
+    """The non-zero moves from `control` to `arm` in trust steps, per parameter path.
+
+    Numeric parameters: `trust_coordinate` against the control's spec; a
+    choice of two values: +1 when the arm takes the second, −1 the first
+    (unchanged: 0); other choices are left out (no axis to move along).
+    """
+    arm_values = {spec.name: spec.current for spec in parameter_specs(arm)}
+    out: dict[str, float] = {}
+    for spec in parameter_specs(control):
+        value = arm_values.get(spec.name)
+        if value is None or value == spec.current:
+            continue
+        if spec.kind == "choice":
+            if len(spec.choices) == 2 and value in spec.choices:
+                out[spec.name] = 1.0 if spec.choices.index(str(value)) == 1 else -1.0
+            continue
+        step = trust_coordinate(spec, value, trust)
+        if math.isfinite(step) and step != 0.0:
+            out[spec.name] = step
+    return out
+
+
+def _se(reading: MetricReading) -> float:
+    if reading.lower is None or reading.upper is None:
+        return math.nan
+    return (reading.upper - reading.lower) / (2.0 * _Z95)
+
+
+def arm_effects(
+    readings: Iterable[MetricReading],
+    *,
+    metric: str,
+    config_of: Callable[[str], CascadeConfig | None],
+    trust: TrustRegion,
+    cohort: str = "",
+) -> list[ArmEffect]:
+    """Every past treatment arm whose read, its control's read and both configs are known, as `ArmEffect`s.
+
+    Readings of `metric` for `cohort` carry a 95% interval (the loop's
+    `_metrics`); the relative lift t/c − 1 gets the delta-method standard error
+    of a ratio of independent estimates.  Arms with no interval, a zero
+    control, or no move are skipped.  Called by `OfflineBrain.propose_sync`.
+    """
+    values: dict[str, MetricReading] = {}
+    for reading in readings:
+        if reading.name == metric and reading.cohort == cohort and math.isfinite(reading.value):
+            values[reading.arm] = reading
+    out: list[ArmEffect] = []
+    for arm, reading in sorted(values.items()):
+        match = _ARM.match(arm)
+        if match is None or match["role"] == "c":
+            continue
+        control_arm = f"{match['experiment']}.c"
+        control = values.get(control_arm)
+        arm_config, control_config = config_of(arm), config_of(control_arm)
+        if control is None or arm_config is None or control_config is None or control.value <= 0.0:
+            continue
+        se_t, se_c = _se(reading), _se(control)
+        if not (math.isfinite(se_t) and math.isfinite(se_c)):
+            continue
+        ratio = reading.value / control.value
+        se = ratio * math.sqrt((se_t / max(reading.value, _TINY)) ** 2 + (se_c / control.value) ** 2)
+        moves = coordinates(control_config, arm_config, trust)
+        if moves and se > 0.0:
+            out.append(ArmEffect(arm, tuple(sorted(moves.items())), ratio - 1.0, se))
+    return out
+
+
+def fit_effects(
+    effects: Sequence[ArmEffect],
+    names: Sequence[str],
+    *,
+    prior_sd: float,
+    prior_mean: Mapping[str, float] | None = None,
+) -> EffectModel:
+    """The Gaussian posterior of per-step effects given `effects` (weighted ridge regression, no intercept).
+
+    Moves on parameters outside `names` are ignored (their effect is absorbed
+    by the noise).  Raises `AscentError` for a non-positive or non-finite prior.
+    """
+    if not (prior_sd > 0.0 and math.isfinite(prior_sd)):
+        msg = f"prior_sd: must be a positive finite lift per trust step, got {prior_sd!r}"
+        raise AscentError(msg)
+    index = {name: j for j, name in enumerate(names)}
+    d = len(names)
+    m0 = np.zeros(d)
+    for name, value in (prior_mean or {}).items():
+        if name in index and math.isfinite(value):
+            m0[index[name]] = value
+    precision = np.eye(d) / prior_sd**2
+    rhs = m0 / prior_sd**2
+    used = 0
+    for effect in effects:
+        x = np.zeros(d)
+        for name, step in effect.moves:
+            if name in index:
+                x[index[name]] = step
+        if not x.any():
+            continue
+        w = 1.0 / effect.se**2
+        precision += w * np.outer(x, x)
+        rhs += w * effect.lift * x
+        used += 1
+    cov = np.linalg.inv(precision)
+    cov = 0.5 * (cov + cov.T)
+    return EffectModel(tuple(names), cov @ rhs, cov, used)
+
+
+def ascent_moves(
+    model: EffectModel,
+    movable: Mapping[str, frozenset[int]],
+    *,
+    max_changes: int,
+    rng: np.random.Generator | None = None,
+    z_min: float = 1.0,
+) -> list[Direction]:
+    """The directions of one candidate: greedy on the posterior mean (`rng` None) or on one posterior draw.
+
+    `movable[name]` holds the signs the parameter can still step (bounds,
+    trust box and guardrails allowing).  Greedy keeps only effects with
+    |mean| ≥ `z_min`·sd; a draw keeps every positive gain.  At most
+    `max_changes`, largest gain first; empty when nothing is expected to pay.
+    """
+    if max_changes < 1:
+        msg = f"max_changes: must be >= 1, got {max_changes}"
+        raise AscentError(msg)
+    if rng is None:
+        beta = model.mean
+        sd = np.sqrt(np.clip(np.diag(model.cov), 0.0, None))
+        keep = np.abs(beta) >= z_min * sd
+    else:
+        beta = rng.multivariate_normal(model.mean, model.cov, method="cholesky")
+        keep = np.ones(len(model.names), dtype=bool)
+    found: list[Direction] = []
+    for j, name in enumerate(model.names):
+        sign = 1 if beta[j] > 0.0 else -1
+        if keep[j] and beta[j] != 0.0 and sign in movable.get(name, frozenset()):
+            found.append(Direction(name, sign, float(abs(beta[j]))))
+    found.sort(key=lambda direction: (-direction.gain, direction.name))
+    return found[:max_changes]
+
+
+def movable_signs(
+    specs: Iterable[ParamSpec], step: Callable[[ParamSpec, int], object | None]
+) -> dict[str, frozenset[int]]:
+    """Per parameter, the signs `step(spec, sign)` can move it (None = cannot); used to build `movable`."""
+    return {spec.name: frozenset(sign for sign in (-1, 1) if step(spec, sign) is not None) for spec in specs}
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+@dataclass(frozen=True, slots=True)
+class AscentSettings:
+    """How the offline brain uses the model: candidates per call, prior scale, greedy threshold, draws.
+
+    - `candidates` (default 2): at most this many ascent candidates per propose
+      call (0 disables them); the sampler fills the rest of `k`.
+    - `prior_sd` (default 0.03): a trust step moves the objective by a few per
+      cent either way before any evidence (the Critic's step is sized so).
+    - `z_min` (default 1.0): the greedy candidate moves only parameters whose
+      effect is at least one posterior sd from 0.
+    - `draws` (default 8): posterior draws tried per wanted candidate.
+    """
+
+    candidates: int = 2
+    prior_sd: float = 0.03
+    z_min: float = 1.0
+    draws: int = 8
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("candidates", self.candidates >= 0),
+            ("prior_sd", self.prior_sd > 0.0 and math.isfinite(self.prior_sd)),
+            ("z_min", self.z_min >= 0.0 and math.isfinite(self.z_min)),
+            ("draws", self.draws >= 1),
+        )
+        for name, ok in checks:
+            if not ok:
+                msg = (
+                    f"AscentSettings.{name}: out of range ({getattr(self, name)!r}); "
+                    "hint: candidates >= 0, prior_sd > 0, z_min >= 0, draws >= 1"
+                )
+                raise AscentError(msg)
