@@ -173,7 +173,11 @@ def preset_for(
     rate (so a thin surface waits for samples, not for the clock); the
     north star is the primary metric, the latency SLO the latency guardrail
     and the Critic's latency budget; conversions are non-inferior within
-    2%.  `target_mde` is the relative lift worth finding (the power gate
+    2%; each experiment starts with an A/A pre-period of
+    `PRE_PERIOD_FRACTION` of the horizon whose per-arm buckets are the CUPED
+    covariates (users come back: without it the between-user variance of a
+    fixed population stops the read's standard error from shrinking).
+    `target_mde` is the relative lift worth finding (the power gate
     refuses or cuts arms when the traffic cannot resolve it in the horizon);
     given a `pilot` (traffic and baseline of the incumbent, measured before
     tuning starts) it is instead the lift the pilot's traffic resolves with
