@@ -86,6 +86,8 @@ RecordKind: TypeAlias = Literal[
     "proposal", "critique", "allocation", "interim_read", "decision", "insight", "skill", "brain_call"
 ]
 _TREATMENT_ARM: Final = re.compile(r"\.(t\d+|c)$")
+#: the power gate never plans on less than this share of the raw variance (a lucky read must not underpower the next)
+_MIN_CUPED_RATIO: Final = 0.25
 _MAX_READINGS: Final = 64
 
 
@@ -148,6 +150,7 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     baseline_mark: tuple[BaselineMark, ...] = ()
     pre_period_until_ms: int = 0
     outbox: bytes | None = None
+    cuped_variance_ratio: float = 1.0
 
     def to_bytes(self) -> bytes:
         """msgpack bytes (exact round trip)."""
@@ -165,6 +168,23 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
 
 _state_encoder: Final = msgspec.msgpack.Encoder()
 _state_decoder: Final = msgspec.msgpack.Decoder(LoopState)
+
+
+def _cuped_ratio(decisions: Sequence[Decision], last: float) -> float:
+    """The median Var(adjusted)/Var(raw) of these decisions' CUPED reads, floored at `_MIN_CUPED_RATIO`; else `last`.
+
+    The power gate plans the next experiment on it: what the A/A covariates
+    removed on this surface is the best guess of what they will remove next.
+    """
+    ratios = sorted(
+        r.variance_ratio
+        for d in decisions
+        for r in d.reads
+        if r.cuped and r.variance_ratio is not None and math.isfinite(r.variance_ratio)
+    )
+    if not ratios:
+        return last
+    return min(1.0, max(_MIN_CUPED_RATIO, ratios[len(ratios) // 2]))
 
 
 def pre_period_arm(plan: ExperimentPlan, arm_id: str) -> str:
@@ -407,21 +427,22 @@ class AgentLoop:
             guardrails=s.rules.guardrails,
         )
         result = await self.actor.propose(context)
-        out.append(
-            self._record(
-                inp,
-                "proposal",
-                exp_tag,
-                {
-                    "proposals": [
-                        {"proposal_id": p.proposal_id, "title": p.title, "changes": p.changes} for p in result.proposals
-                    ],
-                    "dropped": [{"index": d.index, "reason": d.reason} for d in result.dropped],
-                    "usage": result.usage,
-                },
-                state,
-            )
-        )
+        payload: dict[str, Any] = {}
+        if not result.proposals and context.parameters:
+            # The Skillhub's space can be exhausted (its parameters cannot move any further in their direction
+            # within the trust region): search every parameter rather than stall the surface.
+            payload["widened_from"] = list(context.parameters)
+            context = msgspec.structs.replace(context, parameters=())
+            result = await self.actor.propose(context)
+        payload = {
+            "proposals": [
+                {"proposal_id": p.proposal_id, "title": p.title, "changes": p.changes} for p in result.proposals
+            ],
+            "dropped": [{"index": d.index, "reason": d.reason} for d in result.dropped],
+            "usage": result.usage,
+            **payload,
+        }
+        out.append(self._record(inp, "proposal", exp_tag, payload, state))
         verdicts_brain = []
         if result.proposals:
             try:
@@ -549,14 +570,19 @@ class AgentLoop:
             return state
         seconds = max(t.windows for t in baseline_arms) * self.settings.window_s
         traffic, baseline = baseline_from_totals(baseline_arms, self.online.policy.primary, seconds)
+        pre_s = self.settings.pre_period_s
+        ratio = state.cuped_variance_ratio if pre_s > 0.0 else 1.0
+        if ratio < 1.0:
+            # the A/A pre-period's covariates will remove this share of the variance, as they did last time
+            baseline = dataclasses.replace(baseline, variance_per_request=baseline.variance_per_request * ratio)
         candidates = [
             Candidate(proposal_id=p.proposal_id, config_version=versions[p.proposal_id], title=p.title)
             for p in state.candidates
         ]
-        pre_s = self.settings.pre_period_s
         hold = (
             f"A/A pre-period of {pre_s:g} s first: every arm serves the incumbent (same salt, final-stage lanes), "
             "its per-arm bucket sums become the CUPED covariates"
+            + (f"; planned on {ratio:.2f}x the raw variance (what CUPED left in the last reads)" if ratio < 1 else "")
             if pre_s > 0.0
             else None
         )
@@ -611,7 +637,9 @@ class AgentLoop:
         covariates = {a: t for a, t in pre.items() if t is not None}
         exp, decisions = self.online.step(exp, arms, covariates if len(covariates) == len(pre) else None, inp.now_ms)
         self._emit(state, inp, decisions, out)
-        state = msgspec.structs.replace(state, experiment=exp.to_bytes())
+        state = msgspec.structs.replace(
+            state, experiment=exp.to_bytes(), cuped_variance_ratio=_cuped_ratio(decisions, state.cuped_variance_ratio)
+        )
         if not exp.terminal:
             return state
         state = await self._learn(state, exp, arms, inp, out)

@@ -263,3 +263,71 @@ async def test_approval_required_holds_until_approved() -> None:
 @pytest.fixture(autouse=True)
 def _unused() -> None:
     _ = (CallRecord, Usage, InsightContext, InsightText)
+
+
+class SpaceBoundBrain(OfflineBrain):
+    """Finds nothing inside a Skillhub-narrowed space (as when its parameters cannot move any further)."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=1)
+        self.spaces: list[tuple[str, ...]] = []
+
+    async def propose(self, context: ProposalContext) -> list[Proposal]:
+        self.spaces.append(context.parameters)
+        return [] if context.parameters else await super().propose(context)
+
+
+async def test_an_exhausted_skill_space_widens_to_every_parameter_instead_of_stalling() -> None:
+    from agents.insight import ALL_COHORTS, Insight, stage_of
+    from agents.skills import search_parameters, search_space, update_skills
+
+    won = Insight(
+        experiment_id="e0",
+        surface="home",
+        cohort=ALL_COHORTS,
+        arm_id="e0.t1",
+        stage=stage_of("re_rank.mmr_lambda"),
+        parameter="re_rank.mmr_lambda",
+        direction="-",
+        before=0.8,
+        after=0.7,
+        co_changed=1,
+        metric="ctr",
+        role="objective",
+        control_value=0.05,
+        treatment_value=0.0525,
+        effect=0.05,
+        lower=0.02,
+        upper=0.08,
+        level=0.95,
+        significant=True,
+        verdict="better",
+        at_ms=T0 - 10,
+    )
+    skills, _ = update_skills([], [won], now_ms=T0 - 5)
+    assert search_parameters(search_space(skills, "home", incumbent=default_config())) == ("re_rank.mmr_lambda",)
+    brain = SpaceBoundBrain()
+    h = Harness(brain=brain)
+    await h.skills.upsert_many(skills)
+    state = await h.tick(T0)
+    assert brain.spaces == [("re_rank.mmr_lambda",), ()]
+    proposal = h.kinds("proposal")[0]["payload"]
+    assert proposal["widened_from"] == ["re_rank.mmr_lambda"]  # type: ignore[index]
+    assert proposal["proposals"] and state.phase == "registering"  # type: ignore[index]
+
+
+def test_the_power_gate_plans_on_the_variance_cuped_left_last_time() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from agents.loop import _cuped_ratio
+
+    def decision(*reads: tuple[bool, float | None]) -> Any:  # duck-typed Decision: only .reads is read
+        return SimpleNamespace(reads=[SimpleNamespace(cuped=c, variance_ratio=v) for c, v in reads])
+
+    assert _cuped_ratio([], 0.7) == 0.7  # no read: keep the last figure
+    assert _cuped_ratio([decision((False, 0.1), (True, None))], 0.7) == 0.7  # no CUPED read
+    picked = _cuped_ratio([decision((True, 0.5), (True, 0.3)), decision((True, 0.4))], 1.0)
+    assert picked == 0.4  # the median
+    assert _cuped_ratio([decision((True, 0.01))], 1.0) == 0.25  # never below the floor
+    assert _cuped_ratio([decision((True, 1.7))], 0.5) == 1.0  # CUPED never plans wider
