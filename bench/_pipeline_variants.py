@@ -1,13 +1,16 @@
 """Subprocess entry points of the pipeline benchmark's comparison variants.
 
-`bench/pipeline.py` runs each variant in its own process, one at a time, and
-measures it from outside (consumer-group committed offsets, process RSS), so
-these programs only have to consume and commit:
+`bench/pipeline.py` runs each variant in its own process(es), one variant at a
+time, and measures it from outside (consumer-group committed offsets, process
+RSS), so these programs only have to consume and commit:
 
 - ``ceiling``: a bare aiokafka consumer (`getmany(max_records=10000)`), orjson
   per message and numpy per fetched batch: the same per-(window, arm, bucket)
   sums as the stream worker, without Faust, strict validation or checkpoints.
   What Python can do on this data when nothing but the work itself is paid.
+  One or N processes in one consumer group (like the worker scaled out); each
+  runs until SIGTERM, logs ``partition N assigned`` on every assignment and
+  prints a JSON summary (messages, item events) as its last line.
 - ``naive``: the baseline the issue names: a plain Faust agent over messages
   holding one event each, iterating the stream and updating a Faust `Table`
   (memory store, changelog on) once per event.
@@ -22,15 +25,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 
 #: Must match the worker's defaults (rectune.settings / streams.windows).
 BUCKETS: Final = 64
@@ -118,24 +124,45 @@ class CeilingAggregate:
         self.keys.clear()
 
 
-async def run_ceiling(bootstrap: str, topic: str, group: str, ends: dict[int, int]) -> dict[str, Any]:
-    """Consume `topic` until every partition reaches `ends`, committing every 0.2 s.
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Commits what was consumed before partitions move, and logs every assignment (the bench parses it)."""
 
-    Measures nothing itself beyond a summary: the parent times the committed
-    offsets of `group`, exactly as it does for the Faust variants.
+    def __init__(self, consumer: AIOKafkaConsumer, agg: CeilingAggregate) -> None:
+        self._consumer = consumer
+        self._agg = agg
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._agg.fold()
+        if revoked:
+            await self._consumer.commit()
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        for tp in sorted(assigned):
+            print(f"partition {tp.partition} assigned", flush=True)
+
+
+async def run_ceiling(bootstrap: str, topic: str, group: str) -> dict[str, Any]:
+    """Consume `topic` in consumer group `group` until SIGTERM/SIGINT, committing every 0.2 s.
+
+    Called by `bench/pipeline.py`, which starts one or N of these in one group
+    and stops them once the group's committed offsets reach the ends of the
+    envelopes: the parent times the committed offsets, exactly as it does for
+    the Faust variants.  Revoked partitions are committed first (like the
+    worker's revoke), so a rebalance re-reads nothing.  Returns a summary.
     """
-    from aiokafka import AIOKafkaConsumer
-
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     consumer = AIOKafkaConsumer(
-        topic,
         bootstrap_servers=bootstrap,
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    await consumer.start()
     agg = CeilingAggregate()
-    positions: dict[int, int] = {}
+    consumer.subscribe([topic], listener=_CommitOnRevoke(consumer, agg))
+    await consumer.start()
     messages = 0
     started = time.monotonic()
     first_record_s: float | None = None
@@ -143,23 +170,20 @@ async def run_ceiling(bootstrap: str, topic: str, group: str, ends: dict[int, in
     loads = orjson.loads
     add = agg.add
     try:
-        while True:
+        while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
-            for tp, records in batch.items():
+            for records in batch.values():
                 for record in records:
                     add(loads(record.value))
                 messages += len(records)
-                positions[tp.partition] = records[-1].offset + 1
             if batch and first_record_s is None:
                 first_record_s = time.monotonic()
             agg.fold()
             now = time.monotonic()
-            done = all(positions.get(p, 0) >= end for p, end in ends.items())
-            if done or now - last_commit >= COMMIT_EVERY_S:
+            if now - last_commit >= COMMIT_EVERY_S:
                 await consumer.commit()
                 last_commit = now
-            if done:
-                break
+        await consumer.commit()
     finally:
         await consumer.stop()
     total_impressions = sum(float(s[1].sum()) for s in agg.groups.values())
@@ -224,7 +248,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--topic", required=True)
     p.add_argument("--group", required=True)
-    p.add_argument("--ends", required=True, help='JSON {"partition": end_offset}')
     p = sub.add_parser("naive")
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--topic", required=True)
@@ -234,8 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--session-timeout-s", type=float, default=10.0)
     args = parser.parse_args(argv)
     if args.variant == "ceiling":
-        ends = {int(k): int(v) for k, v in json.loads(args.ends).items()}
-        summary = asyncio.run(run_ceiling(args.bootstrap, args.topic, args.group, ends))
+        summary = asyncio.run(run_ceiling(args.bootstrap, args.topic, args.group))
         print(json.dumps(summary), flush=True)
     else:
         run_naive(
