@@ -125,6 +125,18 @@ METRICS: Final[Mapping[str, MetricDef]] = {
 DEFAULT_METRICS: Final = tuple(METRICS)
 
 
+def ratio_metric_name(numerator: str, denominator: str) -> str | None:
+    """The `METRICS` name of the ratio numerator/denominator (e.g. clicks/requests → "clicks_per_request"), if known.
+
+    Callers that name a north star (the simulated preset, the demo policy) use
+    it so the Online reads, Insight, the Skillhub and the brain share one name.
+    """
+    for name, metric in METRICS.items():
+        if metric.kind == "ratio" and (metric.numerator, metric.denominator) == (numerator, denominator):
+            return name
+    return None
+
+
 def metric_def(name: str) -> MetricDef:
     """The definition of a known metric; `ValueError` naming the known ones otherwise."""
     found = METRICS.get(name)

@@ -33,21 +33,32 @@ intent (`LoopState.outbox`), execute, save: a crash in between replays the
 intent instead of stepping again (no second proposal round or allocation).  The
 runtime (`agents.runtime`) gives it Kafka/Redis adapters; the tests give it
 fakes.  A restarted loop given the saved `LoopState` continues identically.
+
+This module keeps `AgentLoop` (its phase steps) and `LoopSettings`; the rest
+lives beside it and is re-exported from here (`__all__`), so callers import
+`agents.loop` only:
+
+- `agents.loop_state` — `LoopState` and its persisted structs, `LoopInput`,
+  the `Action` types;
+- `agents.loop_driver` — the port Protocols, `LoopDriver`, the `Outbox` and
+  `encode_actions` / `decode_actions`;
+- `agents.loop_records` — the decision-record constants, `agent_record`,
+  decisions → actions (`decision_actions`);
+- `agents.loop_baseline` — the power gate's baseline since the last round,
+  the CUPED ratio, the A/A pre-period (`pre_period_arm`, `pre_period_allocation`);
+- `agents.loop_learn` — the learning step (Insight + Skill) and the failure memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol, TypeAlias
+from typing import Any, Final
 
 import msgspec
-import numpy as np
 
 from agents.actor import ActorAgent
 from agents.brain import (
@@ -55,224 +66,90 @@ from agents.brain import (
     ArmRegistry,
     Brain,
     CritiqueContext,
-    InsightContext,
     MetricReading,
-    ParamChange,
-    Proposal,
     ProposalContext,
     clip_text,
 )
-from agents.critic import CriticRules, FailureMemory, FailureRecord, LatencyModel, critique
+from agents.critic import CriticRules, LatencyModel, critique
 from agents.diagnostics import diagnostic_values
-from agents.experiment import Candidate, Decision, ExperimentPlan, ExperimentState
-from agents.insight import ALL_COHORTS, ArmChanges, effect_readings, experiment_insights
-from agents.online import OnlineAgent, baseline_from_totals, stage_allocation
-from agents.skillhub import SkillStore
-from agents.skills import Skill, changed_skills, search_parameters, search_space, skill_notes, update_skills
+from agents.experiment import Candidate, Decision
+from agents.loop_baseline import (
+    _TREATMENT_ARM,
+    _cuped_ratio,
+    baseline_marks,
+    baseline_since_mark,
+    pre_period_allocation,
+    pre_period_arm,
+)
+from agents.loop_driver import (
+    ApprovalSource,
+    ConfigWriter,
+    DecisionSink,
+    LoopDriver,
+    LoopStep,
+    MetricsSource,
+    Outbox,
+    StateStore,
+    decode_actions,
+    encode_actions,
+)
+from agents.loop_learn import failure_memory, learn
+from agents.loop_records import AUTHOR, RECORD_TYPE, SCHEMA_VERSION, RecordKind, agent_record, decision_actions
+from agents.loop_state import (
+    Action,
+    AppendConfig,
+    BaselineMark,
+    FailedMoveRec,
+    FailureRec,
+    LoopInput,
+    LoopState,
+    Phase,
+    PublishAlert,
+    PublishRecord,
+    UpsertSkills,
+)
+from agents.online import OnlineAgent, baseline_from_totals
+from agents.skills import search_parameters, search_space, skill_notes
 from agents.stats.ratio import ratio_from_sums
-from schemas.alerts import Alert
-from schemas.config import Allocation, ArmShare, CascadeConfig, ConfigError
 from schemas.config_log import ServingState
-from schemas.errors import SignatureError
 from schemas.metrics import ArmTotals
+
+__all__ = [
+    "AUTHOR",
+    "RECORD_TYPE",
+    "SCHEMA_VERSION",
+    "Action",
+    "AgentLoop",
+    "AppendConfig",
+    "ApprovalSource",
+    "BaselineMark",
+    "ConfigWriter",
+    "DecisionSink",
+    "FailedMoveRec",
+    "FailureRec",
+    "LoopDriver",
+    "LoopInput",
+    "LoopSettings",
+    "LoopState",
+    "LoopStep",
+    "MetricsSource",
+    "Outbox",
+    "Phase",
+    "PublishAlert",
+    "PublishRecord",
+    "RecordKind",
+    "StateStore",
+    "UpsertSkills",
+    "_cuped_ratio",
+    "decode_actions",
+    "encode_actions",
+    "pre_period_allocation",
+    "pre_period_arm",
+]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
-RECORD_TYPE: Final = "agent_record"
-AUTHOR: Final = "rectune-agents"
-Phase: TypeAlias = Literal["idle", "registering", "pending_approval", "running"]
-RecordKind: TypeAlias = Literal[
-    "proposal", "critique", "allocation", "interim_read", "decision", "insight", "skill", "brain_call"
-]
-_TREATMENT_ARM: Final = re.compile(r"\.(t\d+|c)$")
-#: the power gate never plans on less than this share of the raw variance (a lucky read must not underpower the next)
-_MIN_CUPED_RATIO: Final = 0.25
 _MAX_READINGS: Final = 64
-
-
-# --------------------------------------------------------------------------- state
-
-
-class FailedMoveRec(msgspec.Struct, frozen=True, array_like=True):
-    """A persisted `agents.critic.FailedMove`."""
-
-    name: str
-    before: float | int | str
-    after: float | int | str
-
-
-class FailureRec(msgspec.Struct, frozen=True, kw_only=True):
-    """A persisted `agents.critic.FailureRecord`."""
-
-    moves: tuple[FailedMoveRec, ...]
-    reason: str = ""
-    experiment_id: str = ""
-
-
-class BaselineMark(msgspec.Struct, frozen=True, array_like=True):
-    """A baseline arm's cumulative totals when the last round ended (`LoopState.baseline_mark`)."""
-
-    arm_id: str
-    windows: int
-    sums: tuple[float, ...]
-    latency_hist: tuple[int, ...]
-    buckets: int
-
-
-class LoopState(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the loop needs between steps (persisted by the `StateStore` as msgpack bytes).
-
-    `experiment` is `ExperimentState.to_bytes()` of the current experiment;
-    `candidates` the proposals being registered or tested (arm changes for
-    Insight); `registered_after` the config head before registration (a
-    candidate's version is the first later version holding its config);
-    `pre_version` the head before the first allocation (what a rollback
-    restores); `cooldown_until_ms` when the next proposal round may start;
-    `baseline_mark` the baseline arms' totals when the last round ended (the
-    power gate plans on the incumbent's traffic since then, not on all
-    history); `pre_period_until_ms` when the A/A pre-period (if any) ends; `outbox`
-    the actions of the step this state results from while they are being
-    executed (`LoopDriver`: saved before, cleared after; see `encode_actions`).
-    """
-
-    surface: str
-    phase: Phase = "idle"
-    cycle: int = 0
-    experiment: bytes | None = None
-    candidates: tuple[Proposal, ...] = ()
-    control_version: int = 0
-    registered_after: int = 0
-    pre_version: int = 0
-    cooldown_until_ms: int = 0
-    failures: tuple[FailureRec, ...] = ()
-    history: tuple[str, ...] = ()
-    baseline_mark: tuple[BaselineMark, ...] = ()
-    pre_period_until_ms: int = 0
-    outbox: bytes | None = None
-    cuped_variance_ratio: float = 1.0
-
-    def to_bytes(self) -> bytes:
-        """msgpack bytes (exact round trip)."""
-        return _state_encoder.encode(self)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> LoopState:
-        """Decode what `to_bytes` wrote."""
-        return _state_decoder.decode(data)
-
-    def experiment_state(self) -> ExperimentState | None:
-        """The decoded current experiment, if any."""
-        return None if self.experiment is None else ExperimentState.from_bytes(self.experiment)
-
-
-_state_encoder: Final = msgspec.msgpack.Encoder()
-_state_decoder: Final = msgspec.msgpack.Decoder(LoopState)
-
-
-def _cuped_ratio(decisions: Sequence[Decision], last: float) -> float:
-    """The median Var(adjusted)/Var(raw) of these decisions' CUPED reads, floored at `_MIN_CUPED_RATIO`; else `last`.
-
-    The power gate plans the next experiment on it: what the A/A covariates
-    removed on this surface is the best guess of what they will remove next.
-    """
-    ratios = sorted(
-        r.variance_ratio
-        for d in decisions
-        for r in d.reads
-        if r.cuped and r.variance_ratio is not None and math.isfinite(r.variance_ratio)
-    )
-    if not ratios:
-        return last
-    return min(1.0, max(_MIN_CUPED_RATIO, ratios[len(ratios) // 2]))
-
-
-def pre_period_arm(plan: ExperimentPlan, arm_id: str) -> str:
-    """The A/A pre-period arm of experiment arm `arm_id` (`<exp>.c` → `<exp>.pre.c`, `<exp>.t1` → `<exp>.pre.t1`).
-
-    CUPED needs each arm's pre-period sums *of its own users* per metric
-    bucket; the metric windows cannot split earlier traffic by a future arm,
-    so the loop serves an A/A allocation first with the experiment's salt:
-    same users per arm, every arm on the incumbent, arm ids from here.  Their
-    merged totals are then passed to `OnlineAgent.step` as `pre_period`.
-    """
-    return f"{plan.experiment_id}.pre{arm_id.removeprefix(plan.experiment_id)}"
-
-
-def pre_period_allocation(plan: ExperimentPlan) -> Allocation:
-    """The A/A allocation of the pre-period: the final stage's lanes, every arm serving the incumbent.
-
-    Lanes fill from their start, so a treatment arm's users at any stage are
-    among its final-stage users: the covariates cover every user it will see.
-    """
-    final = stage_allocation(plan, plan.final_stage, [True] * len(plan.treatments))
-    return Allocation(
-        experiment_id=plan.experiment_id,
-        salt=plan.salt,
-        arms=tuple(ArmShare(pre_period_arm(plan, a.arm_id), plan.control.config_version, a.share) for a in final.arms),
-    )
-
-
-# --------------------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True, slots=True)
-class PublishRecord:
-    """A record for `rectune.decisions` (already JSON-ready)."""
-
-    record: dict[str, Any]
-
-    def to_json(self) -> bytes:
-        """The record value."""
-        return msgspec.json.encode(self.record)
-
-
-@dataclass(frozen=True, slots=True)
-class PublishAlert:
-    """An alert for `rectune.alerts`."""
-
-    alert: Alert
-
-
-@dataclass(frozen=True, slots=True)
-class AppendConfig:
-    """A config change to append as the next version (signed by the writer).
-
-    `action_id` is set by `LoopDriver` when it saves the step's intent; a
-    writer that finds an accepted change carrying it on the log already
-    (a replay after a crash) returns that version instead of appending again.
-    """
-
-    kind: Literal["config", "allocation", "rollback"]
-    reason: str
-    config: CascadeConfig | None = None
-    activate: bool = False
-    allocation: Allocation | None = None
-    restores_version: int | None = None
-    proposal_id: str | None = None
-    action_id: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class UpsertSkills:
-    """Skillhub entries to store."""
-
-    skills: tuple[Skill, ...]
-
-
-Action: TypeAlias = PublishRecord | PublishAlert | AppendConfig | UpsertSkills
-
-
-@dataclass(frozen=True, slots=True)
-class LoopInput:
-    """What one step sees: merged per-arm totals of the surface, the serving state, skills, approvals, time."""
-
-    totals: Mapping[str, ArmTotals]
-    serving: ServingState
-    now_ms: int
-    skills: Sequence[Skill] = ()
-    approved: frozenset[str] = frozenset()
-    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,38 +223,9 @@ class AgentLoop:
     def _record(
         self, inp: LoopInput, kind: RecordKind, experiment_id: str, payload: Any, state: LoopState
     ) -> PublishRecord:
-        body = msgspec.to_builtins(payload)
-        key = f"{self.surface}|{state.cycle}|{kind}|{experiment_id}|{msgspec.json.encode(body).decode()}"
-        return PublishRecord(
-            {
-                "type": RECORD_TYPE,
-                "schema_version": SCHEMA_VERSION,
-                "record_id": hashlib.sha256(key.encode()).hexdigest()[:16],
-                "surface": self.surface,
-                "experiment_id": experiment_id,
-                "kind": kind,
-                "cycle": state.cycle,
-                "epoch": inp.epoch,
-                "at_ms": inp.now_ms,
-                "payload": body,
-            }
-        )
+        return agent_record(self.surface, inp, kind, experiment_id, payload, state)
 
     # ---- idle: propose + critique
-
-    def _failures(self, state: LoopState) -> FailureMemory:
-        from agents.critic import FailedMove  # local: keeps the import list short
-
-        return FailureMemory(
-            records=tuple(
-                FailureRecord(
-                    moves=tuple(FailedMove(m.name, m.before, m.after) for m in f.moves),
-                    reason=f.reason,
-                    experiment_id=f.experiment_id,
-                )
-                for f in state.failures
-            )
-        )
 
     def _metrics(self, inp: LoopInput) -> tuple[MetricReading, ...]:
         """The brain's readings (at most 64): each arm's primary metric (the Online policy's, e.g. ctr) for the
@@ -456,7 +304,7 @@ class AgentLoop:
             incumbent,
             s.rules,
             latency_model=s.latency,
-            failures=self._failures(state),
+            failures=failure_memory(state.failures),
             brain_verdicts=verdicts_brain,
             surface=self.surface,
         )
@@ -499,17 +347,7 @@ class AgentLoop:
         )
 
     def _cool(self, state: LoopState, inp: LoopInput) -> LoopState:
-        mark = tuple(
-            BaselineMark(
-                a,
-                t.windows,
-                tuple(np.asarray(t.sums, dtype=np.float64).ravel().tolist()),
-                tuple(np.asarray(t.latency_hist, dtype=np.int64).tolist()),
-                t.sums.shape[1],
-            )
-            for a, t in sorted(inp.totals.items())
-            if not _TREATMENT_ARM.search(a)
-        )
+        mark = baseline_marks(inp.totals)
         return msgspec.structs.replace(
             state,
             phase="idle",
@@ -520,32 +358,8 @@ class AgentLoop:
         )
 
     def _baseline_arms(self, inp: LoopInput, state: LoopState) -> list[ArmTotals]:
-        """The incumbent's (non-experiment arms') totals since the last round ended (`LoopState.baseline_mark`).
-
-        Cumulative totals since the metrics topic began mix earlier incumbents,
-        and with returning users their variance per request grows with the
-        history's length (user effects do not average out), so a gate fed all
-        history refuses ever more; the traffic since the last round is recent
-        and of the current incumbent only.
-        """
-        marks = {m.arm_id: m for m in state.baseline_mark}
-        arms = []
-        for a, t in inp.totals.items():
-            if _TREATMENT_ARM.search(a):
-                continue
-            m = marks.get(a)
-            if m is not None and m.buckets == t.sums.shape[1] and len(m.sums) == t.sums.size:
-                t = ArmTotals(
-                    t.surface,
-                    a,
-                    t.sums - np.asarray(m.sums, dtype=np.float64).reshape(t.sums.shape),
-                    t.latency_hist - np.asarray(m.latency_hist, dtype=np.int64),
-                    t.item_events,
-                    t.late_item_events,
-                    t.windows - m.windows,
-                )
-            arms.append(t)
-        return [t for t in arms if t.total("requests") >= self.settings.min_baseline_requests and t.windows > 0]
+        """The incumbent's totals since the last round ended (`agents.loop_baseline.baseline_since_mark`)."""
+        return baseline_since_mark(inp.totals, state.baseline_mark, self.settings.min_baseline_requests)
 
     # ---- registering: plan
 
@@ -642,314 +456,8 @@ class AgentLoop:
         )
         if not exp.terminal:
             return state
-        state = await self._learn(state, exp, arms, inp, out)
+        state = await learn(self.brain, self.surface, self.settings.objective, state, exp, arms, inp, out)
         return self._cool(state, inp)
 
     def _emit(self, state: LoopState, inp: LoopInput, decisions: Sequence[Decision], out: list[Action]) -> None:
-        by_id = {p.proposal_id: p for p in state.candidates}
-        for d in decisions:
-            kind: RecordKind = (
-                "interim_read"
-                if d.kind == "interim_read"
-                else "allocation"
-                if d.kind in ("allocate", "ramp", "hold_for_approval")
-                else "decision"
-            )
-            out.append(self._record(inp, kind, d.experiment_id, msgspec.json.decode(d.to_json()), state))
-            if d.alert is not None:
-                out.append(
-                    PublishAlert(
-                        Alert(
-                            schema_version=1,
-                            kind=d.alert,
-                            severity=d.severity,
-                            source=AUTHOR,
-                            message=clip_text("; ".join(d.reasons) or d.kind, 4000),
-                            at_ms=inp.now_ms,
-                            surface=self.surface,
-                            arm_id=d.arm_id,
-                            config_version=d.config_version,
-                        )
-                    )
-                )
-            reason = clip_text(f"{d.decision_id} {d.kind}: {'; '.join(d.reasons)}", 3900)
-            if d.kind == "promote" and d.proposal_id in by_id:
-                out.append(
-                    AppendConfig(
-                        kind="config",
-                        reason=reason,
-                        config=by_id[d.proposal_id].config,
-                        activate=True,
-                        proposal_id=d.proposal_id,
-                    )
-                )
-                out.append(AppendConfig(kind="allocation", reason=reason))
-            elif d.kind == "rollback" and (
-                d.ends_experiment or (d.allocation is not None and all(a.share == 0.0 for a in d.allocation.arms[1:]))
-            ):
-                out.append(AppendConfig(kind="rollback", reason=reason, restores_version=state.pre_version))
-            elif d.ends_experiment:
-                out.append(AppendConfig(kind="allocation", reason=reason))
-            elif d.allocation is not None:
-                out.append(AppendConfig(kind="allocation", reason=reason, allocation=d.allocation))
-
-    # ---- learn
-
-    async def _learn(
-        self, state: LoopState, exp: ExperimentState, arms: Mapping[str, ArmTotals], inp: LoopInput, out: list[Action]
-    ) -> LoopState:
-        control = inp.serving.configs.get(exp.plan.control.config_version) or inp.serving.control
-        assert control is not None  # noqa: S101 - checked by step
-        by_id = {p.proposal_id: p for p in state.candidates}
-        arm_changes = [
-            ArmChanges(arm_id=t.arm_id, changes=by_id[t.proposal_id].changes)
-            for t in exp.plan.treatments
-            if t.proposal_id in by_id
-        ]
-        report = experiment_insights(
-            experiment_id=exp.experiment_id,
-            surface=self.surface,
-            control_config=control,
-            control_arm=exp.plan.control.arm_id,
-            arms=arm_changes,
-            totals={ALL_COHORTS: arms},
-            objective=self.settings.objective,
-            at_ms=inp.now_ms,
-        )
-        narrative = None
-        changes: tuple[ParamChange, ...] = tuple(c for a in arm_changes for c in a.changes)[:64]
-        try:
-            narrative = await self.brain.summarise(
-                InsightContext(
-                    surface=self.surface,
-                    experiment_id=exp.experiment_id,
-                    decision=exp.status,
-                    changes=changes,
-                    effects=effect_readings(report)[:32],
-                )
-            )
-        except Exception as err:  # a brain must not raise; the statistical report stands alone
-            log.warning("brain summarise raised %s", type(err).__name__)
-        out.append(
-            self._record(
-                inp,
-                "insight",
-                exp.experiment_id,
-                {
-                    "status": exp.status,
-                    "outcome": exp.outcome,
-                    "insights": report.insights,
-                    "skipped": report.skipped,
-                    "summary": narrative,
-                },
-                state,
-            )
-        )
-        updated, skill_changes = update_skills(inp.skills, report.insights, inp.now_ms)
-        touched = changed_skills(updated, skill_changes)
-        if touched:
-            out.append(UpsertSkills(touched))
-        out.append(self._record(inp, "skill", exp.experiment_id, {"changes": skill_changes}, state))
-        failures = state.failures
-        if exp.status in ("stopped_loser", "rolled_back"):
-            for a in arm_changes:
-                arm = exp.arm(a.arm_id)
-                if arm.status in ("stopped_loser", "rolled_back", "stopped_futile"):
-                    rec = FailureRecord.from_changes(
-                        control, a.changes, reason=arm.reason[:200], experiment_id=exp.experiment_id
-                    )
-                    failures = (
-                        *failures,
-                        FailureRec(
-                            moves=tuple(FailedMoveRec(m.name, m.before, m.after) for m in rec.moves),
-                            reason=rec.reason,
-                            experiment_id=rec.experiment_id,
-                        ),
-                    )
-        history = (*state.history, f"{exp.experiment_id}:{exp.status}")[-50:]
-        return msgspec.structs.replace(state, failures=failures[-100:], history=history)
-
-
-# --------------------------------------------------------------------------- I/O protocols and the driver
-
-
-class ConfigWriter(Protocol):
-    """The config topic: its folded head, and appending one change against it."""
-
-    async def head(self) -> ServingState:
-        """The serving state after every change on the topic."""
-        ...
-
-    async def append(self, action: AppendConfig, epoch: int) -> int:
-        """Append `action` as the next version (signed); returns that version."""
-        ...
-
-
-class DecisionSink(Protocol):
-    """`rectune.decisions` and `rectune.alerts`."""
-
-    async def publish(self, record: PublishRecord) -> None:
-        """Publish one decision record."""
-        ...
-
-    async def alert(self, alert: Alert) -> None:
-        """Publish one alert."""
-        ...
-
-
-class StateStore(Protocol):
-    """Where `LoopState` lives between steps (conditional on the lease)."""
-
-    async def load(self) -> bytes | None:
-        """The saved state bytes, if any."""
-        ...
-
-    async def save(self, data: bytes) -> bool:
-        """Save; False when this process no longer holds the lease (nothing written)."""
-        ...
-
-
-class MetricsSource(Protocol):
-    """Cumulative merged per-arm totals of the surface."""
-
-    async def totals(self) -> Mapping[str, ArmTotals]:
-        """arm id → totals."""
-        ...
-
-
-class ApprovalSource(Protocol):
-    """Experiment ids a human approved (`rectune approve`)."""
-
-    async def approved(self) -> frozenset[str]:
-        """The approved ids."""
-        ...
-
-
-class LoopDriver:
-    """One tick of I/O around `AgentLoop.step`: load → read → step → save the intent → execute → save."""
-
-    def __init__(
-        self,
-        loop: AgentLoop,
-        *,
-        config: ConfigWriter,
-        sink: DecisionSink,
-        store: StateStore,
-        metrics: MetricsSource,
-        skills: SkillStore,
-        approvals: ApprovalSource | None = None,
-    ) -> None:
-        """Keep the loop and its ports."""
-        self.loop, self.config, self.sink, self.store = loop, config, sink, store
-        self.metrics, self.skills, self.approvals = metrics, skills, approvals
-
-    async def tick(self, now_ms: int, epoch: int = 0) -> tuple[LoopState, list[Action]]:
-        """Run one step and execute its actions, exactly once across crashes (called by the runtime every tick).
-
-        The next state is saved first *with its actions* (`LoopState.outbox`,
-        the intent: a lease-fenced write, so a deposed leader acts on
-        nothing), then the actions run, then the state is saved without them.
-        A tick that finds an outbox (the process died in between, or an action
-        failed) executes that outbox again instead of stepping: records and
-        alerts may repeat (same `record_id`), config appends do not (each
-        carries an `action_id` the writer finds on the log).  A config change
-        the writer refuses (`ConfigError`, `SignatureError`) abandons the
-        intent: the state before it is restored and the error raised, so the
-        next tick steps again from there.
-        """
-        raw = await self.store.load()
-        state = LoopState.from_bytes(raw) if raw else self.loop.initial_state()
-        if state.outbox is not None:
-            box = _outbox_decoder.decode(state.outbox)
-            prior = LoopState.from_bytes(box.prior)
-            actions = decode_actions(box.actions)
-            done = msgspec.structs.replace(state, outbox=None)
-            await self._execute(actions, epoch, prior)
-            await self.store.save(done.to_bytes())
-            return done, actions
-        inp = LoopInput(
-            totals=await self.metrics.totals(),
-            serving=await self.config.head(),
-            now_ms=now_ms,
-            skills=await self.skills.load_all(),
-            approved=await self.approvals.approved() if self.approvals is not None else frozenset(),
-            epoch=epoch,
-        )
-        new_state, actions = await self.loop.step(state, inp)
-        if actions:
-            key = hashlib.sha256(new_state.to_bytes() + str(now_ms).encode()).hexdigest()[:16]
-            actions = [
-                dataclasses.replace(a, action_id=f"{key}.{i}") if isinstance(a, AppendConfig) else a
-                for i, a in enumerate(actions)
-            ]
-            box = Outbox(prior=state.to_bytes(), actions=encode_actions(actions))
-            intent = msgspec.structs.replace(new_state, outbox=_outbox_encoder.encode(box))
-            if not await self.store.save(intent.to_bytes()):
-                log.warning("loop state not saved (lease lost?): the step's %d actions are dropped", len(actions))
-                return state, []
-            await self._execute(actions, epoch, state)
-        if new_state != state or actions:
-            await self.store.save(new_state.to_bytes())
-        return new_state, actions
-
-    async def _execute(self, actions: Sequence[Action], epoch: int, prior: LoopState) -> None:
-        for action in actions:
-            if isinstance(action, PublishRecord):
-                await self.sink.publish(action)
-            elif isinstance(action, PublishAlert):
-                await self.sink.alert(action.alert)
-            elif isinstance(action, AppendConfig):
-                try:
-                    await self.config.append(action, epoch)
-                except (ConfigError, SignatureError):
-                    await self.store.save(prior.to_bytes())  # abandon the intent (see `tick`)
-                    raise
-            else:
-                await self.skills.upsert_many(action.skills)
-
-
-# --------------------------------------------------------------------------- the outbox (a step's intent)
-
-
-class Outbox(msgspec.Struct, frozen=True, array_like=True):
-    """A step's actions while they execute (`LoopState.outbox`), and the state before the step."""
-
-    prior: bytes
-    actions: tuple[tuple[str, Any], ...]
-
-
-_outbox_encoder: Final = msgspec.msgpack.Encoder()
-_outbox_decoder: Final = msgspec.msgpack.Decoder(Outbox)
-
-
-def encode_actions(actions: Sequence[Action]) -> tuple[tuple[str, Any], ...]:
-    """Actions as tagged plain data (`decode_actions` inverts it exactly); `LoopDriver` persists them."""
-    out: list[tuple[str, Any]] = []
-    for a in actions:
-        if isinstance(a, PublishRecord):
-            out.append(("record", a.record))
-        elif isinstance(a, PublishAlert):
-            out.append(("alert", msgspec.to_builtins(a.alert)))
-        elif isinstance(a, AppendConfig):
-            out.append(("config", msgspec.to_builtins(a)))
-        else:
-            out.append(("skills", [msgspec.to_builtins(s) for s in a.skills]))
-    return tuple(out)
-
-
-def decode_actions(items: Sequence[tuple[str, Any]]) -> list[Action]:
-    """The actions `encode_actions` wrote."""
-    out: list[Action] = []
-    for tag, body in items:
-        if tag == "record":
-            out.append(PublishRecord(body))
-        elif tag == "alert":
-            out.append(PublishAlert(msgspec.convert(body, Alert)))
-        elif tag == "config":
-            out.append(msgspec.convert(body, AppendConfig))
-        elif tag == "skills":
-            out.append(UpsertSkills(tuple(msgspec.convert(s, Skill) for s in body)))
-        else:
-            msg = f"outbox: unknown action tag {tag!r} (expected record, alert, config or skills)"
-            raise ValueError(msg)
-    return out
+        decision_actions(self.surface, state, inp, decisions, out)

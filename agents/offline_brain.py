@@ -12,20 +12,10 @@ space and asks it for `context.k` candidates:
   `max_exploration_rate`, `min_mmr_lambda`, `min_list_size`); cuts search on a
   log scale; a choice searches all its values (if the trust region allows
   choice changes).  Parameters whose box is a single point are left out.
-- *Skillhub notes* narrow the box (`parse_skill_note`).  `SkillNote` carries
-  `stage`, `cohort`, `confidence` and a free-text `pattern`; the only
-  structured meaning taken from `pattern` is a strict leading form — anything
-  else is ignored:
-  ``<verb> <param> ...`` with verb raise/increase/higher/up or
-  lower/decrease/reduce/down; ``<param> up|down ...``; ``<param> in [a, b] ...``.
-  `<param>` is a dotted path or a leaf name (`mmr_lambda`) resolved inside the
-  note's `stage` (`re_rank` → `re_rank.mmr_lambda`); a path outside the
-  note's stage, an unknown name, or a confidence below `min_skill_confidence`
-  is ignored.  A direction with confidence c keeps the box's side in that
-  direction and shrinks the other side to (1 − c) of its width (c = 1: only
-  moves in that direction); a range intersects the box (an empty intersection
-  becomes a direction towards the range).  Trailing text ("helps cohort X")
-  is kept only to be quoted in rationales.
+- *Skillhub notes* narrow the box (`parse_skill_note`; the note grammar and
+  how a hint narrows a box are in `agents.skill_hints`): a direction or a
+  range for one parameter of the note's stage; a note with a confidence below
+  `min_skill_confidence` is ignored.
 - *Warm start*: the context's `metrics` readings for the configured
   objectives (`Objective`, default maximise "ctr"), taken for the brain's
   `cohort` ("" = overall), the last reading per (arm, metric) winning.  An arm
@@ -80,23 +70,27 @@ Critique returns no verdicts (the Critic's hard rules do the pruning);
 summarise builds an `InsightText` from the context's figures (each effect
 with its interval: raised / lowered / not resolved).  Optuna's logging is
 set to WARNING; storage is in memory only.
+
+This module keeps `OfflineBrain` and `Objective`.  The Skillhub-note parsing
+(`SkillHint`, `parse_skill_note`, `Move`) lives in `agents.skill_hints` and
+the Optuna search box (`_Dimension`, `_dimension`, `_contains`,
+`_param_value`, `_rounded`, `_values`, `_freeze`) in `agents.offline_space`;
+the public names are re-exported from here (`__all__`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, TypeAlias
 
-import msgspec
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from agents.ascent import AscentSettings
@@ -129,33 +123,25 @@ from agents.brain import (
     proposal_id_for,
     vet_in_context,
 )
-from agents.critic import CUT_PARAMS, CriticRules, candidate_distance, param_class, trust_coordinate
+from agents.critic import CriticRules, candidate_distance, param_class, trust_coordinate
 from agents.diagnostics import (
     DiagnosticMove,
     DiagnosticRules,
     diagnostic_moves,
     diagnostic_proposals,
-    guardrail_box,
     incumbent_diagnostics,
 )
+from agents.offline_space import _contains, _Dimension, _dimension, _freeze, _param_value, _rounded, _values
+from agents.skill_hints import Move, SkillHint, parse_skill_note
 from schemas.config import CascadeConfig
 from schemas.errors import SchemaError
-from schemas.guardrails import Guardrails
+
+__all__ = ["Direction", "Move", "Objective", "OfflineBrain", "SamplerChoice", "SkillHint", "parse_skill_note"]
 
 SamplerChoice: TypeAlias = Literal["auto", "tpe", "nsga2"]
 Direction: TypeAlias = Literal["maximize", "minimize"]
-Move: TypeAlias = Literal["up", "down"]
 
 _RECORDS_KEPT: Final = 256
-_DECIMALS: Final = 4
-_UP_WORDS: Final = frozenset({"raise", "increase", "higher", "up"})
-_DOWN_WORDS: Final = frozenset({"lower", "decrease", "reduce", "down"})
-_VERBS: Final = "|".join(sorted(_UP_WORDS | _DOWN_WORDS))
-_PATH: Final = r"(?P<path>[A-Za-z_][A-Za-z0-9_.\-]*)"
-_NUM: Final = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_VERB_FIRST: Final = re.compile(rf"^\s*(?P<verb>{_VERBS})\s+{_PATH}(?=$|[\s,;:.])", re.IGNORECASE)
-_PATH_FIRST: Final = re.compile(rf"^\s*{_PATH}\s*:?\s+(?P<verb>{_VERBS})(?=$|[\s,;:.])", re.IGNORECASE)
-_RANGE: Final = re.compile(rf"^\s*{_PATH}\s*:?\s+in\s*\[\s*(?P<low>{_NUM})\s*,\s*(?P<high>{_NUM})\s*\]", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,126 +150,6 @@ class Objective:
 
     name: str
     direction: Direction = "maximize"
-
-
-@dataclass(frozen=True, slots=True)
-class SkillHint:
-    """What a Skillhub note says about one parameter: a direction, or a range [low, high]."""
-
-    parameter: str
-    confidence: float
-    note: SkillNote
-    direction: Move | None = None
-    low: float | None = None
-    high: float | None = None
-
-    def describe(self) -> str:
-        """E.g. `re_rank.mmr_lambda down (Skillhub re_rank/young, confidence 0.80)`."""
-        what = self.direction if self.direction is not None else f"in [{self.low:g}, {self.high:g}]"
-        cohort = self.note.cohort or "all"
-        return f"{self.parameter} {what} (Skillhub {self.note.stage}/{cohort}, confidence {self.confidence:.2f})"
-
-
-def _resolve_path(path: str, stage: str, specs: Mapping[str, ParamSpec]) -> str | None:
-    path = path.rstrip(".")
-    for candidate in (path, f"{stage}.{path}"):
-        if candidate in specs:
-            return candidate if candidate.split(".", 1)[0] == stage else None
-    if "." not in path:
-        matches = [name for name in specs if name.startswith(f"{stage}.") and name.rsplit(".", 1)[-1] == path]
-        if len(matches) == 1:
-            return matches[0]
-    return None
-
-
-def parse_skill_note(note: SkillNote, specs: Mapping[str, ParamSpec]) -> SkillHint | None:
-    """The hint a note gives (see the module docstring for the grammar), or None when it gives none."""
-    confidence = note.confidence
-    if not (isinstance(confidence, int | float) and math.isfinite(confidence)):
-        return None
-    confidence = min(max(float(confidence), 0.0), 1.0)
-    ranged = _RANGE.match(note.pattern)
-    if ranged is not None:
-        name = _resolve_path(ranged["path"], note.stage, specs)
-        low, high = float(ranged["low"]), float(ranged["high"])
-        if name is None or specs[name].kind == "choice" or not low <= high:
-            return None
-        return SkillHint(parameter=name, confidence=confidence, note=note, low=low, high=high)
-    matched = _VERB_FIRST.match(note.pattern) or _PATH_FIRST.match(note.pattern)
-    if matched is None:
-        return None
-    name = _resolve_path(matched["path"], note.stage, specs)
-    if name is None or specs[name].kind == "choice":
-        return None
-    direction: Move = "up" if matched["verb"].lower() in _UP_WORDS else "down"
-    return SkillHint(parameter=name, confidence=confidence, note=note, direction=direction)
-
-
-# --------------------------------------------------------------------------- search space
-
-
-@dataclass(frozen=True, slots=True)
-class _Dimension:
-    spec: ParamSpec
-    distribution: BaseDistribution
-    low: float = 0.0
-    high: float = 0.0
-    hints: tuple[SkillHint, ...] = ()
-
-
-def _narrow(low: float, high: float, current: float, hint: SkillHint) -> tuple[float, float]:
-    direction = hint.direction
-    if hint.low is not None and hint.high is not None:
-        new_low, new_high = max(low, hint.low), min(high, hint.high)
-        if new_low <= new_high:
-            return new_low, new_high
-        direction = "up" if hint.low > high else "down"
-    keep = 1.0 - hint.confidence
-    if direction == "down" and high > current:
-        high = current + keep * (high - current)
-    elif direction == "up" and low < current:
-        low = current - keep * (current - low)
-    return low, high
-
-
-def _dimension(
-    spec: ParamSpec, rules: CriticRules, guardrails: Guardrails, hints: Sequence[SkillHint]
-) -> _Dimension | None:
-    if spec.kind == "choice":
-        if not rules.trust.choices or len(spec.choices) < 2:
-            return None
-        return _Dimension(spec, CategoricalDistribution(spec.choices))
-    low, high = rules.trust.box(spec)
-    floor, ceiling = guardrail_box(spec.name, guardrails)
-    low, high = max(low, floor), min(high, ceiling)
-    current = float(spec.current)
-    used = tuple(sorted(hints, key=lambda h: -h.confidence))
-    for hint in used:
-        low, high = _narrow(low, high, current, hint)
-    if spec.kind == "int":
-        low, high = float(math.ceil(low - 1e-9)), float(math.floor(high + 1e-9))
-        if high <= low:
-            return None
-        return _Dimension(
-            spec, IntDistribution(int(low), int(high), log=spec.name in CUT_PARAMS and low >= 1), low, high, used
-        )
-    scale = 10.0**_DECIMALS
-    low, high = math.ceil(low * scale - 1e-6) / scale, math.floor(high * scale + 1e-6) / scale
-    if high - low <= 1.0 / scale:
-        return None
-    return _Dimension(spec, FloatDistribution(low, high), low, high, used)
-
-
-def _contains(dimension: _Dimension, value: ParamValue) -> bool:
-    if isinstance(dimension.distribution, CategoricalDistribution):
-        return value in dimension.distribution.choices
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return dimension.low - 1e-9 <= float(value) <= dimension.high + 1e-9
-
-
-def _values(config: CascadeConfig) -> dict[str, ParamValue]:
-    return {spec.name: spec.current for spec in parameter_specs(config)}
 
 
 # --------------------------------------------------------------------------- past trials
@@ -772,26 +638,6 @@ class OfflineBrain:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _freeze(config: CascadeConfig) -> bytes:
-    return msgspec.json.encode(config)
-
-
-def _param_value(dim: _Dimension, value: ParamValue) -> Any:
-    if isinstance(dim.distribution, CategoricalDistribution):
-        return value
-    if isinstance(dim.distribution, IntDistribution):
-        return int(value)
-    return float(value)
-
-
-def _rounded(dim: _Dimension, raw: Any) -> ParamValue:
-    if isinstance(dim.distribution, CategoricalDistribution):
-        return str(raw)
-    if isinstance(dim.distribution, IntDistribution):
-        return int(raw)
-    return min(max(round(float(raw), _DECIMALS), dim.low), dim.high)
 
 
 def _slope(evidence: _Evidence, name: str) -> tuple[float | None, int]:

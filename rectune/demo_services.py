@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from agents.insight import METRICS, ratio_metric_name
 from rectune.admin import catalogue_for, ensure_topics
 from rectune.config_log_io import append_change, draft
 from rectune.embedded import ManagedProcess, RedisProcess, TansuProcess, spawn, start_redis, start_tansu
@@ -98,12 +99,14 @@ def demo_policy(plan: DemoPlan, *, duration_s: float, slo_ms: float, north_star:
     can resolve with one or two arms; a smaller one makes the power gate
     refuse every round.
     """
+    # one name for the north star in the reads, Insight, the Skillhub and the brain (e.g. clicks_per_request)
+    name = ratio_metric_name(*north_star) or "north_star"
     rate = max(1.0, (1.0 - plan.holdout_share) * plan.requests_per_s)
     horizon_s = max(50.0, min(90.0, duration_s / 3.0))
     per_arm_final = rate * 0.25  # two arms at the 50% stage
     return {
         "online": {
-            "primary": {"name": "north_star", "numerator": north_star[0], "denominator": north_star[1]},
+            "primary": {"name": name, "numerator": north_star[0], "denominator": north_star[1]},
             "target_mde": plan.target_mde,
             "stages": [0.2, 0.5],
             "min_dwell_s": [8.0, 12.0],
@@ -121,7 +124,7 @@ def demo_policy(plan: DemoPlan, *, duration_s: float, slo_ms: float, north_star:
             "cooldown_s": 3.0,
             "window_s": plan.window_s,
             "min_baseline_requests": round(rate * plan.window_s),
-            "objective": "ctr",
+            "objective": name if name in METRICS else "ctr",
         },
     }
 

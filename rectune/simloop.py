@@ -42,7 +42,7 @@ import numpy as np
 
 from agents.critic import CriticRules, LatencyModel
 from agents.experiment import GuardrailSpec, MetricSpec
-from agents.insight import METRICS
+from agents.insight import METRICS, ratio_metric_name
 from agents.loop import AgentLoop, LoopDriver, LoopSettings, LoopState
 from agents.memory_ports import (
     DEFAULT_EPOCH_MS,
@@ -134,10 +134,8 @@ def north_star_metric(scenario: Scenario) -> MetricSpec:
     does not know is named `<numerator>_per_<denominator>`.
     """
     numerator, denominator = scenario.north_star
-    for name, metric in METRICS.items():
-        if metric.kind == "ratio" and (metric.numerator, metric.denominator) == (numerator, denominator):
-            return MetricSpec(name=name, numerator=numerator, denominator=denominator)
-    return MetricSpec(name=f"{numerator}_per_{denominator}", numerator=numerator, denominator=denominator)
+    name = ratio_metric_name(numerator, denominator) or f"{numerator}_per_{denominator}"
+    return MetricSpec(name=name, numerator=numerator, denominator=denominator)
 
 
 def insight_objective(scenario: Scenario) -> str:

@@ -1,0 +1,132 @@
+"""The loop's learning step: Insight and Skill on a decided experiment, and the Critic's failure memory.
+
+What lives here: `learn` (the terminal step of an experiment: the Insight
+report with the brain's narrative, the Skillhub update, the failed moves
+remembered) and `failure_memory` (the persisted `FailureRec`s as the
+Critic's `FailureMemory`).
+
+Who calls it: `agents.loop.AgentLoop` (`learn` when an experiment ends,
+`failure_memory` before each critique).  The only await is the brain's
+`summarise`; no other I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import msgspec
+
+from agents.brain import Brain, InsightContext, ParamChange
+from agents.critic import FailedMove, FailureMemory, FailureRecord
+from agents.experiment import ExperimentState
+from agents.insight import ALL_COHORTS, ArmChanges, effect_readings, experiment_insights
+from agents.loop_records import agent_record
+from agents.loop_state import Action, FailedMoveRec, FailureRec, LoopInput, LoopState, UpsertSkills
+from agents.skills import changed_skills, update_skills
+from schemas.metrics import ArmTotals
+
+log = logging.getLogger(__name__)
+
+
+def failure_memory(failures: Sequence[FailureRec]) -> FailureMemory:
+    """The Critic's memory of failed moves (called by `AgentLoop` before each critique)."""
+    return FailureMemory(
+        records=tuple(
+            FailureRecord(
+                moves=tuple(FailedMove(m.name, m.before, m.after) for m in f.moves),
+                reason=f.reason,
+                experiment_id=f.experiment_id,
+            )
+            for f in failures
+        )
+    )
+
+
+async def learn(
+    brain: Brain,
+    surface: str,
+    objective: str,
+    state: LoopState,
+    exp: ExperimentState,
+    arms: Mapping[str, ArmTotals],
+    inp: LoopInput,
+    out: list[Action],
+) -> LoopState:
+    """Insight + Skill on the decided experiment `exp`; appends the records and Skillhub upserts to `out`.
+
+    Called by `AgentLoop` on the step an experiment ends (before the
+    cool-down): returns the state with the losers' moves added to the failure
+    memory and the experiment's outcome to the history.
+    """
+    control = inp.serving.configs.get(exp.plan.control.config_version) or inp.serving.control
+    assert control is not None  # noqa: S101 - checked by step
+    by_id = {p.proposal_id: p for p in state.candidates}
+    arm_changes = [
+        ArmChanges(arm_id=t.arm_id, changes=by_id[t.proposal_id].changes)
+        for t in exp.plan.treatments
+        if t.proposal_id in by_id
+    ]
+    report = experiment_insights(
+        experiment_id=exp.experiment_id,
+        surface=surface,
+        control_config=control,
+        control_arm=exp.plan.control.arm_id,
+        arms=arm_changes,
+        totals={ALL_COHORTS: arms},
+        objective=objective,
+        at_ms=inp.now_ms,
+    )
+    narrative = None
+    changes: tuple[ParamChange, ...] = tuple(c for a in arm_changes for c in a.changes)[:64]
+    try:
+        narrative = await brain.summarise(
+            InsightContext(
+                surface=surface,
+                experiment_id=exp.experiment_id,
+                decision=exp.status,
+                changes=changes,
+                effects=effect_readings(report)[:32],
+            )
+        )
+    except Exception as err:  # a brain must not raise; the statistical report stands alone
+        log.warning("brain summarise raised %s", type(err).__name__)
+    out.append(
+        agent_record(
+            surface,
+            inp,
+            "insight",
+            exp.experiment_id,
+            {
+                "status": exp.status,
+                "outcome": exp.outcome,
+                "insights": report.insights,
+                "skipped": report.skipped,
+                "summary": narrative,
+            },
+            state,
+        )
+    )
+    updated, skill_changes = update_skills(inp.skills, report.insights, inp.now_ms)
+    touched = changed_skills(updated, skill_changes)
+    if touched:
+        out.append(UpsertSkills(touched))
+    out.append(agent_record(surface, inp, "skill", exp.experiment_id, {"changes": skill_changes}, state))
+    failures = state.failures
+    if exp.status in ("stopped_loser", "rolled_back"):
+        for a in arm_changes:
+            arm = exp.arm(a.arm_id)
+            if arm.status in ("stopped_loser", "rolled_back", "stopped_futile"):
+                rec = FailureRecord.from_changes(
+                    control, a.changes, reason=arm.reason[:200], experiment_id=exp.experiment_id
+                )
+                failures = (
+                    *failures,
+                    FailureRec(
+                        moves=tuple(FailedMoveRec(m.name, m.before, m.after) for m in rec.moves),
+                        reason=rec.reason,
+                        experiment_id=rec.experiment_id,
+                    ),
+                )
+    history = (*state.history, f"{exp.experiment_id}:{exp.status}")[-50:]
+    return msgspec.structs.replace(state, failures=failures[-100:], history=history)

@@ -1,0 +1,172 @@
+"""The loop's values: `LoopState` and the structs it persists, a step's input (`LoopInput`) and its `Action`s.
+
+What lives here: `LoopState` (msgpack bytes in the `StateStore`) and the
+structs it persists (`FailureRec`, `FailedMoveRec`, `BaselineMark`); the
+`Action`s a step returns (`PublishRecord`, `PublishAlert`, `AppendConfig`,
+`UpsertSkills`); `LoopInput`, what one step sees.
+
+Who uses it: `agents.loop.AgentLoop` builds states and actions,
+`agents.loop_driver.LoopDriver` persists and executes them (its outbox encodes
+the actions), the adapters (`agents.runtime`, `agents.memory_ports`,
+`agents.state_store`) read them.  Every name is re-exported by `agents.loop`.
+Pure values: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias
+
+import msgspec
+
+from agents.brain import Proposal
+from agents.experiment import ExperimentState
+from agents.skills import Skill
+from schemas.alerts import Alert
+from schemas.config import Allocation, CascadeConfig
+from schemas.config_log import ServingState
+from schemas.metrics import ArmTotals
+
+Phase: TypeAlias = Literal["idle", "registering", "pending_approval", "running"]
+
+
+# --------------------------------------------------------------------------- state
+
+
+class FailedMoveRec(msgspec.Struct, frozen=True, array_like=True):
+    """A persisted `agents.critic.FailedMove`."""
+
+    name: str
+    before: float | int | str
+    after: float | int | str
+
+
+class FailureRec(msgspec.Struct, frozen=True, kw_only=True):
+    """A persisted `agents.critic.FailureRecord`."""
+
+    moves: tuple[FailedMoveRec, ...]
+    reason: str = ""
+    experiment_id: str = ""
+
+
+class BaselineMark(msgspec.Struct, frozen=True, array_like=True):
+    """A baseline arm's cumulative totals when the last round ended (`LoopState.baseline_mark`)."""
+
+    arm_id: str
+    windows: int
+    sums: tuple[float, ...]
+    latency_hist: tuple[int, ...]
+    buckets: int
+
+
+class LoopState(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the loop needs between steps (persisted by the `StateStore` as msgpack bytes).
+
+    `experiment` is `ExperimentState.to_bytes()` of the current experiment;
+    `candidates` the proposals being registered or tested (arm changes for
+    Insight); `registered_after` the config head before registration (a
+    candidate's version is the first later version holding its config);
+    `pre_version` the head before the first allocation (what a rollback
+    restores); `cooldown_until_ms` when the next proposal round may start;
+    `baseline_mark` the baseline arms' totals when the last round ended (the
+    power gate plans on the incumbent's traffic since then, not on all
+    history); `pre_period_until_ms` when the A/A pre-period (if any) ends; `outbox`
+    the actions of the step this state results from while they are being
+    executed (`LoopDriver`: saved before, cleared after; see `encode_actions`).
+    """
+
+    surface: str
+    phase: Phase = "idle"
+    cycle: int = 0
+    experiment: bytes | None = None
+    candidates: tuple[Proposal, ...] = ()
+    control_version: int = 0
+    registered_after: int = 0
+    pre_version: int = 0
+    cooldown_until_ms: int = 0
+    failures: tuple[FailureRec, ...] = ()
+    history: tuple[str, ...] = ()
+    baseline_mark: tuple[BaselineMark, ...] = ()
+    pre_period_until_ms: int = 0
+    outbox: bytes | None = None
+    cuped_variance_ratio: float = 1.0
+
+    def to_bytes(self) -> bytes:
+        """msgpack bytes (exact round trip)."""
+        return _state_encoder.encode(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LoopState:
+        """Decode what `to_bytes` wrote."""
+        return _state_decoder.decode(data)
+
+    def experiment_state(self) -> ExperimentState | None:
+        """The decoded current experiment, if any."""
+        return None if self.experiment is None else ExperimentState.from_bytes(self.experiment)
+
+
+_state_encoder: Final = msgspec.msgpack.Encoder()
+_state_decoder: Final = msgspec.msgpack.Decoder(LoopState)
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRecord:
+    """A record for `rectune.decisions` (already JSON-ready)."""
+
+    record: dict[str, Any]
+
+    def to_json(self) -> bytes:
+        """The record value."""
+        return msgspec.json.encode(self.record)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishAlert:
+    """An alert for `rectune.alerts`."""
+
+    alert: Alert
+
+
+@dataclass(frozen=True, slots=True)
+class AppendConfig:
+    """A config change to append as the next version (signed by the writer).
+
+    `action_id` is set by `LoopDriver` when it saves the step's intent; a
+    writer that finds an accepted change carrying it on the log already
+    (a replay after a crash) returns that version instead of appending again.
+    """
+
+    kind: Literal["config", "allocation", "rollback"]
+    reason: str
+    config: CascadeConfig | None = None
+    activate: bool = False
+    allocation: Allocation | None = None
+    restores_version: int | None = None
+    proposal_id: str | None = None
+    action_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertSkills:
+    """Skillhub entries to store."""
+
+    skills: tuple[Skill, ...]
+
+
+Action: TypeAlias = PublishRecord | PublishAlert | AppendConfig | UpsertSkills
+
+
+@dataclass(frozen=True, slots=True)
+class LoopInput:
+    """What one step sees: merged per-arm totals of the surface, the serving state, skills, approvals, time."""
+
+    totals: Mapping[str, ArmTotals]
+    serving: ServingState
+    now_ms: int
+    skills: Sequence[Skill] = ()
+    approved: frozenset[str] = frozenset()
+    epoch: int = 0
