@@ -252,7 +252,8 @@ def print_table(summary: dict[str, Any], results: Sequence[RunResult]) -> None:
         )
         for run in runs:
             secs = ", ".join(f"{k} {v:.0f}s" for k, v in run.seconds.items())
-            print(f"   seed {run.seed}: {secs}; {run.notes[-1]}")
+            shares = ", ".join(f"{m} {run.scores[m].oracle_share:.2f}" for m in METHODS if m in run.scores)
+            print(f"   seed {run.seed}: oracle share {shares}; {secs}; {run.notes[-1]}")
 
 
 def plot(result: RunResult, path: Path) -> None:
