@@ -78,6 +78,7 @@ from agents.loop_baseline import (
     _cuped_ratio,
     baseline_marks,
     baseline_since_mark,
+    is_pre_period_arm,
     pre_period_allocation,
     pre_period_arm,
 )
@@ -228,13 +229,19 @@ class AgentLoop:
     # ---- idle: propose + critique
 
     def _metrics(self, inp: LoopInput) -> tuple[MetricReading, ...]:
-        """The brain's readings (at most 64): each arm's primary metric (the Online policy's, e.g. ctr) for the
-        warm start, then each arm's diagnostics (`agents.diagnostics.diagnostic_values`: near_duplicate_share,
-        categories_per_list, fresh_share, long_tail_share; NaN left out), incumbent arms before experiment arms,
-        so the diagnostic rules and a model brain see how the served lists look."""
+        """The brain's readings (at most 64), in priority order: the incumbent arms' diagnostics
+        (`agents.diagnostics.diagnostic_values`: near_duplicate_share, categories_per_list, fresh_share,
+        long_tail_share; NaN left out — the diagnostic rules read them), then each arm's primary metric (the Online
+        policy's) with its 95% interval (the brain's warm start and lift model), then the experiment arms'
+        diagnostics.  A/A pre-period arms serve the incumbent and are left out.  A brain that needs more history
+        than fits keeps it itself (the offline brain remembers every reading it was shown)."""
         metric = self.online.policy.primary
-        out = []
-        arms = sorted(inp.totals.items())
+        arms = sorted((a, t) for a, t in inp.totals.items() if not is_pre_period_arm(a))
+        incumbent = [(a, t) for a, t in arms if not _TREATMENT_ARM.search(a)]
+        experiment = [(a, t) for a, t in arms if _TREATMENT_ARM.search(a)]
+        out: list[MetricReading] = []
+        for arm_id, totals in incumbent:
+            out.extend(MetricReading(name=n, value=v, arm=arm_id) for n, v in diagnostic_values(totals).items())
         for arm_id, totals in arms:
             value = totals.ratio(metric.numerator, metric.denominator)
             if value == value:  # not NaN
@@ -250,7 +257,7 @@ class AgentLoop:
                         arm=arm_id,
                     )
                 )
-        for arm_id, totals in sorted(arms, key=lambda item: (bool(_TREATMENT_ARM.search(item[0])), item[0])):
+        for arm_id, totals in experiment:
             out.extend(MetricReading(name=n, value=v, arm=arm_id) for n, v in diagnostic_values(totals).items())
         return tuple(out[:_MAX_READINGS])
 

@@ -60,6 +60,11 @@ def pre_period_arm(plan: ExperimentPlan, arm_id: str) -> str:
     return f"{plan.experiment_id}.pre{arm_id.removeprefix(plan.experiment_id)}"
 
 
+def is_pre_period_arm(arm_id: str) -> bool:
+    """Whether `arm_id` names an A/A pre-period arm (`pre_period_arm`'s `<exp>.pre.<arm>` form)."""
+    return ".pre." in arm_id
+
+
 def pre_period_allocation(plan: ExperimentPlan) -> Allocation:
     """The A/A allocation of the pre-period: the final stage's lanes, every arm serving the incumbent.
 

@@ -88,6 +88,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, TypeAlias
 
+import msgspec
 import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution
@@ -240,6 +241,7 @@ class OfflineBrain:
         self._diagnostics = diagnostics if diagnostics is not None else DiagnosticRules()
         self._ascent = ascent if ascent is not None else AscentSettings()
         self._arms: OrderedDict[str, CascadeConfig] = OrderedDict()
+        self._readings: OrderedDict[tuple[str, str, str], MetricReading] = OrderedDict()
         self._calls = 0
         self._usage = Usage()
         self._records: deque[CallRecord] = deque(maxlen=_RECORDS_KEPT)
@@ -256,6 +258,22 @@ class OfflineBrain:
         self._arms.move_to_end(arm)
         while len(self._arms) > self._memory_size:
             self._arms.popitem(last=False)
+
+    def _recall(self, context: ProposalContext) -> ProposalContext:
+        """`context` with the readings of earlier calls it no longer carries prepended (the last reading wins).
+
+        The loop sends at most 64 readings; an arm whose experiment ended long
+        ago drops out of them, but its read still says what its move did.
+        """
+        for reading in context.metrics:
+            key = (reading.arm, reading.name, reading.cohort)
+            self._readings[key] = reading
+            self._readings.move_to_end(key)
+        while len(self._readings) > self._memory_size:
+            self._readings.popitem(last=False)
+        shown = {(r.arm, r.name, r.cohort) for r in context.metrics}
+        older = tuple(r for key, r in self._readings.items() if key not in shown)
+        return msgspec.structs.replace(context, metrics=older + context.metrics) if older else context
 
     def _config_of(self, arm: str, incumbent: CascadeConfig) -> CascadeConfig | None:
         if arm in self._control:
@@ -296,6 +314,7 @@ class OfflineBrain:
         """`propose` without the event loop (deterministic for a seed and a sequence of calls)."""
         call = _Call("propose")
         self.last_diagnostics = ()
+        context = self._recall(context)
         call_index = self._calls
         self._calls += 1
         specs = {spec.name: spec for spec in parameter_specs(context.incumbent)}

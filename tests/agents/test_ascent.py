@@ -201,3 +201,16 @@ async def test_offline_brain_puts_ascent_candidates_after_diagnostics_and_regist
     assert isinstance(threshold, float) and threshold < base.re_rank.near_duplicate_threshold
     assert any("1 past arm" in note for note in brain.last_ascent)
     assert proposals[-1].title.startswith("offline tpe")
+
+
+async def test_the_offline_brain_remembers_reads_the_loop_no_longer_sends() -> None:
+    base = default_config()
+    brain = OfflineBrain(seed=2, objectives=(Objective("clicks_per_request"),))
+    brain.register_arm("e1.c", base)
+    brain.register_arm("e1.t1", with_re_rank(base, near_duplicate_threshold=0.8))
+    first = (reading("e1.c", 0.70, 0.004), reading("e1.t1", 0.77, 0.004))
+    await brain.propose(ProposalContext(surface="home", incumbent=base, k=2, metrics=first, max_changes=3))
+    assert any("1 past arm" in note for note in brain.last_ascent)
+    # the loop's 64-reading window has moved on: e1's reads are no longer sent, the model still has them
+    await brain.propose(ProposalContext(surface="home", incumbent=base, k=2, metrics=(), max_changes=3))
+    assert any("1 past arm" in note for note in brain.last_ascent)

@@ -66,18 +66,31 @@ def test_diagnostic_values_are_the_documented_ratios_and_skip_empty_denominators
     assert diagnostic_values(totals("control")) == {}
 
 
-def test_loop_sends_primary_readings_first_then_diagnostics_incumbent_arms_first() -> None:
+def test_loop_sends_incumbent_diagnostics_then_primary_readings_then_experiment_diagnostics() -> None:
     loop = AgentLoop(OfflineBrain(), OnlineAgent(OnlinePolicy(surface="home")), LoopSettings())
     arms = {
         "home-round1.t0": totals("home-round1.t0", requests=10, impressions=100, clicks=5, near_duplicates=1),
         "control": totals("control", requests=10, impressions=100, clicks=4, near_duplicates=30),
+        "home-round1.pre.t0": totals("home-round1.pre.t0", requests=10, impressions=100, clicks=4),  # A/A arm
     }
     out = loop._metrics(LoopInput(totals=arms, serving=ServingState(), now_ms=0))
-    assert [(r.name, r.arm) for r in out[:2]] == [("ctr", "control"), ("ctr", "home-round1.t0")]
-    diag = [(r.name, r.arm, r.value) for r in out[2:]]
-    assert diag[0][1] == "control" and ("near_duplicate_share", "control", 0.3) in diag
-    assert ("near_duplicate_share", "home-round1.t0", 0.01) in diag
+    assert all(".pre." not in r.arm for r in out)  # A/A pre-period arms serve the incumbent: left out
+    head = [(r.name, r.arm, r.value) for r in out[:4]]
+    assert all(arm == "control" for _, arm, _ in head) and ("near_duplicate_share", "control", 0.3) in head
+    primary = [r for r in out[4:6]]
+    assert [(r.name, r.arm) for r in primary] == [("ctr", "control"), ("ctr", "home-round1.t0")]
+    assert all(r.lower is not None and r.upper is not None and r.lower <= r.value <= r.upper for r in primary)
+    assert ("near_duplicate_share", "home-round1.t0", 0.01) in [(r.name, r.arm, r.value) for r in out[6:]]
     assert all(math.isfinite(r.value) for r in out)  # empty denominators (fresh etc. are 0/100, fine; none NaN)
+
+
+def test_many_arms_never_push_the_incumbents_diagnostics_out() -> None:
+    loop = AgentLoop(OfflineBrain(), OnlineAgent(OnlinePolicy(surface="home")), LoopSettings())
+    arms = {f"exp-{i:03d}.t1": totals(f"exp-{i:03d}.t1", requests=10, impressions=100, clicks=5) for i in range(80)}
+    arms["control"] = totals("control", requests=10, impressions=100, clicks=4, near_duplicates=30)
+    out = loop._metrics(LoopInput(totals=arms, serving=ServingState(), now_ms=0))
+    assert len(out) == 64
+    assert ("near_duplicate_share", "control") in [(r.name, r.arm) for r in out]
 
 
 # --------------------------------------------------------------------------- rules
