@@ -234,6 +234,17 @@ def ascent_moves(
     return found[:max_changes]
 
 
+def harmful_directions(model: EffectModel, margin: float) -> frozenset[tuple[str, int]]:
+    """(parameter, sign) steps whose guardrail effect is below −`margin`/2 even at mean + 1 sd (established harm)."""
+    sd = np.sqrt(np.clip(np.diag(model.cov), 0.0, None))
+    return frozenset(
+        (name, sign)
+        for j, name in enumerate(model.names)
+        for sign in (-1, 1)
+        if sign * float(model.mean[j]) + float(sd[j]) < -margin / 2.0
+    )
+
+
 def movable_signs(
     specs: Iterable[ParamSpec], step: Callable[[ParamSpec, int], object | None]
 ) -> dict[str, frozenset[int]]:
@@ -255,12 +266,27 @@ class AscentSettings:
     - `z_min` (default 1.0): the greedy candidate moves only parameters whose
       effect is at least one posterior sd from 0.
     - `draws` (default 8): posterior draws tried per wanted candidate.
+    - `guard_metric`, `guard_margin`: a second model of the same form on the
+      guardrail metric's reads (default conversions per request, the Online
+      agent's non-inferiority metric); a direction whose step is known to cost
+      more than half the margin (mean + sd below −margin/2) is not proposed.
+      None switches it off.
     """
 
     candidates: int = 2
     prior_sd: float = 0.03
     z_min: float = 1.0
     draws: int = 8
+    guard_metric: str | None = "conversion_rate"
+    guard_margin: float = 0.02
+
+    @classmethod
+    def for_conversion_margin(cls, margin: float | None) -> AscentSettings:
+        """Defaults with the guard model on the Online policy's conversion margin (off when it has none).
+
+        Called where a brain is built next to its policy (`rectune.simloop`, `agents.runtime.make_brain`).
+        """
+        return cls(guard_metric=None) if margin is None else cls(guard_margin=margin)
 
     def __post_init__(self) -> None:
         checks = (
@@ -268,11 +294,12 @@ class AscentSettings:
             ("prior_sd", self.prior_sd > 0.0 and math.isfinite(self.prior_sd)),
             ("z_min", self.z_min >= 0.0 and math.isfinite(self.z_min)),
             ("draws", self.draws >= 1),
+            ("guard_margin", 0.0 < self.guard_margin < 1.0),
         )
         for name, ok in checks:
             if not ok:
                 msg = (
                     f"AscentSettings.{name}: out of range ({getattr(self, name)!r}); "
-                    "hint: candidates >= 0, prior_sd > 0, z_min >= 0, draws >= 1"
+                    "hint: candidates >= 0, prior_sd > 0, z_min >= 0, draws >= 1, guard_margin in (0, 1)"
                 )
                 raise AscentError(msg)

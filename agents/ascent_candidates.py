@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agents.ascent import AscentSettings, Direction, EffectModel, arm_effects, ascent_moves, fit_effects
+from agents.ascent import (
+    AscentSettings,
+    Direction,
+    EffectModel,
+    arm_effects,
+    ascent_moves,
+    fit_effects,
+    harmful_directions,
+)
 from agents.brain import (
     MAX_HYPOTHESIS_CHARS,
     MAX_RATIONALE_CHARS,
@@ -250,11 +258,17 @@ def ascent_candidates(
         context.metrics, metric=inputs.metric, config_of=inputs.config_of, trust=rules.trust, cohort=inputs.cohort
     )
     model = fit_effects(effects, names, prior_sd=settings.prior_sd, prior_mean=inputs.prior_mean)
+    blocked = _guard_blocked(context, rules, settings, inputs, names)
+    if blocked:
+        movable = {name: frozenset(s for s in signs if (name, s) not in blocked) for name, signs in movable.items()}
     frame = _Frame(specs, rules, context, model, inputs)
     out: list[Proposal] = []
     ranked = sorted(names, key=lambda n: -abs(model.effect(n)))[:4]
     top = ", ".join(f"{n} {100 * model.effect(n):+.2g}% (sd {100 * model.sd(n):.2g})" for n in ranked)
     notes: list[str] = [f"ascent: model from {model.arms} past arm(s) over {len(names)} parameters; largest: {top}"]
+    if blocked:
+        harm = ", ".join(f"{n} {'up' if s > 0 else 'down'}" for n, s in sorted(blocked))
+        notes.append(f"ascent: not proposed, known to cost {settings.guard_metric}: {harm}")
     seen: set[tuple[tuple[str, int], ...]] = set()
     plans: list[tuple[str, np.random.Generator | None]] = []
     if model.arms:
@@ -284,6 +298,22 @@ def ascent_candidates(
         out.append(Proposal(proposal_id=pid, title=title, changes=tuple(changes), config=config))
         notes.append(f"ascent ({how}): proposed {pid}")
     return out, tuple(notes)
+
+
+def _guard_blocked(
+    context: ProposalContext, rules: CriticRules, settings: AscentSettings, inputs: AscentInputs, names: Sequence[str]
+) -> frozenset[tuple[str, int]]:
+    """The steps the guardrail metric's model shows to cost more than half its margin (none without reads)."""
+    if settings.guard_metric is None:
+        return frozenset()
+    metric = settings.guard_metric
+    effects = arm_effects(
+        context.metrics, metric=metric, config_of=inputs.config_of, trust=rules.trust, cohort=inputs.cohort
+    )
+    if not effects:
+        return frozenset()
+    guard = fit_effects(effects, names, prior_sd=settings.prior_sd)
+    return harmful_directions(guard, settings.guard_margin)
 
 
 def skill_prior(directions: Mapping[str, Sequence[tuple[int, float]]], prior_sd: float) -> dict[str, float]:

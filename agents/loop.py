@@ -177,6 +177,22 @@ class LoopSettings:
 # --------------------------------------------------------------------------- the loop
 
 
+#: the conversion guardrail's ratio as the brain reads it (`agents.insight.METRICS` name, numerator, denominator)
+GUARD_CONVERSION: Final = ("conversion_rate", "conversions", "requests")
+
+
+def _ratio_reading(name: str, numerator: str, denominator: str, arm_id: str, totals: ArmTotals) -> MetricReading | None:
+    """One arm's ratio with its 95% interval (delta method over user buckets), None when undefined."""
+    value = totals.ratio(numerator, denominator)
+    if value != value:  # NaN: no denominator yet
+        return None
+    lower, upper = ratio_from_sums(totals.sums, numerator, denominator).interval()
+    finite = math.isfinite(lower) and math.isfinite(upper)
+    return MetricReading(
+        name=name, value=value, lower=lower if finite else None, upper=upper if finite else None, arm=arm_id
+    )
+
+
 class AgentLoop:
     """One surface's loop: a pure `step` over (state, input) using a brain and the Online agent."""
 
@@ -242,21 +258,13 @@ class AgentLoop:
         out: list[MetricReading] = []
         for arm_id, totals in incumbent:
             out.extend(MetricReading(name=n, value=v, arm=arm_id) for n, v in diagnostic_values(totals).items())
-        for arm_id, totals in arms:
-            value = totals.ratio(metric.numerator, metric.denominator)
-            if value == value:  # not NaN
-                # the 95% interval (delta method over user buckets) lets a brain weigh the read
-                lower, upper = ratio_from_sums(totals.sums, metric.numerator, metric.denominator).interval()
-                finite = math.isfinite(lower) and math.isfinite(upper)
-                out.append(
-                    MetricReading(
-                        name=metric.name,
-                        value=value,
-                        lower=lower if finite else None,
-                        upper=upper if finite else None,
-                        arm=arm_id,
-                    )
-                )
+        ratios = [(metric.name, metric.numerator, metric.denominator)]
+        if self.online.policy.guardrails.conversion_margin is not None:
+            ratios.append(GUARD_CONVERSION)  # so a brain can learn which moves cost conversions
+        for name, numerator, denominator in ratios:
+            out.extend(
+                r for arm_id, totals in arms if (r := _ratio_reading(name, numerator, denominator, arm_id, totals))
+            )
         for arm_id, totals in experiment:
             out.extend(MetricReading(name=n, value=v, arm=arm_id) for n, v in diagnostic_values(totals).items())
         return tuple(out[:_MAX_READINGS])

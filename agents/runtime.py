@@ -49,6 +49,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from redis import asyncio as aioredis
 
+from agents.ascent import AscentSettings
 from agents.brain import Brain
 from agents.experiment import ExperimentError
 from agents.lease import Lease
@@ -206,7 +207,11 @@ def make_brain(settings: RuntimeSettings) -> Brain:
         return gemini_brain_from_env()
     # the brain learns from the primary metric's readings, which carry the Online policy's metric name
     policy = settings.policy or OnlinePolicy(surface=settings.surface)
-    return OfflineBrain(rules=settings.loop.rules, objectives=(Objective(policy.primary.name),))
+    return OfflineBrain(
+        rules=settings.loop.rules,
+        objectives=(Objective(policy.primary.name),),
+        ascent=AscentSettings.for_conversion_margin(policy.guardrails.conversion_margin),
+    )
 
 
 async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> None:

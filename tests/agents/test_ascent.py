@@ -37,6 +37,21 @@ def reading(arm: str, value: float, half_width: float, name: str = "clicks_per_r
     return MetricReading(name=name, value=value, lower=value - half_width, upper=value + half_width, arm=arm)
 
 
+def inputs_for(configs: dict[str, CascadeConfig]) -> AscentInputs:
+    """The brain's inputs for `ascent_candidates`: these arm configs, no prior, no repeat check."""
+
+    def never(config: CascadeConfig, earlier: object) -> str:
+        return ""
+
+    return AscentInputs(
+        metric="clicks_per_request",
+        config_of=configs.get,
+        prior_mean={},
+        rng=np.random.default_rng(0),
+        repeat_reason=never,
+    )
+
+
 def test_coordinates_are_trust_steps_and_choices_are_signed() -> None:
     base = default_config()
     moved = with_re_rank(base, near_duplicate_threshold=0.8, max_per_category=6)
@@ -164,16 +179,7 @@ def test_candidates_restore_the_diversity_floor_with_a_longer_list() -> None:
     readings = (reading("e1.c", 0.70, 0.004), reading("e1.t1", 0.77, 0.004))
     context = ProposalContext(surface="home", incumbent=base, k=2, metrics=readings, max_changes=3)
 
-    def never(config: CascadeConfig, earlier: object) -> str:
-        return ""
-
-    inputs = AscentInputs(
-        metric="clicks_per_request",
-        config_of=configs.get,
-        prior_mean={},
-        rng=np.random.default_rng(0),
-        repeat_reason=never,
-    )
+    inputs = inputs_for(configs)
     proposals, notes = ascent_candidates(context, rules, AscentSettings(candidates=1), inputs)
     assert len(proposals) == 1, notes
     config = proposals[0].config
@@ -214,3 +220,34 @@ async def test_the_offline_brain_remembers_reads_the_loop_no_longer_sends() -> N
     # the loop's 64-reading window has moved on: e1's reads are no longer sent, the model still has them
     await brain.propose(ProposalContext(surface="home", incumbent=base, k=2, metrics=(), max_changes=3))
     assert any("1 past arm" in note for note in brain.last_ascent)
+
+
+def test_steps_known_to_cost_the_guardrail_metric_are_not_proposed() -> None:
+    """Lowering the threshold won the objective but cost conversions: the ascent keeps the win, not that step."""
+    from agents.ascent import harmful_directions
+
+    threshold = "re_rank.near_duplicate_threshold"
+    guard = fit_effects([ArmEffect("e1.t1", ((threshold, -1.0),), -0.06, 0.005)], NAMES, prior_sd=0.03)
+    assert harmful_directions(guard, 0.02) == frozenset({(threshold, -1)})
+    flat = fit_effects([ArmEffect("e1.t1", ((threshold, -1.0),), -0.001, 0.005)], NAMES, prior_sd=0.03)
+    assert harmful_directions(flat, 0.02) == frozenset()
+
+    base = default_config()
+    arm = with_re_rank(base, near_duplicate_threshold=0.8)
+    configs = {"e1.c": base, "e1.t1": arm}
+    readings = (
+        reading("e1.c", 0.70, 0.004),
+        reading("e1.t1", 0.77, 0.004),  # the objective liked the lower threshold...
+        reading("e1.c", 0.050, 0.0002, name="conversion_rate"),
+        reading("e1.t1", 0.046, 0.0002, name="conversion_rate"),  # ...conversions fell 8%
+    )
+    context = ProposalContext(surface="home", incumbent=base, k=2, metrics=readings, max_changes=3)
+
+    inputs = inputs_for(configs)
+    proposals, notes = ascent_candidates(context, CriticRules(), AscentSettings(candidates=2), inputs)
+    assert any("known to cost conversion_rate" in note and threshold in note for note in notes)
+    for proposal in proposals:
+        assert proposal.config.re_rank.near_duplicate_threshold >= base.re_rank.near_duplicate_threshold
+    off = AscentSettings(candidates=1, guard_metric=None)
+    greedy, _ = ascent_candidates(context, CriticRules(), off, inputs)
+    assert greedy[0].config.re_rank.near_duplicate_threshold < base.re_rank.near_duplicate_threshold

@@ -80,7 +80,9 @@ def test_loop_sends_incumbent_diagnostics_then_primary_readings_then_experiment_
     primary = [r for r in out[4:6]]
     assert [(r.name, r.arm) for r in primary] == [("ctr", "control"), ("ctr", "home-round1.t0")]
     assert all(r.lower is not None and r.upper is not None and r.lower <= r.value <= r.upper for r in primary)
-    assert ("near_duplicate_share", "home-round1.t0", 0.01) in [(r.name, r.arm, r.value) for r in out[6:]]
+    conversions = [(r.name, r.arm) for r in out[6:8]]  # the conversion guardrail's ratio, for the brain's guard model
+    assert conversions == [("conversion_rate", "control"), ("conversion_rate", "home-round1.t0")]
+    assert ("near_duplicate_share", "home-round1.t0", 0.01) in [(r.name, r.arm, r.value) for r in out[8:]]
     assert all(math.isfinite(r.value) for r in out)  # empty denominators (fresh etc. are 0/100, fine; none NaN)
 
 
