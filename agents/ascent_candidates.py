@@ -4,10 +4,14 @@
 context's readings describe, then builds the greedy candidate (posterior
 mean; only once some evidence exists) and Thompson candidates (posterior
 draws) until `AscentSettings.candidates` are found.  Each direction becomes
-one trust step (`agents.diagnostics.step_toward`); a candidate that breaks the
-Critic's diversity floor is retried at half a step, then dropped — the brain
-builds candidates the Critic will keep instead of wasting an arm slot.  Each
-is vetted with `vet_proposal` and the brain's repeat check.  Called by
+one trust step (`agents.diagnostics.step_toward`), clipped to the brain's
+search box (Skillhub ranges included; a range that excludes the incumbent's
+value forces a move into it).  A candidate that breaks the Critic's diversity
+floor first gets a companion `list_size` move that restores it, else is
+retried at half a step, then dropped — the brain builds candidates the Critic
+will keep instead of wasting an arm slot.  Steps the guard model (conversion
+reads) shows to be costly are never taken.  Each candidate is vetted with
+`vet_in_context` and the brain's repeat check.  Called by
 `agents.offline_brain.OfflineBrain.propose_sync`.
 """
 
