@@ -39,7 +39,7 @@ from typing import Final
 
 import numpy as np
 
-from agents.brain import MetricReading, ParamSpec, parameter_specs
+from agents.brain import MetricReading, parameter_specs
 from agents.critic import TrustRegion, trust_coordinate
 from schemas.config import CascadeConfig
 
@@ -245,13 +245,6 @@ def harmful_directions(model: EffectModel, margin: float) -> frozenset[tuple[str
     )
 
 
-def movable_signs(
-    specs: Iterable[ParamSpec], step: Callable[[ParamSpec, int], object | None]
-) -> dict[str, frozenset[int]]:
-    """Per parameter, the signs `step(spec, sign)` can move it (None = cannot); used to build `movable`."""
-    return {spec.name: frozenset(sign for sign in (-1, 1) if step(spec, sign) is not None) for spec in specs}
-
-
 # --------------------------------------------------------------------------- candidates
 
 
@@ -279,14 +272,6 @@ class AscentSettings:
     draws: int = 8
     guard_metric: str | None = "conversion_rate"
     guard_margin: float = 0.02
-
-    @classmethod
-    def for_conversion_margin(cls, margin: float | None) -> AscentSettings:
-        """Defaults with the guard model on the Online policy's conversion margin (off when it has none).
-
-        Called where a brain is built next to its policy (`rectune.simloop`, `agents.runtime.make_brain`).
-        """
-        return cls(guard_metric=None) if margin is None else cls(guard_margin=margin)
 
     def __post_init__(self) -> None:
         checks = (

@@ -226,14 +226,17 @@ class AgentLoop:
 
     def _register_arms(self, state: LoopState, inp: LoopInput) -> None:
         """Tell a brain that learns from past arms (`ArmRegistry`) which config each running arm serves."""
-        experiment = state.experiment_state() if isinstance(self.brain, ArmRegistry) else None
-        if experiment is None or not isinstance(self.brain, ArmRegistry):
+        brain = self.brain
+        if not isinstance(brain, ArmRegistry):
+            return
+        experiment = state.experiment_state()
+        if experiment is None:
             return
         plan = experiment.plan
         for arm in (plan.control, *plan.treatments):
             config = inp.serving.configs.get(arm.config_version)
             if config is not None:
-                self.brain.register_arm(arm.arm_id, config)
+                brain.register_arm(arm.arm_id, config)
 
     # ---- records
 
@@ -290,21 +293,21 @@ class AgentLoop:
             guardrails=s.rules.guardrails,
         )
         result = await self.actor.propose(context)
-        payload: dict[str, Any] = {}
+        widened_from = list(context.parameters)
         if not result.proposals and context.parameters:
             # The Skillhub's space can be exhausted (its parameters cannot move any further in their direction
             # within the trust region): search every parameter rather than stall the surface.
-            payload["widened_from"] = list(context.parameters)
             context = msgspec.structs.replace(context, parameters=())
             result = await self.actor.propose(context)
-        payload = {
+        payload: dict[str, Any] = {
             "proposals": [
                 {"proposal_id": p.proposal_id, "title": p.title, "changes": p.changes} for p in result.proposals
             ],
             "dropped": [{"index": d.index, "reason": d.reason} for d in result.dropped],
             "usage": result.usage,
-            **payload,
         }
+        if widened_from and not context.parameters:
+            payload["widened_from"] = widened_from
         out.append(self._record(inp, "proposal", exp_tag, payload, state))
         verdicts_brain = []
         if result.proposals:

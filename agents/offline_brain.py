@@ -141,11 +141,21 @@ from agents.offline_text import (
     insight_summary,
     rationale_text,
 )
+from agents.online_policy import OnlinePolicy
 from agents.skill_hints import Move, SkillHint, parse_skill_note
 from schemas.config import CascadeConfig
 from schemas.errors import SchemaError
 
-__all__ = ["Direction", "Move", "Objective", "OfflineBrain", "SamplerChoice", "SkillHint", "parse_skill_note"]
+__all__ = [
+    "Direction",
+    "Move",
+    "Objective",
+    "OfflineBrain",
+    "SamplerChoice",
+    "SkillHint",
+    "offline_brain_for",
+    "parse_skill_note",
+]
 
 SamplerChoice: TypeAlias = Literal["auto", "tpe", "nsga2"]
 
@@ -563,3 +573,15 @@ class OfflineBrain:
             )
         )
         self._usage = self._usage.plus(Usage(calls=1, failed_calls=int(outcome in ("failed", "malformed")), requests=1))
+
+
+def offline_brain_for(policy: OnlinePolicy, rules: CriticRules, *, seed: int = 0) -> OfflineBrain:
+    """The offline brain of a loop run under `policy`; `agents.runtime.make_brain` and `rectune.simloop` build it.
+
+    Its objective carries the policy's primary metric name (the loop's readings
+    are named so) and its guard model uses the policy's conversion margin (off
+    when the policy has none).
+    """
+    margin = policy.guardrails.conversion_margin
+    ascent = AscentSettings(guard_metric=None) if margin is None else AscentSettings(guard_margin=margin)
+    return OfflineBrain(seed=seed, rules=rules, objectives=(Objective(policy.primary.name),), ascent=ascent)

@@ -49,13 +49,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from redis import asyncio as aioredis
 
-from agents.ascent import AscentSettings
 from agents.brain import Brain
 from agents.experiment import ExperimentError
 from agents.lease import Lease
 from agents.loop import AgentLoop, AppendConfig, LoopDriver, LoopSettings, PublishRecord
 from agents.metrics_feed import MetricsFeed
-from agents.offline_brain import Objective, OfflineBrain
+from agents.offline_brain import offline_brain_for
 from agents.online import OnlineAgent, OnlinePolicy
 from agents.skillhub import RedisSkillStore
 from agents.state_store import RedisApprovals, RedisStateStore
@@ -205,13 +204,7 @@ def make_brain(settings: RuntimeSettings) -> Brain:
         from agents.gemini_brain import gemini_brain_from_env
 
         return gemini_brain_from_env()
-    # the brain learns from the primary metric's readings, which carry the Online policy's metric name
-    policy = settings.policy or OnlinePolicy(surface=settings.surface)
-    return OfflineBrain(
-        rules=settings.loop.rules,
-        objectives=(Objective(policy.primary.name),),
-        ascent=AscentSettings.for_conversion_margin(policy.guardrails.conversion_margin),
-    )
+    return offline_brain_for(settings.policy or OnlinePolicy(surface=settings.surface), settings.loop.rules)
 
 
 async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> None:

@@ -40,7 +40,6 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 
-from agents.ascent import AscentSettings
 from agents.critic import CriticRules, LatencyModel
 from agents.experiment import GuardrailSpec, MetricSpec
 from agents.insight import METRICS, ratio_metric_name
@@ -53,7 +52,7 @@ from agents.memory_ports import (
     MemorySink,
     MemoryStateStore,
 )
-from agents.offline_brain import Objective, OfflineBrain
+from agents.offline_brain import OfflineBrain, offline_brain_for
 from agents.online import (
     Baseline,
     OnlineAgent,
@@ -388,12 +387,7 @@ async def run_simloop(
         SIM_KEYRING, initial=start or default_config(), guardrails=rules.guardrails, now_ms=epoch_ms
     )
     sink, store, metrics = MemorySink(), MemoryStateStore(), MemoryMetrics(surface)
-    brain = brain or OfflineBrain(
-        seed=seed,
-        objectives=(Objective(preset.policy.primary.name),),
-        rules=rules,
-        ascent=AscentSettings.for_conversion_margin(preset.policy.guardrails.conversion_margin),
-    )
+    brain = brain or offline_brain_for(preset.policy, rules, seed=seed)
     loop = AgentLoop(brain, OnlineAgent(preset.policy), preset.settings)
     driver = LoopDriver(
         loop,
