@@ -11,8 +11,8 @@ for that empty partition alone; the broker parks it for Faust's fixed 1.5 s
 `fetch_max_wait`, and aiokafka starts no other fetch to that broker meanwhile,
 so the stream stalled for up to 1.5 s at a time.  `_QuietMonitor` drops Faust's
 per-message and per-event bookkeeping (~11 us per message), which only feeds
-the web stats we disable.  What remains is Faust's own delivery path, about
-220-250 us of CPU per message more than a bare aiokafka loop (`streams.direct`).
+the web stats we disable.  `RectuneFaustApp` (`streams.faust_delivery`) hands
+messages from consumer to stream without Faust's per-message task race.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from faust.types.streams import StreamT
 from faust.types.tuples import Message
 
 from schemas.topics import EVENTS, state_topic
+from streams.faust_delivery import RectuneFaustApp
 from streams.kafka_io import FaustStreamIO
 from streams.processor import StreamConfig, StreamProcessor
 
@@ -64,7 +65,7 @@ def build_app(
     session_timeout_s: float = 10.0,
 ) -> tuple[faust.App, StreamProcessor]:
     """Make the Faust app and its processor (one per worker process)."""
-    app = faust.App(
+    app = RectuneFaustApp(
         app_id,
         broker=f"kafka://{bootstrap}",
         store="memory://",
