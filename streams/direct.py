@@ -1,10 +1,10 @@
 """A second engine for the stream worker: `StreamProcessor` driven by a plain aiokafka consumer.
 
-The Faust app (`streams.app`) pays Faust's per-message delivery: with the
-processor replaced by a no-op, the Faust worker spends 220-310 us of CPU per
-message (its event loop plus its consumer thread) where this loop spends
-55-65 us, and its two threads hand the GIL back and forth, leaving its event
-loop idle 20-35% of the time on a busy 2-vCPU machine.  This engine feeds the
+The Faust app (`streams.app`) pays Faust's delivery path per message.  With
+stock Faust that was 220-310 us of CPU per message against 55-65 us here;
+after `streams.faust_delivery` removed its per-message task race, two Faust
+workers reach 0.8-1.2x two bare consumers (BENCHMARKS.md), and this loop stays
+the leaner of the two (fewer threads, less memory).  This engine feeds the
 very same processor (same decoding, aggregation, checkpoint -> outbox ->
 commit protocol, same checkpoint topic layout) from `getmany()` batches, with
 a rebalance listener for assign/revoke and a timer task for `tick`.  Thin
