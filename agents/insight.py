@@ -137,6 +137,15 @@ def ratio_metric_name(numerator: str, denominator: str) -> str | None:
     return None
 
 
+def insight_objective_for(primary: str) -> str:
+    """The Insight/Skill objective for a primary metric: its own name if `METRICS` knows it, else "ctr".
+
+    Callers that build a loop's settings (the simulated preset, the demo) use it
+    so an unknown north star falls back the same way everywhere.
+    """
+    return primary if primary in METRICS else "ctr"
+
+
 def metric_def(name: str) -> MetricDef:
     """The definition of a known metric; `ValueError` naming the known ones otherwise."""
     found = METRICS.get(name)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from agents.insight import METRICS, ratio_metric_name
+from agents.insight import insight_objective_for, ratio_metric_name
 from rectune.admin import catalogue_for, ensure_topics
 from rectune.config_log_io import append_change, draft
 from rectune.embedded import ManagedProcess, RedisProcess, TansuProcess, spawn, start_redis, start_tansu
@@ -124,7 +124,7 @@ def demo_policy(plan: DemoPlan, *, duration_s: float, slo_ms: float, north_star:
             "cooldown_s": 3.0,
             "window_s": plan.window_s,
             "min_baseline_requests": round(rate * plan.window_s),
-            "objective": name if name in METRICS else "ctr",
+            "objective": insight_objective_for(name),
         },
     }
 

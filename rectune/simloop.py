@@ -42,7 +42,7 @@ import numpy as np
 
 from agents.critic import CriticRules, LatencyModel
 from agents.experiment import GuardrailSpec, MetricSpec
-from agents.insight import METRICS, ratio_metric_name
+from agents.insight import insight_objective_for, ratio_metric_name
 from agents.loop import AgentLoop, LoopDriver, LoopSettings, LoopState
 from agents.memory_ports import (
     DEFAULT_EPOCH_MS,
@@ -140,8 +140,7 @@ def north_star_metric(scenario: Scenario) -> MetricSpec:
 
 def insight_objective(scenario: Scenario) -> str:
     """The Insight/Skill objective for the north star: its `agents.insight.METRICS` name ("ctr" if Insight lacks it)."""
-    name = north_star_metric(scenario).name
-    return name if name in METRICS else "ctr"
+    return insight_objective_for(north_star_metric(scenario).name)
 
 
 def pilot_target_mde(policy: OnlinePolicy, pilot: tuple[TrafficEstimate, Baseline]) -> float:

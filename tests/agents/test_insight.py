@@ -17,6 +17,7 @@ from agents.insight import (
     dominates,
     effect_readings,
     experiment_insights,
+    insight_objective_for,
     metric_effect,
     pareto_front,
     pareto_indices,
@@ -373,3 +374,9 @@ def test_insights_feed_the_skillhub() -> None:
     assert {c.kind for c in changes} == {"created"}
     (dim,) = search_space(skills, "home", "returning", incumbent=default_config())  # pooled skill applies
     assert dim.preferred == "-" and dim.upper == 0.8
+
+
+def test_insight_objective_is_the_primary_when_known_and_ctr_otherwise() -> None:
+    assert insight_objective_for("clicks_per_request") == "clicks_per_request"
+    assert insight_objective_for("conversion_rate") == "conversion_rate"
+    assert insight_objective_for("dwell_per_session") == "ctr"
