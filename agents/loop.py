@@ -110,7 +110,7 @@ from agents.loop_state import (
     UpsertSkills,
 )
 from agents.online import OnlineAgent, baseline_from_totals
-from agents.skills import search_parameters, search_space, skill_notes
+from agents.skill_search import search_parameters, search_space, skill_notes
 from agents.stats.ratio import ratio_from_sums
 from schemas.config_log import ServingState
 from schemas.metrics import ArmTotals

@@ -22,8 +22,9 @@ import msgspec
 from redis.exceptions import RedisError
 
 from agents.insight import STAGES
+from agents.skill_search import describe
 from agents.skillhub import DEFAULT_PREFIX, RedisSkillStore, SkillStoreError
-from agents.skills import STATUSES, Skill, describe
+from agents.skills import STATUSES, Skill
 from rectune.errors import RectuneError
 from rectune.settings import ENV_VARS, Settings
 from schemas.events import ms_to_datetime

@@ -25,7 +25,8 @@ from agents.insight import (
     stage_of,
     tried_configs,
 )
-from agents.skills import search_space, update_skills
+from agents.skill_search import search_space
+from agents.skills import update_skills
 from agents.stats.errors import StatsError
 from schemas.config import default_config
 from schemas.metrics import FIELD_INDEX, N_FIELDS, N_LATENCY_BINS, ArmTotals, latency_bins

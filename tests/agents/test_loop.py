@@ -279,7 +279,8 @@ class SpaceBoundBrain(OfflineBrain):
 
 async def test_an_exhausted_skill_space_widens_to_every_parameter_instead_of_stalling() -> None:
     from agents.insight import ALL_COHORTS, Insight, stage_of
-    from agents.skills import search_parameters, search_space, update_skills
+    from agents.skill_search import search_parameters, search_space
+    from agents.skills import update_skills
 
     won = Insight(
         experiment_id="e0",

@@ -7,15 +7,8 @@ import pytest
 
 from agents.brain import MAX_PATTERN_CHARS, SkillNote
 from agents.insight import Direction, EffectVerdict, Insight, Role, stage_of
-from agents.skills import (
-    SkillPolicy,
-    changed_skills,
-    search_parameters,
-    search_space,
-    skill_id_for,
-    skill_notes,
-    update_skills,
-)
+from agents.skill_search import search_parameters, search_space, skill_notes
+from agents.skills import SkillPolicy, changed_skills, skill_id_for, update_skills
 from schemas.config import default_config
 
 LAMBDA = "re_rank.mmr_lambda"
