@@ -543,9 +543,9 @@ def pareto_front(
 
     Senses come from `senses`, else from `METRICS` (CTR and diversity up,
     latency p99 down).  Every config must carry every metric (`KeyError`
-    otherwise).  Called by the Insight agent after each decision and shown
-    to the Actor, which proposes from the front rather than from dominated
-    configs.
+    otherwise).  Called after each decision by `update_front` (the Insight
+    step of `agents.loop_learn`), which publishes the front in the insight
+    record.
     """
     sign = []
     for name in metrics:
@@ -578,3 +578,38 @@ def tried_configs(report: InsightReport, cohort: str = ALL_COHORTS, control_id: 
         for arm_id, by_metric in rows
     )
     return (control, *treated)
+
+
+#: Objectives of the running front besides the loop's own objective: the latency and diversity trade-offs.
+FRONT_TRADE_OFFS: Final = ("latency_p99", "diversity")
+#: Most configs the running front keeps (the best by the objective when more are non-dominated).
+MAX_FRONT: Final = 32
+
+
+def update_front(
+    front: Sequence[TriedConfig], report: InsightReport, objective: str, *, control_id: str = ""
+) -> tuple[TriedConfig, ...]:
+    """The running Pareto front of tried configs after one more experiment's `report`.
+
+    Called by the Insight step (`agents.loop_learn.learn`) after each
+    decision.  Points are (objective, latency p99, diversity) estimates of
+    every arm, as `tried_configs` reads them for all cohorts; a metric an arm
+    was not read on is left out of the comparison for the whole front.  The
+    estimates come from the experiment that served each config, so configs
+    from different weeks are compared on absolute values measured at
+    different times (seasonal drift shifts them together).  Keeps at most
+    `MAX_FRONT` configs, the best on the objective.
+    """
+    points = [*front, *tried_configs(report, control_id=control_id)]
+    wanted = (objective, *(m for m in FRONT_TRADE_OFFS if m != objective))
+    metrics = tuple(m for m in wanted if points and all(_has(p, m) for p in points))
+    if objective not in metrics:
+        return tuple(front)
+    kept = pareto_front([p for p in points if all(math.isfinite(p.value(m)) for m in metrics)], metrics)
+    sense = metric_def(objective).sense
+    ranked = sorted(kept, key=lambda p: p.value(objective), reverse=sense == "max")
+    return tuple(ranked[:MAX_FRONT])
+
+
+def _has(point: TriedConfig, metric: str) -> bool:
+    return any(name == metric for name, _ in point.metrics)

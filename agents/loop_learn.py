@@ -1,8 +1,8 @@
 """The loop's learning step: Insight and Skill on a decided experiment, and the Critic's failure memory.
 
 What lives here: `learn` (the terminal step of an experiment: the Insight
-report with the brain's narrative, the Skillhub update, the failed moves
-remembered) and `failure_memory` (the persisted `FailureRec`s as the
+report with the brain's narrative and the running Pareto front of tried
+configs, the Skillhub update, the failed moves remembered) and `failure_memory` (the persisted `FailureRec`s as the
 Critic's `FailureMemory`).
 
 Who calls it: `agents.loop.AgentLoop` (`learn` when an experiment ends,
@@ -20,7 +20,7 @@ import msgspec
 from agents.brain import Brain, InsightContext, ParamChange
 from agents.critic import FailedMove, FailureMemory, FailureRecord
 from agents.experiment import ExperimentState
-from agents.insight import ALL_COHORTS, ArmChanges, effect_readings, experiment_insights
+from agents.insight import ALL_COHORTS, ArmChanges, effect_readings, experiment_insights, update_front
 from agents.loop_records import agent_record
 from agents.loop_state import Action, FailedMoveRec, FailureRec, LoopInput, LoopState, UpsertSkills
 from agents.skills import changed_skills, update_skills
@@ -77,6 +77,7 @@ async def learn(
         objective=objective,
         at_ms=inp.now_ms,
     )
+    front = update_front(state.front, report, objective, control_id=f"{exp.experiment_id}/{exp.plan.control.arm_id}")
     narrative = None
     changes: tuple[ParamChange, ...] = tuple(c for a in arm_changes for c in a.changes)[:64]
     try:
@@ -103,6 +104,7 @@ async def learn(
                 "insights": report.insights,
                 "skipped": report.skipped,
                 "summary": narrative,
+                "pareto_front": [{"config_id": p.config_id, "metrics": dict(p.metrics)} for p in front],
             },
             state,
         )
@@ -129,4 +131,4 @@ async def learn(
                     ),
                 )
     history = (*state.history, f"{exp.experiment_id}:{exp.status}")[-50:]
-    return msgspec.structs.replace(state, failures=failures[-100:], history=history)
+    return msgspec.structs.replace(state, failures=failures[-100:], history=history, front=front)

@@ -22,6 +22,7 @@ import msgspec
 
 from agents.brain import Proposal
 from agents.experiment import ExperimentState
+from agents.insight import TriedConfig
 from agents.skills import Skill
 from schemas.alerts import Alert
 from schemas.config import Allocation, CascadeConfig
@@ -73,7 +74,8 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     power gate plans on the incumbent's traffic since then, not on all
     history); `pre_period_until_ms` when the A/A pre-period (if any) ends; `outbox`
     the actions of the step this state results from while they are being
-    executed (`LoopDriver`: saved before, cleared after; see `encode_actions`).
+    executed (`LoopDriver`: saved before, cleared after; see `encode_actions`);
+    `front` the running Pareto front of tried configs (`agents.insight.update_front`).
     """
 
     surface: str
@@ -91,6 +93,7 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     pre_period_until_ms: int = 0
     outbox: bytes | None = None
     cuped_variance_ratio: float = 1.0
+    front: tuple[TriedConfig, ...] = ()
 
     def to_bytes(self) -> bytes:
         """msgpack bytes (exact round trip)."""

@@ -439,6 +439,30 @@ def _skills_section(records: RunRecords) -> list[str]:
     return [*lines, ""]
 
 
+def _front_section(records: RunRecords) -> list[str]:
+    """The Insight agent's last Pareto front of tried configs (objective, latency p99, diversity)."""
+    front: list[Mapping[str, Any]] = []
+    for rec in records.decisions:
+        payload = rec.get("payload")
+        if rec.get("kind") == "insight" and isinstance(payload, Mapping):
+            found = payload.get("pareto_front")
+            if isinstance(found, list):
+                front = [p for p in found if isinstance(p, Mapping) and isinstance(p.get("metrics"), Mapping)]
+    lines = ["## Pareto front of tried configs (Insight)", ""]
+    if not front:
+        return [*lines, "No experiment was decided during the run, so there is no front yet.", ""]
+    names = list(front[0]["metrics"])
+    lines += ["| config (experiment/arm) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for point in front:
+        values = point["metrics"]
+        cells = " | ".join(_fmt(float(values.get(n, math.nan)), 4) for n in names)
+        lines.append(f"| {point.get('config_id', '-')} | {cells} |")
+    note = (
+        "Each config's estimates come from the experiment that served it; none of them beats another on every column."
+    )
+    return [*lines, "", note, ""]
+
+
 def build_report(records: RunRecords, labels: ArmLabels | None = None) -> Report:
     """Markdown and figures of one run (called by the demo's writer at the end, and by the tests)."""
     from rectune.report_plots import figures  # local: matplotlib only when a report is built
@@ -471,6 +495,7 @@ def build_report(records: RunRecords, labels: ArmLabels | None = None) -> Report
     if labels.experiments:
         lines += ["Arm labels: " + "; ".join(labels.legend()), ""]
     lines += _skills_section(records)
+    lines += _front_section(records)
     figs = figures(records, by_arm, labels, lift)
     lines += ["## Figures", ""]
     lines += [f"![{name}]({name})" for name in figs]

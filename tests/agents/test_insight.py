@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from agents.brain import MetricReading, ParamChange
 from agents.insight import (
+    MAX_FRONT,
     ArmChanges,
+    InsightReport,
     TriedConfig,
     cohort_effects,
     dominates,
@@ -24,6 +26,7 @@ from agents.insight import (
     quantile_interval,
     stage_of,
     tried_configs,
+    update_front,
 )
 from agents.skill_search import search_space
 from agents.skills import update_skills
@@ -353,6 +356,49 @@ def test_tried_configs_from_a_report_feed_the_front() -> None:
     front_ids = [t.config_id for t in pareto_front(tried, metrics=("ctr", "latency_p99"))]
     assert "exp-3/t2" not in front_ids  # less CTR and slower than control
     assert "exp-3/t1" in front_ids
+
+
+def _report(experiment_id: str, seed: int, lifts: dict[str, float]) -> InsightReport:
+    """A report of one experiment whose arms have the given CTR lifts (same latency and diversity)."""
+    rng = np.random.default_rng(seed)
+    totals = {"control": synthetic_totals(rng, users_per_bucket=100)}
+    totals.update({arm: synthetic_totals(rng, users_per_bucket=100, ctr_lift=lift) for arm, lift in lifts.items()})
+    return experiment_insights(
+        experiment_id=experiment_id,
+        surface="home",
+        control_config=default_config(),
+        control_arm="control",
+        arms=[ArmChanges(arm_id=a, changes=(ParamChange(name="re_rank.mmr_lambda", value=0.7),)) for a in lifts],
+        totals={"all": totals},
+        objective="ctr",
+        at_ms=0,
+    )
+
+
+def test_the_running_front_accumulates_over_experiments_and_drops_dominated_configs() -> None:
+    first = update_front((), _report("exp-1", 5, {"t1": 0.3, "t2": -0.3}), "ctr")
+    assert first, "the first experiment's non-dominated arms form the front"
+    assert all({"ctr", "latency_p99", "diversity"} <= {name for name, _ in p.metrics} for p in first)
+    for point in first:  # nothing on the front is beaten everywhere by another point
+        others = [q for q in first if q is not point]
+        assert not any(
+            q.value("ctr") >= point.value("ctr")
+            and q.value("latency_p99") <= point.value("latency_p99")
+            and q.value("diversity") >= point.value("diversity")
+            and q.metrics != point.metrics
+            for q in others
+        )
+    second = update_front(first, _report("exp-2", 6, {"t1": 0.8}), "ctr")
+    ids = [p.config_id for p in second]
+    assert ids[0] == "exp-2/t1"  # ranked by the objective: the +80% arm leads
+    assert len(second) <= MAX_FRONT
+    everything = [*first, *tried_configs(_report("exp-2", 6, {"t1": 0.8}))]
+    assert set(ids) == {p.config_id for p in pareto_front(everything, metrics=("ctr", "latency_p99", "diversity"))}
+
+
+def test_the_running_front_stays_put_when_the_objective_was_not_read() -> None:
+    first = update_front((), _report("exp-1", 5, {"t1": 0.3}), "ctr")
+    assert update_front(first, _report("exp-2", 6, {"t1": 0.1}), "no_such_metric") == first
 
 
 def test_insights_feed_the_skillhub() -> None:

@@ -158,6 +158,9 @@ async def test_full_cycle_promotes_a_true_winner_and_learns() -> None:
     assert h.config.state.allocation is None
     assert h.kinds("insight") and h.kinds("skill") and h.kinds("interim_read")
     assert await h.skills.load_all(), "a significant winner creates a skill"
+    front = h.kinds("insight")[-1]["payload"]["pareto_front"]  # type: ignore[index]
+    assert front and state.front, "the Insight step publishes and keeps the Pareto front of tried configs"
+    assert [p["config_id"] for p in front] == [p.config_id for p in state.front]
 
 
 class AdversarialBrain(OfflineBrain):
