@@ -558,7 +558,8 @@ def pareto_front(
 def tried_configs(report: InsightReport, cohort: str = ALL_COHORTS, control_id: str = "") -> tuple[TriedConfig, ...]:
     """The arms of a report as `TriedConfig`s on one cohort: control once, then each treatment.
 
-    Ids are "experiment_id/arm_id" (control: `control_id` or "experiment_id/control").
+    Ids are the arm ids, prefixed "experiment_id/" unless they already start with the
+    experiment id (control: `control_id`, else its arm id so prefixed).
     Only metrics read for every arm are kept, so the points are comparable.
     Feed the result (accumulated over experiments) to `pareto_front`.
     """
@@ -566,13 +567,17 @@ def tried_configs(report: InsightReport, cohort: str = ALL_COHORTS, control_id: 
     if not rows:
         return ()
     common = [m for m in rows[0][1] if all(m in by_metric for _, by_metric in rows)]
+
+    def qualified(arm_id: str) -> str:
+        return arm_id if arm_id.startswith(report.experiment_id) else f"{report.experiment_id}/{arm_id}"
+
     control = TriedConfig(
-        config_id=control_id or f"{report.experiment_id}/control",
+        config_id=control_id or qualified("control"),
         metrics=tuple((m, rows[0][1][m].control) for m in common),
     )
     treated = tuple(
         TriedConfig(
-            config_id=f"{report.experiment_id}/{arm_id}",
+            config_id=qualified(arm_id),
             metrics=tuple((m, by_metric[m].treatment) for m in common),
         )
         for arm_id, by_metric in rows
@@ -601,14 +606,22 @@ def update_front(
     `MAX_FRONT` configs, the best on the objective.
     """
     points = [*front, *tried_configs(report, control_id=control_id)]
-    wanted = (objective, *(m for m in FRONT_TRADE_OFFS if m != objective))
-    metrics = tuple(m for m in wanted if points and all(_has(p, m) for p in points))
+    metrics = front_metrics(points, objective)
     if objective not in metrics:
         return tuple(front)
     kept = pareto_front([p for p in points if all(math.isfinite(p.value(m)) for m in metrics)], metrics)
     sense = metric_def(objective).sense
     ranked = sorted(kept, key=lambda p: p.value(objective), reverse=sense == "max")
     return tuple(ranked[:MAX_FRONT])
+
+
+def front_metrics(points: Sequence[TriedConfig], objective: str) -> tuple[str, ...]:
+    """The metrics the running front compares on: the objective and `FRONT_TRADE_OFFS`, those every point has.
+
+    Called by `update_front`, and by the learning step to label the published front.
+    """
+    wanted = (objective, *(m for m in FRONT_TRADE_OFFS if m != objective))
+    return tuple(m for m in wanted if points and all(_has(p, m) for p in points))
 
 
 def _has(point: TriedConfig, metric: str) -> bool:

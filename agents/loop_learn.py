@@ -20,7 +20,14 @@ import msgspec
 from agents.brain import Brain, InsightContext, ParamChange
 from agents.critic import FailedMove, FailureMemory, FailureRecord
 from agents.experiment import ExperimentState
-from agents.insight import ALL_COHORTS, ArmChanges, effect_readings, experiment_insights, update_front
+from agents.insight import (
+    ALL_COHORTS,
+    ArmChanges,
+    effect_readings,
+    experiment_insights,
+    front_metrics,
+    update_front,
+)
 from agents.loop_records import agent_record
 from agents.loop_state import Action, FailedMoveRec, FailureRec, LoopInput, LoopState, UpsertSkills
 from agents.skills import changed_skills, update_skills
@@ -77,7 +84,7 @@ async def learn(
         objective=objective,
         at_ms=inp.now_ms,
     )
-    front = update_front(state.front, report, objective, control_id=f"{exp.experiment_id}/{exp.plan.control.arm_id}")
+    front = update_front(state.front, report, objective, control_id=exp.plan.control.arm_id)
     narrative = None
     changes: tuple[ParamChange, ...] = tuple(c for a in arm_changes for c in a.changes)[:64]
     try:
@@ -105,6 +112,7 @@ async def learn(
                 "skipped": report.skipped,
                 "summary": narrative,
                 "pareto_front": [{"config_id": p.config_id, "metrics": dict(p.metrics)} for p in front],
+                "pareto_metrics": list(front_metrics(front, objective)),
             },
             state,
         )

@@ -442,17 +442,20 @@ def _skills_section(records: RunRecords) -> list[str]:
 def _front_section(records: RunRecords) -> list[str]:
     """The Insight agent's last Pareto front of tried configs (objective, latency p99, diversity)."""
     front: list[Mapping[str, Any]] = []
+    compared: list[str] = []
     for rec in records.decisions:
         payload = rec.get("payload")
         if rec.get("kind") == "insight" and isinstance(payload, Mapping):
             found = payload.get("pareto_front")
             if isinstance(found, list):
                 front = [p for p in found if isinstance(p, Mapping) and isinstance(p.get("metrics"), Mapping)]
+                named = payload.get("pareto_metrics")
+                compared = [str(m) for m in named] if isinstance(named, list) else []
     lines = ["## Pareto front of tried configs (Insight)", ""]
     if not front:
         return [*lines, "No experiment was decided during the run, so there is no front yet.", ""]
-    names = list(front[0]["metrics"])
-    lines += ["| config (experiment/arm) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    names = [n for n in compared if n in front[0]["metrics"]] or list(front[0]["metrics"])
+    lines += ["| config (arm) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for point in front:
         values = point["metrics"]
         cells = " | ".join(_fmt(float(values.get(n, math.nan)), 4) for n in names)

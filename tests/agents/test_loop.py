@@ -161,6 +161,9 @@ async def test_full_cycle_promotes_a_true_winner_and_learns() -> None:
     front = h.kinds("insight")[-1]["payload"]["pareto_front"]  # type: ignore[index]
     assert front and state.front, "the Insight step publishes and keeps the Pareto front of tried configs"
     assert [p["config_id"] for p in front] == [p.config_id for p in state.front]
+    assert all(p["config_id"].count("exp-") == 1 for p in front)  # the arm id, not "exp/exp.arm"
+    compared = h.kinds("insight")[-1]["payload"]["pareto_metrics"]  # type: ignore[index]
+    assert compared and all(m in front[0]["metrics"] for m in compared)
 
 
 class AdversarialBrain(OfflineBrain):

@@ -262,9 +262,10 @@ def decisions() -> tuple[dict[str, Any], ...]:
                 "insights": [{}],
                 "summary": "diversity helps",
                 "pareto_front": [
-                    {"config_id": f"{EXP}/t1", "metrics": {"clicks_per_request": 0.41, "latency_p99": 38.5}},
-                    {"config_id": f"{EXP}/control", "metrics": {"clicks_per_request": 0.37, "latency_p99": 31.0}},
+                    {"config_id": f"{EXP}.t1", "metrics": {"clicks_per_request": 0.41, "latency_p99": 38.5, "ctr": 1}},
+                    {"config_id": f"{EXP}.c", "metrics": {"clicks_per_request": 0.37, "latency_p99": 31.0, "ctr": 1}},
                 ],
+                "pareto_metrics": ["clicks_per_request", "latency_p99"],
             },
         ),
         rec("skill", EXP, 60, {"changes": [{"kind": "created"}]}),
@@ -351,8 +352,8 @@ def test_report_markdown_names_the_lift_the_rounds_the_timeline_and_the_figures(
     assert "ALERT    critical slo_breach E1.t1" in md
     assert "config   v4 config activated: incumbent is now v4" in md
     assert "re_rank.mmr_lambda" in md  # the skill table
-    assert "| config (experiment/arm) | clicks_per_request | latency_p99 |" in md  # the Insight agent's front
-    assert f"| {EXP}/t1 | 0.41 | 38.5 |" in md
+    assert "| config (arm) | clicks_per_request | latency_p99 |" in md  # the front, on the metrics it compares
+    assert f"| {EXP}.t1 | 0.41 | 38.5 |" in md
     assert "search" not in md.split("## Per-arm totals")[1].split("## Skills")[0]  # other surfaces left out
     for name in ("north_star.png", "configs.png", "latency_p99.png", "diversity_freshness.png", "lift.png"):
         assert f"![{name}]({name})" in md
