@@ -593,8 +593,8 @@ MAX_FRONT: Final = 32
 
 def update_front(
     front: Sequence[TriedConfig], report: InsightReport, objective: str, *, control_id: str = ""
-) -> tuple[TriedConfig, ...]:
-    """The running Pareto front of tried configs after one more experiment's `report`.
+) -> tuple[tuple[TriedConfig, ...], tuple[str, ...]]:
+    """The running Pareto front of tried configs after one more experiment's `report`, and the metrics it compared.
 
     Called by the Insight step (`agents.loop_learn.learn`) after each
     decision.  Points are (objective, latency p99, diversity) estimates of
@@ -603,23 +603,21 @@ def update_front(
     estimates come from the experiment that served each config, so configs
     from different weeks are compared on absolute values measured at
     different times (seasonal drift shifts them together).  Keeps at most
-    `MAX_FRONT` configs, the best on the objective.
+    `MAX_FRONT` configs, the best on the objective.  Without an objective
+    read the front stays as it was (with the metrics it has in common).
     """
     points = [*front, *tried_configs(report, control_id=control_id)]
-    metrics = front_metrics(points, objective)
+    metrics = _front_metrics(points, objective)
     if objective not in metrics:
-        return tuple(front)
+        return tuple(front), _front_metrics(front, objective)
     kept = pareto_front([p for p in points if all(math.isfinite(p.value(m)) for m in metrics)], metrics)
     sense = metric_def(objective).sense
     ranked = sorted(kept, key=lambda p: p.value(objective), reverse=sense == "max")
-    return tuple(ranked[:MAX_FRONT])
+    return tuple(ranked[:MAX_FRONT]), metrics
 
 
-def front_metrics(points: Sequence[TriedConfig], objective: str) -> tuple[str, ...]:
-    """The metrics the running front compares on: the objective and `FRONT_TRADE_OFFS`, those every point has.
-
-    Called by `update_front`, and by the learning step to label the published front.
-    """
+def _front_metrics(points: Sequence[TriedConfig], objective: str) -> tuple[str, ...]:
+    """The objective and `FRONT_TRADE_OFFS`, those every point has."""
     wanted = (objective, *(m for m in FRONT_TRADE_OFFS if m != objective))
     return tuple(m for m in wanted if points and all(_has(p, m) for p in points))
 

@@ -2,8 +2,9 @@
 
 What lives here: `learn` (the terminal step of an experiment: the Insight
 report with the brain's narrative and the running Pareto front of tried
-configs, the Skillhub update, the failed moves remembered) and `failure_memory` (the persisted `FailureRec`s as the
-Critic's `FailureMemory`).
+configs, the Skillhub update, the failed moves remembered) and
+`failure_memory` (the persisted `FailureRec`s as the Critic's
+`FailureMemory`).
 
 Who calls it: `agents.loop.AgentLoop` (`learn` when an experiment ends,
 `failure_memory` before each critique).  The only await is the brain's
@@ -25,7 +26,6 @@ from agents.insight import (
     ArmChanges,
     effect_readings,
     experiment_insights,
-    front_metrics,
     update_front,
 )
 from agents.loop_records import agent_record
@@ -84,7 +84,7 @@ async def learn(
         objective=objective,
         at_ms=inp.now_ms,
     )
-    front = update_front(state.front, report, objective, control_id=exp.plan.control.arm_id)
+    front, compared = update_front(state.front, report, objective, control_id=exp.plan.control.arm_id)
     narrative = None
     changes: tuple[ParamChange, ...] = tuple(c for a in arm_changes for c in a.changes)[:64]
     try:
@@ -112,7 +112,7 @@ async def learn(
                 "skipped": report.skipped,
                 "summary": narrative,
                 "pareto_front": [{"config_id": p.config_id, "metrics": dict(p.metrics)} for p in front],
-                "pareto_metrics": list(front_metrics(front, objective)),
+                "pareto_metrics": list(compared),
             },
             state,
         )

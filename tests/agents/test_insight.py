@@ -376,7 +376,8 @@ def _report(experiment_id: str, seed: int, lifts: dict[str, float]) -> InsightRe
 
 
 def test_the_running_front_accumulates_over_experiments_and_drops_dominated_configs() -> None:
-    first = update_front((), _report("exp-1", 5, {"t1": 0.3, "t2": -0.3}), "ctr")
+    first, compared = update_front((), _report("exp-1", 5, {"t1": 0.3, "t2": -0.3}), "ctr")
+    assert compared == ("ctr", "latency_p99", "diversity")
     assert first, "the first experiment's non-dominated arms form the front"
     assert all({"ctr", "latency_p99", "diversity"} <= {name for name, _ in p.metrics} for p in first)
     for point in first:  # nothing on the front is beaten everywhere by another point
@@ -388,7 +389,7 @@ def test_the_running_front_accumulates_over_experiments_and_drops_dominated_conf
             and q.metrics != point.metrics
             for q in others
         )
-    second = update_front(first, _report("exp-2", 6, {"t1": 0.8}), "ctr")
+    second, _ = update_front(first, _report("exp-2", 6, {"t1": 0.8}), "ctr")
     ids = [p.config_id for p in second]
     assert ids[0] == "exp-2/t1"  # ranked by the objective: the +80% arm leads
     assert len(second) <= MAX_FRONT
@@ -397,8 +398,9 @@ def test_the_running_front_accumulates_over_experiments_and_drops_dominated_conf
 
 
 def test_the_running_front_stays_put_when_the_objective_was_not_read() -> None:
-    first = update_front((), _report("exp-1", 5, {"t1": 0.3}), "ctr")
-    assert update_front(first, _report("exp-2", 6, {"t1": 0.1}), "no_such_metric") == first
+    first, _ = update_front((), _report("exp-1", 5, {"t1": 0.3}), "ctr")
+    unchanged, _ = update_front(first, _report("exp-2", 6, {"t1": 0.1}), "no_such_metric")
+    assert unchanged == first
 
 
 def test_insights_feed_the_skillhub() -> None:
