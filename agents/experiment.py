@@ -206,7 +206,9 @@ class ExperimentPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     the lanes of `schemas.config.Allocation`).  `min_dwell_s[i]` and
     `min_stage_requests[i]` gate leaving stage i (and promoting in the last).
     `tau2` is the primary test's mixing variance (absolute difference scale),
-    `mde_absolute` the futility line.
+    `mde_absolute` the futility line.  `final_alpha` (of `alpha`) is kept
+    for the fixed-horizon final look; the always-valid test runs at
+    `sequential_alpha` (plans from before the final look have 0).
     """
 
     experiment_id: str
@@ -233,6 +235,12 @@ class ExperimentPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     min_read_requests: float = 2_000.0
     min_read_bucket_fraction: float = 0.5
     max_history: int = 1_000
+    final_alpha: Annotated[float, Meta(ge=0.0, lt=1.0)] = 0.0
+
+    @property
+    def sequential_alpha(self) -> float:
+        """The always-valid test's family-wise level: `alpha` less what the final look keeps."""
+        return self.alpha - self.final_alpha
 
     @property
     def arm_ids(self) -> tuple[str, ...]:

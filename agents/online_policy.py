@@ -100,7 +100,13 @@ class OnlinePolicy:
     every stage; requests are each active treatment arm's, within the stage).
     `target_mde` is the relative lift the experiment must resolve within
     `horizon_s` (the power gate refuses or cuts arms otherwise);
-    `max_treatments` caps the arms before the gate looks.
+    `max_treatments` caps the arms before the gate looks.  `final_alpha` is
+    the part of the family-wise `alpha` kept for one fixed-horizon look at
+    the horizon (`agents.stats.power` module doc): the always-valid test
+    runs at `alpha − final_alpha`, and an arm it has not decided by the
+    horizon is promoted if a two-sided z-test on its last read rejects at
+    `final_alpha` (Holm across the arms); 0 reads with the always-valid test
+    alone.
     """
 
     surface: str
@@ -111,6 +117,7 @@ class OnlinePolicy:
     min_stage_requests: float | tuple[float, ...] = 5_000.0
     horizon_s: float = 14 * 86_400.0
     alpha: float = 0.05
+    final_alpha: float = 0.0125
     power: float = 0.8
     variance_confidence: float = 0.8
     max_treatments: int = 4
@@ -131,6 +138,8 @@ class OnlinePolicy:
             bad.append(f"stages={s}: strictly increasing total treatment shares in (0, 1)")
         if not (0.0 < self.alpha < 1.0 and 0.0 < self.power < 1.0 and 0.0 < self.srm_threshold < 1.0):
             bad.append("alpha, power, srm_threshold: in (0, 1)")
+        elif not 0.0 <= self.final_alpha < self.alpha:
+            bad.append(f"final_alpha={self.final_alpha}: in [0, alpha={self.alpha})")
         if not (self.target_mde > 0.0 and self.horizon_s > 0.0 and self.max_treatments >= 1):
             bad.append("target_mde > 0, horizon_s > 0, max_treatments >= 1")
         if not (0.0 <= self.min_read_bucket_fraction <= 1.0 and self.max_history >= 0 and self.settle_s >= 0.0):

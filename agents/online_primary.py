@@ -67,13 +67,13 @@ def _read(
         if not (cmp.difference_variance > 0.0 and math.isfinite(cmp.difference_variance)):
             notes.append(f"{arm_id}: no read (zero variance: too few events)")
             continue
-        test = tests.get(arm_id) or SequentialState.start(plan.tau2, plan.alpha)
+        test = tests.get(arm_id) or SequentialState.start(plan.tau2, plan.sequential_alpha)
         tests[arm_id] = test.update(cmp.difference, cmp.difference_variance)
         arms[arm_id] = msgspec.structs.replace(arms[arm_id], primary=tests[arm_id])
         updated.add(arm_id)
     order = [t.arm_id for t in plan.treatments]
     # The family is every treatment arm launched (fixed): ended arms keep their last p, unread ones count as 1.
-    adjusted = holm([tests[a].p_value if a in tests else 1.0 for a in order], plan.alpha)
+    adjusted = holm([tests[a].p_value if a in tests else 1.0 for a in order], plan.sequential_alpha)
     winners: list[str] = []
     reads: list[ArmRead] = []
     stops: list[tuple[str, str, str]] = []

@@ -1,5 +1,6 @@
 """Step 4 of `OnlineAgent.step`: the stage logic — ramp, promote the best winner at the final stage,
-or end the experiment (every arm ended, or the horizon reached).
+or end the experiment (every arm ended, or the horizon reached: first the final look, when the plan keeps
+`final_alpha` for it).
 
 Called by `agents.online.OnlineAgent.step`.
 """
@@ -20,6 +21,7 @@ from agents.experiment import (
 from agents.online_guard import _reallocate
 from agents.online_ramp import _span
 from agents.online_reads import _Arrays, _Log, _num, _spec
+from agents.stats.multiple import holm
 
 # ---- 4. stage logic
 
@@ -51,6 +53,12 @@ def _advance(
         best = max(live_winners, key=lambda a: (by_id[a].difference, by_id[a].lower or -math.inf))
         return _promote(state, log, now_ms, best, by_id[best], live_winners)
     horizon_ms = (state.started_ms or 0) + plan.horizon_s * 1000.0
+    if now_ms >= horizon_ms and state.stage == plan.final_stage and not live_winners and samples_ok:
+        final = _final_look(state, reads)
+        if final:
+            by_id = {r.arm_id: r for r in reads}
+            best = max(final, key=lambda a: by_id[a].difference)
+            return _promote(state, log, now_ms, best, by_id[best], list(final), final_look=final[best])
     if now_ms >= horizon_ms:
         extra = (
             [f"significant winner(s) {', '.join(live_winners)} not promoted: final stage dwell/samples not met"]
@@ -107,8 +115,43 @@ def _ramp(state: ExperimentState, data: _Arrays, log: _Log, now_ms: int, stage_r
     return state
 
 
+def _final_look(state: ExperimentState, reads: list[ArmRead]) -> dict[str, tuple[float, float]]:
+    """Arms the fixed-horizon final look promotes: arm id → (two-sided p, Holm p), improvements only.
+
+    One z-test per treatment arm on its last read (CUPED-adjusted when the
+    read was), Holm across every arm launched at the plan's `final_alpha`
+    (arms already ended, or without a read now, count as p = 1).  Called
+    once, at the horizon, by `_advance`; the always-valid test ran at
+    `alpha − final_alpha`, so the two together keep the family-wise α.
+    """
+    plan = state.plan
+    if plan.final_alpha <= 0.0:
+        return {}
+    by_id = {r.arm_id: r for r in reads}
+    order = [t.arm_id for t in plan.treatments]
+    p_values = []
+    for arm_id in order:
+        read = by_id.get(arm_id)
+        live = state.arm(arm_id).status == "active"
+        ok = read is not None and live and read.difference_se > 0.0 and math.isfinite(read.difference_se)
+        p_values.append(math.erfc(abs(read.difference / read.difference_se) / math.sqrt(2.0)) if ok and read else 1.0)
+    result = holm(p_values, plan.final_alpha)
+    return {
+        arm_id: (p, holm_p)
+        for arm_id, p, holm_p, rejected in zip(order, p_values, result.adjusted, result.reject, strict=True)
+        if rejected and by_id[arm_id].difference > 0.0
+    }
+
+
 def _promote(
-    state: ExperimentState, log: _Log, now_ms: int, best: str, read: ArmRead, winners: list[str]
+    state: ExperimentState,
+    log: _Log,
+    now_ms: int,
+    best: str,
+    read: ArmRead,
+    winners: list[str],
+    *,
+    final_look: tuple[float, float] | None = None,
 ) -> ExperimentState:
     plan = state.plan
     spec = _spec(plan, best)
@@ -123,10 +166,17 @@ def _promote(
         for a in state.arms
     )
     others = [w for w in winners if w != best]
+    evidence = (
+        f"always-valid CS [{_num(read.lower)}, {_num(read.upper)}], Holm p={read.holm_p:.3g}"
+        if final_look is None
+        else f"fixed-horizon final look: z={read.difference / read.difference_se:.3g}, p={final_look[0]:.3g}, "
+        f"Holm p={final_look[1]:.3g} at final_alpha={plan.final_alpha:g}; the always-valid test at "
+        f"{plan.sequential_alpha:g} had not decided"
+    )
     reasons = [
         f"promote {best} ({spec.proposal_id}, config {spec.config_version}): {plan.primary.name} "
         f"{read.treatment:.5g} vs {read.control:.5g}, difference {read.difference:+.4g} "
-        f"(always-valid CS [{_num(read.lower)}, {_num(read.upper)}], Holm p={read.holm_p:.3g}) at the final stage "
+        f"({evidence}) at the final stage "
         f"after {_span((now_ms - (state.started_ms or now_ms)) / 1000.0)} of a {_span(plan.horizon_s)} horizon",
         *([f"also significant, smaller difference: {', '.join(others)}"] if others else []),
     ]
@@ -144,8 +194,9 @@ def _promote(
         figures=(
             Figure.of("difference", read.difference),
             Figure.of("lift", math.nan if read.lift is None else read.lift),
-            Figure.of("holm_p", read.holm_p),
+            Figure.of("holm_p", read.holm_p if final_look is None else final_look[1]),
             Figure.of("elapsed_s", (now_ms - (state.started_ms or now_ms)) / 1000.0),
+            *((Figure.of("final_look_p", final_look[0]),) if final_look is not None else ()),
         ),
         ends_experiment=True,
     )

@@ -3,7 +3,8 @@
 On synthetic traffic with user-level heterogeneity (`agents.stats.simulate`:
 Beta click propensities, overdispersed requests per user, users arriving over
 two weeks and hashed to 64 buckets), every experiment is read at every look
-(every 3 hours, 112 looks) exactly as the Online agent would:
+(every 3 hours, 112 looks) exactly as the Online agent would, including its
+fixed-horizon final look at `--final-alpha` (the Online policy's default):
 
 - A/A validity: `--aa-runs` A/A experiments; false promotion (and false
   decision) rates of the mSPRT on delta-method CTR, raw and CUPED, and of the
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.online_policy import OnlinePolicy
 from agents.stats.proofs import aa_holm_study, aa_study, lift_study, pilot_plan, wilson_interval
 from agents.stats.ratio import ratio_estimate
 from agents.stats.simulate import TrafficModel, simulate_experiment
@@ -44,6 +46,8 @@ from agents.stats.srm import srm_buckets, srm_counts
 
 ALPHA = 0.05
 POWER = 0.8
+#: The Online agent's design: the share of α kept for the fixed-horizon final look (its policy default).
+FINAL_ALPHA = OnlinePolicy(surface="bench").final_alpha
 
 
 def _ci(successes: int, trials: int) -> list[float]:
@@ -74,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--seed", type=int, default=20260425)
+    parser.add_argument(
+        "--final-alpha",
+        type=float,
+        default=FINAL_ALPHA,
+        help=f"alpha kept for the final look (default {FINAL_ALPHA:g}, the Online agent's; 0: always-valid only)",
+    )
     parser.add_argument("--aa-runs", type=int, default=200)
     parser.add_argument("--power-runs", type=int, default=400)
     parser.add_argument("--early-runs", type=int, default=200)
@@ -91,11 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     model = TrafficModel(users=args.users, looks=args.looks)
     print(f"model: {model}", flush=True)
 
-    plan = pilot_plan(model, np.random.default_rng(seeds[0]), alpha=ALPHA, power=POWER)
+    fa = args.final_alpha
+    plan = pilot_plan(model, np.random.default_rng(seeds[0]), alpha=ALPHA, power=POWER, final_alpha=fa)
     print(f"gate: {plan.reason}; tau2={plan.tau2:.3g}, z*={plan.z_boundary:.3f}", flush=True)
 
     t = time.perf_counter()
-    aa = aa_study(model, plan.tau2, args.aa_runs, np.random.default_rng(seeds[1]), alpha=ALPHA)
+    aa = aa_study(model, plan.tau2, args.aa_runs, np.random.default_rng(seeds[1]), alpha=ALPHA, final_alpha=fa)
     print(
         f"A/A x{aa.runs}: sequential promotions {aa.false_promotion_rate:.3f} (decisions "
         f"{aa.false_decisions / aa.runs:.3f}), CUPED {aa.cuped_false_promotions / aa.runs:.3f}, "
@@ -105,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     t = time.perf_counter()
-    power = lift_study(model, args.power_runs, np.random.default_rng(seeds[2]), alpha=ALPHA, power=POWER)
+    power = lift_study(
+        model, args.power_runs, np.random.default_rng(seeds[2]), alpha=ALPHA, power=POWER, final_alpha=fa
+    )
     print(
         f"power at reported MDE x{power.runs}: {power.detection_rate:.3f} (mean MDE {power.mean_mde:.4f} "
         f"± {power.mde_spread:.4f}, stop at {power.mean_stop_fraction:.2f} of horizon) "
@@ -114,13 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     t = time.perf_counter()
     point = lift_study(
-        model, args.power_runs // 2, np.random.default_rng(seeds[3]), alpha=ALPHA, power=POWER, variance_confidence=None
+        model,
+        args.power_runs // 2,
+        np.random.default_rng(seeds[3]),
+        alpha=ALPHA,
+        power=POWER,
+        variance_confidence=None,
+        final_alpha=fa,
     )
     print(f"  planning on the point variance instead: {point.detection_rate:.3f} [{time.perf_counter() - t:.1f}s]")
 
     t = time.perf_counter()
     early_rng = np.random.default_rng(seeds[4])
-    early = lift_study(model, args.early_runs, early_rng, mde_multiple=3.0, alpha=ALPHA, power=POWER)
+    early = lift_study(model, args.early_runs, early_rng, mde_multiple=3.0, alpha=ALPHA, power=POWER, final_alpha=fa)
     print(
         f"early stop at 3x MDE x{early.runs}: mean stop {early.mean_stop_fraction:.3f} of horizon, "
         f"saving {early.saving:.3f}, detected {early.detection_rate:.3f} [{time.perf_counter() - t:.1f}s]",
@@ -129,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     four = replace(model, shares=(0.25, 0.25, 0.25, 0.25))
-    holm_plan = pilot_plan(four, np.random.default_rng(seeds[5]), alpha=ALPHA, power=POWER)
-    holm = aa_holm_study(four, holm_plan.tau2, args.holm_runs, np.random.default_rng(seeds[5]), alpha=ALPHA)
+    holm_plan = pilot_plan(four, np.random.default_rng(seeds[5]), alpha=ALPHA, power=POWER, final_alpha=fa)
+    holm = aa_holm_study(
+        four, holm_plan.tau2, args.holm_runs, np.random.default_rng(seeds[5]), alpha=ALPHA, final_alpha=fa
+    )
     print(
         f"Holm A/A/A/A x{holm.runs}: family-wise false decisions {holm.family_false_decisions / holm.runs:.3f} "
         f"[{time.perf_counter() - t:.1f}s]",
@@ -170,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         **srm,
         "ctr_design_effect": round(design, 3),
         "alpha": ALPHA,
+        "final_alpha": fa,
         "users": model.users,
         "buckets": model.buckets,
         "looks": model.looks,

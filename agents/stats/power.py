@@ -25,7 +25,17 @@ with τ² = k*·V_N (`sequential.mixing_variance`) rejects at the horizon when
     MDE_rel·baseline = (z* + z_{power}) · sqrt(V_N(MDE_rel))   (solved in closed form).
 
 This is the fixed-horizon MDE inflated by the efficiency factor
-(z* + z_β)/(z_{1−α/2} + z_β) (1.38 at α = 0.05, power 0.8).  It is an analytic
+(z* + z_β)/(z_{1−α/2} + z_β) (1.38 at α = 0.05, power 0.8).
+
+Final look (`final_alpha` > 0).  The design may keep part of α for one
+fixed-horizon test at the horizon: the always-valid test runs at
+α_seq = α − final_alpha and, if it has not decided by the horizon, a
+two-sided z-test at final_alpha (Holm across the arms) reads the last
+estimate once.  By the union bound the family-wise error stays <= α however
+often the sequential part is read.  The horizon then rejects at
+min(z*(α_seq/K), z_{1−final_alpha/(2K)}) and that boundary replaces z* in
+the MDE (τ² stays the sequential test's, at α_seq); with α split evenly at
+α = 0.05 and one arm the boundary is 2.24 instead of 3.03.  It is an analytic
 *lower bound* on power, not a simulation calibration: the event "Λ_N >= 1/α
 at the horizon" is contained in "p <= α at some look <= N", so under the
 normal approximation, with the variance known, the detection probability
@@ -85,6 +95,7 @@ class PowerPlan:
     alpha_per_test: float
     power: float
     z_boundary: float
+    final_alpha: float
     z_power: float
     efficiency: float
     terminal_variance: float
@@ -136,19 +147,36 @@ def _arms(n: int) -> str:
     return f"{n} treatment arm{'s' if n != 1 else ''}"
 
 
+def horizon_boundary(alpha: float, final_alpha: float, treatments: int) -> tuple[float, float]:
+    """(k*, z at the horizon): the sequential test's mixing ratio at (α − final_alpha)/K and the |z| rejecting there.
+
+    Called by `_mde` and by the Online agent's final look (`agents.online_stage`).
+    """
+    k = optimal_mixing_ratio((alpha - final_alpha) / treatments)
+    z = math.sqrt(k + 1.0)
+    if final_alpha > 0.0:
+        z = min(z, normal_ppf(1.0 - final_alpha / (2.0 * treatments)))
+    return k, z
+
+
 def _mde(
-    treatments: int, *, baseline: float, variance_per_unit: float, units: float, alpha: float, power: float
+    treatments: int,
+    *,
+    baseline: float,
+    variance_per_unit: float,
+    units: float,
+    alpha: float,
+    power: float,
+    final_alpha: float = 0.0,
 ) -> tuple[float, float, float, float, float]:
     """(mde_rel, mde_abs, terminal_variance, tau2, z_boundary) for `treatments` arms sharing `units`.
 
     Solves δ·b = (z* + z_β)·sqrt(v·(1 + (1 + δ)²)) for the relative MDE δ,
     with v = σ²_u/N one arm's variance at the horizon and b the baseline:
     with a = (z* + z_β)²·v/b², δ = (a + sqrt(2a − a²))/(1 − a); infinite when
-    a >= 1 (no lift is resolvable).
+    a >= 1 (no lift is resolvable).  z* is `horizon_boundary`'s.
     """
-    per_test = alpha / treatments
-    k = optimal_mixing_ratio(per_test)
-    z_star = math.sqrt(k + 1.0)
+    k, z_star = horizon_boundary(alpha, final_alpha, treatments)
     z_sum = z_star + normal_ppf(power)
     v = variance_per_unit / (units / (treatments + 1))
     a = z_sum * z_sum * v / (baseline * baseline)
@@ -173,11 +201,14 @@ def plan_experiment(
     variance_dof: float | None = None,
     variance_confidence: float = 0.8,
     max_search: int = DEFAULT_MAX_TREATMENTS,
+    final_alpha: float = 0.0,
 ) -> PowerPlan:
     """Gate an experiment: the relative MDE of the sequential test, and whether `target_mde` is resolvable.
 
-    `variance_dof` switches on planning at the upper confidence limit of the
-    variance (see the module doc).  `exposure` is the fraction of the traffic in the experiment (the ramp
+    `final_alpha` is the part of `alpha` kept for a fixed-horizon final look
+    (module doc); 0 plans a purely always-valid read.  `variance_dof`
+    switches on planning at the upper confidence limit of the variance (see
+    the module doc).  `exposure` is the fraction of the traffic in the experiment (the ramp
     stage's total share); `target_mde` is a relative lift (0.02 = 2%).  When
     the target is not resolvable, `max_treatments` says how many treatment
     arms would be (0: none; refuse) and `horizon_needed_seconds` how long
@@ -196,6 +227,9 @@ def plan_experiment(
     if not 0.0 < alpha < 1.0 or not 0.0 < power < 1.0:
         msg = f"alpha, power: must be in (0, 1), got {alpha!r}, {power!r}"
         raise StatsError(msg)
+    if not 0.0 <= final_alpha < alpha:
+        msg = f"final_alpha: must be in [0, alpha) (the final look's share of alpha={alpha!r}), got {final_alpha!r}"
+        raise StatsError(msg)
     if treatments < 1 or max_search < 1:
         msg = f"treatments: need at least 1 treatment arm, got {treatments} (max_search {max_search})"
         raise StatsError(msg)
@@ -209,7 +243,14 @@ def plan_experiment(
             raise StatsError(msg)
         planning = variance_per_unit * variance_dof / chi2_ppf(1.0 - variance_confidence, variance_dof)
     units = units_per_second * horizon_seconds * exposure
-    kw = {"baseline": baseline, "variance_per_unit": planning, "units": units, "alpha": alpha, "power": power}
+    kw = {
+        "baseline": baseline,
+        "variance_per_unit": planning,
+        "units": units,
+        "alpha": alpha,
+        "power": power,
+        "final_alpha": final_alpha,
+    }
     mde_rel, mde_abs, terminal, tau2, z_star = _mde(treatments, **kw)
     z_power = normal_ppf(power)
     efficiency = (z_star + z_power) / (normal_ppf(1.0 - alpha / (2.0 * treatments)) + z_power)
@@ -254,6 +295,7 @@ def plan_experiment(
         alpha_per_test=alpha / treatments,
         power=power,
         z_boundary=z_star,
+        final_alpha=final_alpha,
         z_power=z_power,
         efficiency=efficiency,
         terminal_variance=terminal,
@@ -280,6 +322,7 @@ def max_treatments_for(
     exposure: float = 1.0,
     variance_dof: float | None = None,
     max_search: int = DEFAULT_MAX_TREATMENTS,
+    final_alpha: float = 0.0,
 ) -> int:
     """How many treatment arms the traffic affords at `target_mde` (0: not even one); inverse of the plan."""
     plan = plan_experiment(
@@ -293,5 +336,6 @@ def max_treatments_for(
         target_mde=target_mde,
         variance_dof=variance_dof,
         max_search=max_search,
+        final_alpha=final_alpha,
     )
     return plan.max_treatments

@@ -6,7 +6,10 @@ continuously — every look, as the Online agent would — and counts outcomes:
 - `read_sequential`: delta-method CTR over buckets (optionally CUPED), the
   difference treatment − control fed to the mSPRT; the experiment stops at
   the first look with always-valid p <= α; verdict +1 (promote) or −1
-  (stop the loser) from the sign of the estimate there;
+  (stop the loser) from the sign of the estimate there.  With
+  `final_alpha` > 0 the always-valid test runs at α − final_alpha and an
+  experiment it has not decided gets one two-sided z-test on the horizon's
+  estimate at final_alpha (the Online agent's final look);
 - `read_naive`: the per-impression z-test (`simulate.naive_z_path`) peeked at
   every look, stopping at the first |z| >= z_{1−α/2};
 - `pilot_plan`: the power gate fed as in production: the variance per
@@ -77,6 +80,13 @@ def _stop(experiment: SimulatedExperiment, looks: np.ndarray, index: int, sign: 
     return Read(look + 1, verdict, float(experiment.look_seconds[look]) / horizon, final_p)
 
 
+def _fixed_p(estimate: float, variance: float) -> float:
+    """Two-sided normal p-value of one fixed-horizon look (1 when the variance is not positive)."""
+    if not (variance > 0.0 and math.isfinite(variance)):
+        return 1.0
+    return math.erfc(abs(estimate) / math.sqrt(2.0 * variance))
+
+
 def read_sequential(
     experiment: SimulatedExperiment,
     tau2: float,
@@ -85,8 +95,13 @@ def read_sequential(
     cuped: bool = False,
     treatment: int = 1,
     control: int = 0,
+    final_alpha: float = 0.0,
 ) -> Read:
-    """Read `experiment` at every look with the mSPRT on the CTR difference; stop at the first p <= alpha."""
+    """Read `experiment` at every look with the mSPRT on the CTR difference; stop at the first p <= alpha.
+
+    With `final_alpha` the mSPRT runs at `alpha − final_alpha` and, if it
+    never crosses, the last look's z-test at `final_alpha` decides.
+    """
     pair = [control, treatment]
     x, y = experiment.clicks[pair], experiment.impressions[pair]
     looks = np.flatnonzero((y.sum(axis=-1) > 0.0).all(axis=0))
@@ -104,8 +119,10 @@ def read_sequential(
         r, v = ratio_arrays(x, y)
         est, var = r[1] - r[0], v.sum(axis=0)
     p = always_valid_p_path(est, var, tau2)
-    index = int(first_crossing(p, alpha))
+    index = int(first_crossing(p, alpha - final_alpha))
     read = _stop(experiment, looks, index, float(est[index]) if index >= 0 else 0.0, float(p[-1]))
+    if index < 0 and final_alpha > 0.0 and _fixed_p(float(est[-1]), float(var[-1])) <= final_alpha:
+        read = Read(looks.size, 1 if est[-1] > 0 else -1, 1.0, read.final_p)
     return Read(read.stop_look, read.verdict, read.stop_fraction, read.final_p, ratio)
 
 
@@ -128,6 +145,7 @@ def pilot_plan(
     power: float = 0.8,
     target_mde: float | None = None,
     variance_confidence: float | None = 0.8,
+    final_alpha: float = 0.0,
 ) -> PowerPlan:
     """The power gate on variance per request measured from one A/A pilot of `model` (pooled over its arms).
 
@@ -152,6 +170,7 @@ def pilot_plan(
         target_mde=target_mde,
         variance_dof=None if variance_confidence is None else float(model.arms * (model.buckets - 1)),
         variance_confidence=0.8 if variance_confidence is None else variance_confidence,
+        final_alpha=final_alpha,
     )
 
 
@@ -181,9 +200,19 @@ class AAStudy:
 
 
 def aa_study(
-    model: TrafficModel, tau2: float, runs: int, rng: np.random.Generator, *, alpha: float = 0.05, cuped: bool = True
+    model: TrafficModel,
+    tau2: float,
+    runs: int,
+    rng: np.random.Generator,
+    *,
+    alpha: float = 0.05,
+    cuped: bool = True,
+    final_alpha: float = 0.0,
 ) -> AAStudy:
-    """`runs` A/A experiments read continuously by the mSPRT (raw and CUPED) and by the naive test."""
+    """`runs` A/A experiments read continuously by the mSPRT (raw and CUPED) and by the naive test.
+
+    `final_alpha` > 0 adds the final look to the sequential reads (the naive test is unchanged).
+    """
     if runs < 1:
         msg = f"runs: need at least 1, got {runs}"
         raise StatsError(msg)
@@ -191,9 +220,9 @@ def aa_study(
     ratios = []
     for _ in range(runs):
         exp = simulate_experiment(model, [0.0] * model.arms, rng)
-        reads = [read_sequential(exp, tau2, alpha), read_naive(exp, alpha)]
+        reads = [read_sequential(exp, tau2, alpha, final_alpha=final_alpha), read_naive(exp, alpha)]
         if cuped:
-            reads.append(read_sequential(exp, tau2, alpha, cuped=True))
+            reads.append(read_sequential(exp, tau2, alpha, cuped=True, final_alpha=final_alpha))
             ratios.append(reads[-1].variance_ratio)
         for i, read in enumerate(reads):
             counts[2 * i] += read.verdict == 1
@@ -237,6 +266,7 @@ def lift_study(
     plan: PowerPlan | None = None,
     cuped: bool = False,
     variance_confidence: float | None = 0.8,
+    final_alpha: float = 0.0,
 ) -> LiftStudy:
     """`runs` experiments whose arm 1 has a true lift of `mde_multiple` × the MDE the power gate reported.
 
@@ -251,10 +281,13 @@ def lift_study(
     detections = wrong = 0
     stops, lifts, mdes = [], [], []
     for _ in range(runs):
-        gate = plan or pilot_plan(model, rng, alpha=alpha, power=power, variance_confidence=variance_confidence)
+        gate = plan or pilot_plan(
+            model, rng, alpha=alpha, power=power, variance_confidence=variance_confidence, final_alpha=final_alpha
+        )
         lift = mde_multiple * gate.mde_relative
         arm_lifts = [0.0, lift] + [0.0] * (model.arms - 2)
-        read = read_sequential(simulate_experiment(model, arm_lifts, rng), gate.tau2, alpha, cuped=cuped)
+        experiment = simulate_experiment(model, arm_lifts, rng)
+        read = read_sequential(experiment, gate.tau2, alpha, cuped=cuped, final_alpha=final_alpha)
         detections += read.verdict == 1
         wrong += read.verdict == -1
         stops.append(read.stop_fraction)
@@ -272,23 +305,34 @@ def lift_study(
     )
 
 
-def read_holm(experiment: SimulatedExperiment, tau2: float, alpha: float = 0.05) -> tuple[int, ...]:
+def read_holm(
+    experiment: SimulatedExperiment, tau2: float, alpha: float = 0.05, *, final_alpha: float = 0.0
+) -> tuple[int, ...]:
     """Verdict per treatment arm (+1/−1/0) when every arm's always-valid p is Holm-adjusted at every look.
 
     Each arm's verdict is the sign of its estimate at the first look where
-    Holm rejects it; the family-wise error is controlled at `alpha`.
+    Holm rejects it; the family-wise error is controlled at `alpha`.  With
+    `final_alpha` the looks run at `alpha − final_alpha` and the arms still
+    open at the horizon get the final look: z-tests Holm-adjusted at
+    `final_alpha` (decided arms count as p = 1).
     """
     arms = experiment.clicks.shape[0]
     looks = np.flatnonzero((experiment.impressions.sum(axis=-1) > 0.0).all(axis=0))
     r, v = ratio_arrays(experiment.clicks[:, looks], experiment.impressions[:, looks])
     est = r[1:] - r[0]
-    p = always_valid_p_path(est, v[1:] + v[0], tau2)
+    var = v[1:] + v[0]
+    p = always_valid_p_path(est, var, tau2)
     verdicts = [0] * (arms - 1)
     for k in range(looks.size):
-        result = holm(p[:, k].tolist(), alpha)
+        result = holm(p[:, k].tolist(), alpha - final_alpha)
         for i, rejected in enumerate(result.reject):
             if rejected and verdicts[i] == 0:
                 verdicts[i] = 1 if est[i, k] > 0 else -1
+    if final_alpha > 0.0:
+        last = [1.0 if verdicts[i] else _fixed_p(float(est[i, -1]), float(var[i, -1])) for i in range(arms - 1)]
+        for i, rejected in enumerate(holm(last, final_alpha).reject):
+            if rejected and verdicts[i] == 0:
+                verdicts[i] = 1 if est[i, -1] > 0 else -1
     return tuple(verdicts)
 
 
@@ -303,7 +347,13 @@ class HolmStudy:
 
 
 def aa_holm_study(
-    model: TrafficModel, tau2: float, runs: int, rng: np.random.Generator, *, alpha: float = 0.05
+    model: TrafficModel,
+    tau2: float,
+    runs: int,
+    rng: np.random.Generator,
+    *,
+    alpha: float = 0.05,
+    final_alpha: float = 0.0,
 ) -> HolmStudy:
     """`runs` A/A/…/A experiments (all arms equal) read continuously with Holm across the treatment arms."""
     if runs < 1 or model.arms < 3:
@@ -311,7 +361,7 @@ def aa_holm_study(
         raise StatsError(msg)
     promotions = decisions = 0
     for _ in range(runs):
-        verdicts = read_holm(simulate_experiment(model, [0.0] * model.arms, rng), tau2, alpha)
+        verdicts = read_holm(simulate_experiment(model, [0.0] * model.arms, rng), tau2, alpha, final_alpha=final_alpha)
         promotions += any(v == 1 for v in verdicts)
         decisions += any(v != 0 for v in verdicts)
     return HolmStudy(runs, model.arms - 1, promotions, decisions)

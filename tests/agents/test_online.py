@@ -203,6 +203,7 @@ def _mde(k: int, traffic: TrafficEstimate, baseline: Baseline, exposure: float =
         treatments=k,
         exposure=exposure,
         variance_dof=baseline.variance_dof,
+        final_alpha=single_stage_policy().final_alpha,
     ).mde_relative
 
 
@@ -469,7 +470,9 @@ def test_loser_is_stopped_early_and_nothing_promoted() -> None:
     agent = OnlineAgent(single_stage_policy())
     state, _ = agent.plan(CANDIDATES[:1], 1, traffic, baseline, T0)
     assert state is not None
-    exp = simulate_experiment(MODEL, [0.0, -3.0 * state.plan.power_figures.mde_relative], np.random.default_rng(31))
+    # 4x the MDE: at 3x (with the final look's smaller MDE) this draw crosses the futility line -- the CS
+    # below +MDE -- one look before the CS leaves 0; at 5x the conversion guardrail rolls it back first
+    exp = simulate_experiment(MODEL, [0.0, -4.0 * state.plan.power_figures.mde_relative], np.random.default_rng(31))
     state, out = run_sim(agent, state, exp)
     stop = next(d for d in out if d.kind == "stop_arm")
     assert "significantly worse" in stop.reasons[0] and stop.reads[0].verdict == "loser"
@@ -564,3 +567,41 @@ def test_policy_and_guardrail_specs_refuse_nonsense() -> None:
         GuardrailSpec(conversion_margin=1.5)
     with pytest.raises(ExperimentError, match="numerator"):
         MetricSpec(name="x", numerator="nope", denominator=CONVERSION.denominator)
+
+
+def test_final_look_promotes_what_the_always_valid_test_left_open() -> None:
+    # Seed 74 at a true lift of 1x the MDE: the always-valid CS still covers 0 at the horizon, the final look's
+    # z-test rejects (found by scanning seeds; with final_alpha=0 the same traffic ends without a promotion).
+    traffic, baseline = sim_baseline(30)
+    endings = []
+    mde = math.nan
+    for final_alpha in (0.0125, 0.0):
+        agent = OnlineAgent(single_stage_policy(final_alpha=final_alpha))
+        state, _ = agent.plan(CANDIDATES[:1], 1, traffic, baseline, T0)
+        assert state is not None and state.plan.final_alpha == final_alpha
+        if final_alpha:
+            mde = state.plan.power_figures.mde_relative  # the same true lift for both designs
+        exp = simulate_experiment(MODEL, [0.0, mde], np.random.default_rng(74))
+        state, out = run_sim(agent, state, exp)
+        endings.append((state, out))
+    (final, out), (plain, plain_out) = endings
+    assert final.status == "promoted", out[-1].reasons
+    promote = out[-1]
+    assert "fixed-horizon final look" in promote.reasons[0] and "final_alpha=0.0125" in promote.reasons[0]
+    read = promote.reads[0]
+    assert read.verdict == "open" and read.lower is not None and read.lower < 0.0  # the CS had not decided
+    figures = {f.name: f.value for f in promote.figures}
+    assert figures["final_look_p"] <= 0.0125 and figures["holm_p"] <= 0.0125
+    assert promote.at_ms >= T0 + MODEL.horizon_seconds * 1000 * 0.99
+    assert plain.status == "stopped_horizon" and "promote" not in kinds(plain_out)
+
+
+def test_final_alpha_is_taken_from_the_sequential_test_and_checked() -> None:
+    policy = single_stage_policy()
+    assert 0.0 < policy.final_alpha < policy.alpha
+    traffic, baseline = sim_baseline(30)
+    state, _ = OnlineAgent(policy).plan(CANDIDATES[:1], 1, traffic, baseline, T0)
+    assert state is not None
+    assert state.plan.sequential_alpha == pytest.approx(policy.alpha - policy.final_alpha)
+    with pytest.raises(ExperimentError, match=r"final_alpha=0.05: in \[0, alpha=0.05\)"):
+        single_stage_policy(final_alpha=0.05)

@@ -34,6 +34,21 @@ def test_mde_formula_by_hand() -> None:
     assert plan.reason.startswith("traffic resolves ±") and "14 days with 1 treatment arm" in plan.reason
 
 
+def test_final_look_boundary_and_mde() -> None:
+    # alpha 0.05 split 0.0375 always-valid / 0.0125 final look, 2 arms: the horizon rejects at the smaller |z|.
+    plain = plan_experiment(**BASE, treatments=2)
+    plan = plan_experiment(**BASE, treatments=2, final_alpha=0.0125)
+    fixed = normal_ppf(1.0 - 0.0125 / 4.0)
+    assert plan.z_boundary == pytest.approx(min(terminal_boundary(0.0375 / 2), fixed))
+    assert plan.z_boundary == pytest.approx(fixed) and fixed < plain.z_boundary
+    assert plan.tau2 == pytest.approx(optimal_mixing_ratio(0.0375 / 2) * plan.terminal_variance)
+    assert plan.mde_relative < plain.mde_relative and plan.final_alpha == 0.0125
+    n = 0.05 * 14 * DAY / 3
+    d = plan.mde_relative
+    z = fixed + normal_ppf(0.8)
+    assert d * 0.05 == pytest.approx(z * math.sqrt(0.02 / n * (1 + (1 + d) ** 2)), rel=1e-12)
+
+
 @settings(deadline=None)
 @given(
     st.floats(min_value=0.01, max_value=10.0),
@@ -101,6 +116,8 @@ def test_unit_variance_from_buckets() -> None:
         ({"treatments": 0}, "treatments:"),
         ({"target_mde": -0.1}, "target_mde:"),
         ({"variance_dof": 10.0, "variance_confidence": 1.0}, "variance_confidence:"),
+        ({"final_alpha": 0.05}, r"final_alpha: must be in \[0, alpha\)"),
+        ({"final_alpha": -0.01}, "final_alpha:"),
     ],
 )
 def test_bad_inputs(override: dict[str, float], rule: str) -> None:

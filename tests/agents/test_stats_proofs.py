@@ -10,12 +10,17 @@
   on its own fresh pilot) is detected within the horizon in >= 80% of runs.
 - Early stop: a true lift of 3× the MDE stops on average >= 30% sooner than
   the horizon.
+
+Each is read as the Online agent reads: the always-valid test at
+α − final_alpha plus the fixed-horizon final look at the policy's
+`final_alpha` (`FINAL`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from agents.online_policy import OnlinePolicy
 from agents.stats.proofs import (
     aa_study,
     lift_study,
@@ -28,12 +33,13 @@ from agents.stats.proofs import (
 from agents.stats.simulate import TrafficModel, simulate_experiment
 
 MODEL = TrafficModel()  # 20k users over 14 days, 64 buckets, 56 looks (every 6 h), 5% CTR, Beta(1, 19) users
+FINAL = OnlinePolicy(surface="home").final_alpha
 
 
 def test_aa_false_promotions_within_alpha_and_naive_test_exceeds_it() -> None:
     rng = np.random.default_rng(20260101)
-    plan = pilot_plan(MODEL, rng)
-    study = aa_study(MODEL, plan.tau2, 200, rng)
+    plan = pilot_plan(MODEL, rng, final_alpha=FINAL)
+    study = aa_study(MODEL, plan.tau2, 200, rng, final_alpha=FINAL)
     seq_ci = wilson_interval(study.false_promotions, study.runs)
     naive_ci = wilson_interval(study.naive_false_promotions, study.runs)
     detail = (
@@ -48,7 +54,7 @@ def test_aa_false_promotions_within_alpha_and_naive_test_exceeds_it() -> None:
 
 
 def test_power_at_the_reported_mde() -> None:
-    study = lift_study(MODEL, 200, np.random.default_rng(20260102))
+    study = lift_study(MODEL, 200, np.random.default_rng(20260102), final_alpha=FINAL)
     low, high = wilson_interval(study.detections, study.runs)
     detail = f"power {study.detection_rate:.3f} ({low:.3f}, {high:.3f}), mde {study.mean_mde:.4f}"
     assert study.detection_rate >= 0.8, detail
@@ -56,7 +62,7 @@ def test_power_at_the_reported_mde() -> None:
 
 
 def test_early_stop_at_three_times_the_mde() -> None:
-    study = lift_study(MODEL, 60, np.random.default_rng(20260103), mde_multiple=3.0)
+    study = lift_study(MODEL, 60, np.random.default_rng(20260103), mde_multiple=3.0, final_alpha=FINAL)
     assert study.detection_rate >= 0.95
     assert study.saving >= 0.3, f"saving {study.saving:.3f}"
 
@@ -73,3 +79,19 @@ def test_reads_of_one_experiment() -> None:
     many = TrafficModel(shares=(0.25, 0.25, 0.25, 0.25))
     verdicts = read_holm(simulate_experiment(many, [0.0, 0.0, 0.6, 0.0], rng), pilot_plan(many, rng).tau2)
     assert verdicts[1] == 1 and verdicts[0] == 0 and verdicts[2] == 0
+
+
+def test_final_look_only_adds_verdicts_at_the_horizon() -> None:
+    # The same experiments read with and without the final look: every verdict the look changes was open
+    # at the horizon under the always-valid test at alpha - FINAL, and becomes a verdict at the last look.
+    rng = np.random.default_rng(20260105)
+    plan = pilot_plan(MODEL, rng, final_alpha=FINAL)
+    changed = 0
+    for _ in range(40):
+        exp = simulate_experiment(MODEL, [0.0, plan.mde_relative], rng)
+        seq = read_sequential(exp, plan.tau2, 0.05 - FINAL)
+        both = read_sequential(exp, plan.tau2, 0.05, final_alpha=FINAL)
+        if (seq.verdict, seq.stop_look) != (both.verdict, both.stop_look):
+            changed += 1
+            assert seq.verdict == 0 and both.stop_fraction == 1.0 and both.verdict != 0
+    assert changed > 0

@@ -287,6 +287,9 @@ def test_a_bad_policy_file_is_refused_with_the_field_and_the_rule(
     bad.write_text(json.dumps({"loop": {"k": 1, "cooldwn_s": 5}}))
     assert main(["agents", "--policy", str(bad)]) == 2
     assert "policy.loop.cooldwn_s: unknown field" in capsys.readouterr().err
+    bad.write_text(json.dumps({"online": {"alpha": 0.05, "final_alpha": 0.06}}))
+    assert main(["agents", "--policy", str(bad)]) == 2
+    assert "final_alpha=0.06: in [0, alpha=0.05)" in capsys.readouterr().err
     assert main(["agents", "--policy", str(tmp_path / "missing.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert main(["agents", "--tick-s", "5", "--lease-ttl-s", "5"]) == 2
