@@ -37,15 +37,21 @@ One `step`, in this order (the first that ends the experiment wins):
 3. **Primary read**: delta-method difference treatment − control over user
    buckets (CUPED-adjusted when pre-period covariates exist), folded into
    each arm's mixture SPRT (`SequentialState`, τ² fixed at launch by the
-   power plan); Holm across all treatment arms of the experiment on the
-   always-valid p-values.  Holm rejection with a negative estimate → stop
-   the loser; a confidence sequence entirely below the planned absolute MDE
-   → stop for futility; a positive rejection → winner.
+   power plan, at the plan's `sequential_alpha` = α − `final_alpha`); Holm
+   across all treatment arms of the experiment on the always-valid
+   p-values.  Holm rejection with a negative estimate → stop the loser; a
+   confidence sequence entirely below the planned absolute MDE → stop for
+   futility; a positive rejection → winner.
 4. **Stage logic**: at the final stage, once its dwell and minimum samples
    are met, promote the winner (the largest estimated difference if there
-   are several); every treatment arm ended → stop; horizon reached → stop,
-   the incumbent stays; otherwise ramp to the next stage once the current
-   stage's dwell and minimum samples are met.
+   are several); every treatment arm ended → stop; horizon reached → the
+   **final look** (when `final_alpha` > 0, at the final stage with its
+   minimum samples): one two-sided z-test per open arm on its last read,
+   Holm at `final_alpha`, promote the best positive rejection; otherwise
+   stop, the incumbent stays.  Else ramp to the next stage once the current
+   stage's dwell and minimum samples are met.  The final look and the
+   always-valid test share α by the union bound, so the family-wise error
+   stays <= α however often the experiment is read.
 
 Futility costs power: it stops an arm whose confidence sequence excludes
 the MDE, which at a true lift of exactly the MDE happens with probability

@@ -266,7 +266,8 @@ def panel(
     passes the incumbent-vs-holdout lift so far), and the last decisions.
 
     Intervals here are fixed-sample delta-method intervals over user buckets
-    for reading along; the agents decide on always-valid sequential reads.
+    for reading along; the agents decide on always-valid sequential reads and,
+    at the horizon, one fixed-horizon final look.
     """
     exp = serving.allocation
     head = f"── {format_duration(elapsed_s)}/{format_duration(duration_s)}  incumbent v{serving.control_version}"
