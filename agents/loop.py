@@ -282,23 +282,34 @@ class AgentLoop:
         state = msgspec.structs.replace(state, cycle=cycle)
         exp_tag = f"{self.surface}-round{cycle}"
         space = search_space(inp.skills, self.surface, incumbent=incumbent)
+        skill_parameters = search_parameters(space)
+        # A round confined to the Skillhub's parameters that ended without a promotion means the skills'
+        # directions are spent for now: search every parameter (skills still inform the Actor through their
+        # notes) until a promotion changes the incumbent, instead of spending round after round on them.
+        widened_why = (
+            "the last round in the Skillhub's parameters ended without a promotion"
+            if skill_parameters and state.explore_wide
+            else ""
+        )
         context = ProposalContext(
             surface=self.surface,
             incumbent=incumbent,
             k=s.k,
             metrics=self._metrics(inp),
             skills=tuple(skill_notes(inp.skills, self.surface)),
-            parameters=search_parameters(space),
+            parameters=() if widened_why else skill_parameters,
             max_changes=s.max_changes,
             guardrails=s.rules.guardrails,
         )
         result = await self.actor.propose(context)
-        widened_from = list(context.parameters)
+        widened_from = list(skill_parameters)
         if not result.proposals and context.parameters:
             # The Skillhub's space can be exhausted (its parameters cannot move any further in their direction
             # within the trust region): search every parameter rather than stall the surface.
             context = msgspec.structs.replace(context, parameters=())
             result = await self.actor.propose(context)
+            widened_why = "the Skillhub's parameters cannot move any further"
+        state = msgspec.structs.replace(state, round_restricted=bool(context.parameters))
         payload: dict[str, Any] = {
             "proposals": [
                 {"proposal_id": p.proposal_id, "title": p.title, "changes": p.changes} for p in result.proposals
@@ -308,6 +319,7 @@ class AgentLoop:
         }
         if widened_from and not context.parameters:
             payload["widened_from"] = widened_from
+            payload["widened_because"] = widened_why
         out.append(self._record(inp, "proposal", exp_tag, payload, state))
         verdicts_brain = []
         if result.proposals:
@@ -366,6 +378,8 @@ class AgentLoop:
 
     def _cool(self, state: LoopState, inp: LoopInput) -> LoopState:
         mark = baseline_marks(inp.totals)
+        exp = state.experiment_state()
+        promoted = exp is not None and exp.status == "promoted"
         return msgspec.structs.replace(
             state,
             phase="idle",
@@ -373,6 +387,9 @@ class AgentLoop:
             candidates=(),
             cooldown_until_ms=inp.now_ms + int(self.settings.cooldown_s * 1000),
             baseline_mark=mark,
+            # a promotion resets it; a restricted round that ends any other way sets it (see `_propose`)
+            explore_wide=False if promoted else state.explore_wide or state.round_restricted,
+            round_restricted=False,
         )
 
     def _baseline_arms(self, inp: LoopInput, state: LoopState) -> list[ArmTotals]:

@@ -75,7 +75,11 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     history); `pre_period_until_ms` when the A/A pre-period (if any) ends; `outbox`
     the actions of the step this state results from while they are being
     executed (`LoopDriver`: saved before, cleared after; see `encode_actions`);
-    `front` the running Pareto front of tried configs (`agents.insight.update_front`).
+    `front` the running Pareto front of tried configs (`agents.insight.update_front`);
+    `round_restricted` whether the current round searched only the Skillhub's
+    parameters, `explore_wide` whether such a round ended without a
+    promotion since the last promotion (the next rounds then search every
+    parameter, see `AgentLoop._propose`).
     """
 
     surface: str
@@ -94,6 +98,8 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     outbox: bytes | None = None
     cuped_variance_ratio: float = 1.0
     front: tuple[TriedConfig, ...] = ()
+    round_restricted: bool = False
+    explore_wide: bool = False
 
     def to_bytes(self) -> bytes:
         """msgpack bytes (exact round trip)."""

@@ -8,6 +8,8 @@ heterogeneity), turned into cumulative per-arm `ArmTotals` per look by
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -284,8 +286,23 @@ class SpaceBoundBrain(OfflineBrain):
 
 
 async def test_an_exhausted_skill_space_widens_to_every_parameter_instead_of_stalling() -> None:
-    from agents.insight import ALL_COHORTS, Insight, stage_of
     from agents.skill_search import search_parameters, search_space
+
+    skills = _mmr_skills()
+    assert search_parameters(search_space(skills, "home", incumbent=default_config())) == ("re_rank.mmr_lambda",)
+    brain = SpaceBoundBrain()
+    h = Harness(brain=brain)
+    await h.skills.upsert_many(skills)
+    state = await h.tick(T0)
+    assert brain.spaces == [("re_rank.mmr_lambda",), ()]
+    proposal = h.kinds("proposal")[0]["payload"]
+    assert proposal["widened_from"] == ["re_rank.mmr_lambda"]  # type: ignore[index]
+    assert proposal["proposals"] and state.phase == "registering"  # type: ignore[index]
+
+
+def _mmr_skills() -> list[Any]:
+    """One confident Skillhub entry (mmr_lambda down helps), so the search space narrows to mmr_lambda."""
+    from agents.insight import ALL_COHORTS, Insight, stage_of
     from agents.skills import update_skills
 
     won = Insight(
@@ -312,21 +329,54 @@ async def test_an_exhausted_skill_space_widens_to_every_parameter_instead_of_sta
         at_ms=T0 - 10,
     )
     skills, _ = update_skills([], [won], now_ms=T0 - 5)
-    assert search_parameters(search_space(skills, "home", incumbent=default_config())) == ("re_rank.mmr_lambda",)
-    brain = SpaceBoundBrain()
+    return list(skills)
+
+
+class SpaceRecordingBrain(OfflineBrain):
+    """The offline brain, recording the search space of every proposal call."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=1)
+        self.spaces: list[tuple[str, ...]] = []
+
+    async def propose(self, context: ProposalContext) -> list[Proposal]:
+        self.spaces.append(context.parameters)
+        return await super().propose(context)
+
+
+async def test_a_restricted_round_without_a_promotion_widens_the_next_rounds() -> None:
+    brain = SpaceRecordingBrain()
     h = Harness(brain=brain)
-    await h.skills.upsert_many(skills)
+    await h.skills.upsert_many(_mmr_skills())
     state = await h.tick(T0)
-    assert brain.spaces == [("re_rank.mmr_lambda",), ()]
-    proposal = h.kinds("proposal")[0]["payload"]
+    assert brain.spaces == [("re_rank.mmr_lambda",)] and state.round_restricted and not state.explore_wide
+    # The restricted round ends without a promotion (the incumbent moved meanwhile: the loop starts over).
+    ended = AgentLoop(brain, OnlineAgent(OnlinePolicy(surface="home")), LoopSettings())._cool(
+        state,
+        SimpleNamespace(totals={}, now_ms=T0 + 1),  # type: ignore[arg-type]
+    )
+    assert ended.explore_wide and not ended.round_restricted
+    h2 = Harness(brain=SpaceRecordingBrain())
+    await h2.skills.upsert_many(_mmr_skills())
+    await h2.store.save(ended.to_bytes())
+    state = await h2.tick(T0 + 120_000)  # after the cool-down
+    assert h2.brain.spaces == [()]  # type: ignore[attr-defined]
+    proposal = h2.kinds("proposal")[-1]["payload"]
     assert proposal["widened_from"] == ["re_rank.mmr_lambda"]  # type: ignore[index]
-    assert proposal["proposals"] and state.phase == "registering"  # type: ignore[index]
+    assert "ended without a promotion" in proposal["widened_because"]  # type: ignore[index]
+    assert not state.round_restricted and state.explore_wide  # wide rounds keep it until a promotion
+
+
+async def test_a_promotion_restores_the_skill_restricted_space() -> None:
+    h = Harness()
+    await h.store.save(LoopState(surface="home", explore_wide=True).to_bytes())
+    state = await h.launch()
+    assert state.phase == "running" and state.explore_wide
+    state = await h.run([0.0, 0.3])
+    assert state.history[-1].endswith(":promoted") and not state.explore_wide
 
 
 def test_the_power_gate_plans_on_the_variance_cuped_left_last_time() -> None:
-    from types import SimpleNamespace
-    from typing import Any
-
     from agents.loop import _cuped_ratio
 
     def decision(*reads: tuple[bool, float | None]) -> Any:  # duck-typed Decision: only .reads is read
