@@ -273,16 +273,18 @@ def _unused() -> None:
     _ = (CallRecord, Usage, InsightContext, InsightText)
 
 
-class SpaceBoundBrain(OfflineBrain):
-    """Finds nothing inside a Skillhub-narrowed space (as when its parameters cannot move any further)."""
+class SpaceRecordingBrain(OfflineBrain):
+    """The offline brain, recording the search space of every proposal call; with `bound`, it finds nothing
+    inside a Skillhub-narrowed space (as when its parameters cannot move any further)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, bound: bool = False) -> None:
         super().__init__(seed=1)
+        self.bound = bound
         self.spaces: list[tuple[str, ...]] = []
 
     async def propose(self, context: ProposalContext) -> list[Proposal]:
         self.spaces.append(context.parameters)
-        return [] if context.parameters else await super().propose(context)
+        return [] if self.bound and context.parameters else await super().propose(context)
 
 
 async def test_an_exhausted_skill_space_widens_to_every_parameter_instead_of_stalling() -> None:
@@ -290,7 +292,7 @@ async def test_an_exhausted_skill_space_widens_to_every_parameter_instead_of_sta
 
     skills = _mmr_skills()
     assert search_parameters(search_space(skills, "home", incumbent=default_config())) == ("re_rank.mmr_lambda",)
-    brain = SpaceBoundBrain()
+    brain = SpaceRecordingBrain(bound=True)
     h = Harness(brain=brain)
     await h.skills.upsert_many(skills)
     state = await h.tick(T0)
@@ -330,18 +332,6 @@ def _mmr_skills() -> list[Any]:
     )
     skills, _ = update_skills([], [won], now_ms=T0 - 5)
     return list(skills)
-
-
-class SpaceRecordingBrain(OfflineBrain):
-    """The offline brain, recording the search space of every proposal call."""
-
-    def __init__(self) -> None:
-        super().__init__(seed=1)
-        self.spaces: list[tuple[str, ...]] = []
-
-    async def propose(self, context: ProposalContext) -> list[Proposal]:
-        self.spaces.append(context.parameters)
-        return await super().propose(context)
 
 
 async def test_a_restricted_round_without_a_promotion_widens_the_next_rounds() -> None:
