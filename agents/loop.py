@@ -94,6 +94,7 @@ from agents.loop_driver import (
     decode_actions,
     encode_actions,
 )
+from agents.loop_latency import latency_model, observe_latency
 from agents.loop_learn import failure_memory, learn
 from agents.loop_records import AUTHOR, RECORD_TYPE, SCHEMA_VERSION, RecordKind, agent_record, decision_actions
 from agents.loop_state import (
@@ -161,6 +162,9 @@ class LoopSettings:
     metric window length (baseline duration = windows × window_s);
     `min_baseline_requests` of incumbent traffic before proposing;
     `pre_period_s` > 0 runs an A/A pre-period first (see `pre_period_arm`).
+    `latency` is the Critic's prior latency model; with `fit_latency` the
+    loop refits it before each critique to the p99 its arms showed (arms
+    with at least `min_latency_requests` requests; `agents.loop_latency`).
     """
 
     k: int = 3
@@ -172,6 +176,8 @@ class LoopSettings:
     pre_period_s: float = 0.0
     rules: CriticRules = field(default_factory=CriticRules)
     latency: LatencyModel = field(default_factory=LatencyModel)
+    fit_latency: bool = True
+    min_latency_requests: float = 1_000.0
 
 
 # --------------------------------------------------------------------------- the loop
@@ -329,11 +335,22 @@ class AgentLoop:
                 )
             except Exception as err:  # a brain must not raise; if one does, it only loses its say
                 log.warning("brain critique raised %s", type(err).__name__)
+        latency = s.latency
+        if s.fit_latency:
+            latency = latency_model(
+                s.latency,
+                state.latency_seen,
+                inp.serving.configs,
+                incumbent=incumbent,
+                baseline=self._baseline_arms(inp, state),
+                min_requests=s.min_latency_requests,
+                surface=self.surface,
+            )
         verdicts = critique(
             result.proposals,
             incumbent,
             s.rules,
-            latency_model=s.latency,
+            latency_model=latency,
             failures=failure_memory(state.failures),
             brain_verdicts=verdicts_brain,
             surface=self.surface,
@@ -486,8 +503,14 @@ class AgentLoop:
         covariates = {a: t for a, t in pre.items() if t is not None}
         exp, decisions = self.online.step(exp, arms, covariates if len(covariates) == len(pre) else None, inp.now_ms)
         self._emit(state, inp, decisions, out)
+        seen = state.latency_seen
+        if self.settings.fit_latency:
+            seen = observe_latency(seen, exp.plan, inp.totals, self.settings.min_latency_requests)
         state = msgspec.structs.replace(
-            state, experiment=exp.to_bytes(), cuped_variance_ratio=_cuped_ratio(decisions, state.cuped_variance_ratio)
+            state,
+            experiment=exp.to_bytes(),
+            cuped_variance_ratio=_cuped_ratio(decisions, state.cuped_variance_ratio),
+            latency_seen=seen,
         )
         if not exp.terminal:
             return state

@@ -79,7 +79,8 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     `round_restricted` whether the current round searched only the Skillhub's
     parameters, `explore_wide` whether such a round ended without a
     promotion since the last promotion (the next rounds then search every
-    parameter, see `AgentLoop._propose`).
+    parameter, see `AgentLoop._propose`); `latency_seen` the (config version,
+    p99 ms) its arms showed (`agents.loop_latency`).
     """
 
     surface: str
@@ -100,6 +101,7 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     front: tuple[TriedConfig, ...] = ()
     round_restricted: bool = False
     explore_wide: bool = False
+    latency_seen: tuple[tuple[int, float], ...] = ()
 
     def to_bytes(self) -> bytes:
         """msgpack bytes (exact round trip)."""

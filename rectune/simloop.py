@@ -40,7 +40,7 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 
-from agents.critic import CriticRules, LatencyModel
+from agents.critic import CriticRules
 from agents.experiment import GuardrailSpec, MetricSpec
 from agents.insight import insight_objective_for, ratio_metric_name
 from agents.loop import AgentLoop, LoopDriver, LoopSettings, LoopState
@@ -371,16 +371,18 @@ async def run_simloop(
     `seed` seeds the traffic draws and the brain.  Every experiment arm is
     registered with an `OfflineBrain` (`register_arm`: arm id → the config it
     serves), so the loop's per-arm readings of the primary metric become the
-    brain's past trials.  With `fit_latency` the
-    Critic's latency model is refitted after each step from the observed
-    (config, p99) pairs of the arms served so far, as a runtime that watches
-    latency would (the loop's `LatencyModel` prior is otherwise fixed).
+    brain's past trials.  `fit_latency` is the loop's own
+    `LoopSettings.fit_latency`: the Critic's latency model refitted before
+    each critique to the p99 the loop's arms showed (`agents.loop_latency`),
+    as in `rectune agents`.
     With `target_from_pilot` the first `PILOT_STEPS` steps (control only:
     the loop proposes after the first and plans after the second) are the
     pilot: the Online policy's `target_mde` becomes what `PLANNED_ARMS` arms
     resolve at its traffic (`pilot_target_mde`) before the first power gate.
     """
     preset = preset or preset_for(world.scenario, budget_s, surface=surface)
+    if preset.settings.fit_latency != fit_latency:
+        preset = dataclasses.replace(preset, settings=dataclasses.replace(preset.settings, fit_latency=fit_latency))
     rules = preset.settings.rules
     writer = MemoryConfigWriter(
         SIM_KEYRING, initial=start or default_config(), guardrails=rules.guardrails, now_ms=epoch_ms
@@ -398,7 +400,6 @@ async def run_simloop(
         approvals=MemoryApprovals(),
     )
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
-    latency_seen: dict[int, float] = {}
     steps: list[SimStep] = []
     promotions: list[Promotion] = []
     alerts: list[str] = []
@@ -430,14 +431,6 @@ async def run_simloop(
             )
             preset = dataclasses.replace(preset, policy=policy, notes=(*preset.notes[:3], note))
             loop.online = OnlineAgent(policy)
-        if fit_latency:
-            for arm in served:
-                if arm.requests >= 1_000 and math.isfinite(arm.latency_p99_ms):
-                    latency_seen[arm.config_version] = arm.latency_p99_ms
-            observed = [(writer.state.configs[v], p99) for v, p99 in sorted(latency_seen.items())]
-            if observed:
-                fitted = LatencyModel.fit(observed, prior=preset.settings.latency, surface=surface)
-                loop.settings = dataclasses.replace(preset.settings, latency=fitted)
         t += duration
         now_ms = epoch_ms + round(t * 1000.0)
         writer.now_ms = now_ms

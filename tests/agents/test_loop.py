@@ -8,6 +8,7 @@ heterogeneity), turned into cumulative per-arm `ArmTotals` per look by
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,6 +27,7 @@ from agents.brain import (
     ProposalContext,
     Usage,
 )
+from agents.critic import CriticRules
 from agents.experiment import GuardrailSpec
 from agents.loop import (
     AgentLoop,
@@ -378,3 +380,21 @@ def test_the_power_gate_plans_on_the_variance_cuped_left_last_time() -> None:
     assert picked == 0.4  # the median
     assert _cuped_ratio([decision((True, 0.01))], 1.0) == 0.25  # never below the floor
     assert _cuped_ratio([decision((True, 1.7))], 0.5) == 1.0  # CUPED never plans wider
+
+
+async def test_the_first_round_is_judged_on_the_incumbents_observed_latency() -> None:
+    # A 50 ms budget: the prior puts the default config at 72 ms and would reject every candidate;
+    # the incumbent's observed p99 (~20 ms) lets the Critic keep them.
+    outcomes = []
+    for fit in (True, False):
+        h = Harness()
+        loop = h.driver.loop
+        loop.settings = replace(
+            loop.settings, rules=CriticRules(latency_budget_ms=50.0), fit_latency=fit, min_latency_requests=1.0
+        )
+        state = await h.tick(T0)
+        critique = h.kinds("critique")[-1]["payload"]["verdicts"]  # type: ignore[index]
+        outcomes.append((state.phase, [v["kept"] for v in critique], " ".join(critique[0]["reasons"])))
+    (fitted_phase, fitted_kept, fitted_text), (prior_phase, prior_kept, prior_text) = outcomes
+    assert fitted_phase == "registering" and all(fitted_kept) and "scaled_prior" in fitted_text
+    assert prior_phase == "idle" and not any(prior_kept) and "latency_budget" in prior_text
