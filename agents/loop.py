@@ -280,7 +280,10 @@ class AgentLoop:
 
     async def _propose(self, state: LoopState, inp: LoopInput, out: list[Action]) -> LoopState:
         s = self.settings
-        if inp.now_ms < state.cooldown_until_ms or not self._baseline_arms(inp, state):
+        if inp.now_ms < state.cooldown_until_ms:
+            return state
+        baseline = self._baseline_arms(inp, state)
+        if not baseline:
             return state
         incumbent = inp.serving.control
         assert incumbent is not None  # noqa: S101 - checked by step
@@ -342,7 +345,7 @@ class AgentLoop:
                 state.latency_seen,
                 inp.serving.configs,
                 incumbent=incumbent,
-                baseline=self._baseline_arms(inp, state),
+                baseline=baseline,
                 min_requests=s.min_latency_requests,
                 surface=self.surface,
             )

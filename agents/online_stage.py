@@ -21,6 +21,7 @@ from agents.experiment import (
 from agents.online_guard import _reallocate
 from agents.online_ramp import _span
 from agents.online_reads import _Arrays, _Log, _num, _spec
+from agents.stats.distributions import two_sided_p
 from agents.stats.multiple import holm
 
 # ---- 4. stage logic
@@ -133,8 +134,7 @@ def _final_look(state: ExperimentState, reads: list[ArmRead]) -> dict[str, tuple
     for arm_id in order:
         read = by_id.get(arm_id)
         live = state.arm(arm_id).status == "active"
-        ok = read is not None and live and read.difference_se > 0.0 and math.isfinite(read.difference_se)
-        p_values.append(math.erfc(abs(read.difference / read.difference_se) / math.sqrt(2.0)) if ok and read else 1.0)
+        p_values.append(two_sided_p(read.difference, read.difference_se**2) if read and live else 1.0)
     result = holm(p_values, plan.final_alpha)
     return {
         arm_id: (p, holm_p)

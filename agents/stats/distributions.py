@@ -1,7 +1,8 @@
 """Distribution functions the statistics need, in numpy/math only (no scipy).
 
 - `normal_cdf` / `normal_sf`: exact via `math.erfc` (full double precision,
-  including deep tails: `normal_sf(10)` is ~7.6e-24, not 0).
+  including deep tails: `normal_sf(10)` is ~7.6e-24, not 0);
+  `two_sided_p`: the fixed-horizon z-test's p-value of an estimate and its variance.
 - `normal_ppf`: Acklam's rational approximation (relative error < 1.2e-9)
   polished by one Halley step on `erfc`, giving ~1e-15 absolute accuracy on
   (1e-300, 1 - 1e-16).
@@ -13,7 +14,8 @@
 - `f_sf`: survival of Snedecor's F via the regularized incomplete beta
   I_x(a, b) with Lentz's continued fraction (Numerical Recipes §6.4), ~1e-14.
 
-Callers: `ratio` (interval quantiles), `srm` (chi-square / F p-values),
+Callers: `ratio` (interval quantiles), `proofs` and the Online agent's
+final look (`two_sided_p`), `srm` (chi-square / F p-values),
 `power` (normal quantiles), `sequential` (none: the mSPRT needs only exp/log).
 """
 
@@ -57,6 +59,13 @@ def normal_cdf(z: float) -> float:
 def normal_sf(z: float) -> float:
     """P(Z > z) for a standard normal Z (accurate in the upper tail)."""
     return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def two_sided_p(estimate: float, variance: float) -> float:
+    """2·P(Z > |estimate|/sqrt(variance)): a z-test of estimate = 0; 1 when the variance is not positive and finite."""
+    if not (variance > 0.0 and math.isfinite(variance)):
+        return 1.0
+    return math.erfc(abs(estimate) / math.sqrt(2.0 * variance))
 
 
 def normal_ppf(p: float) -> float:

@@ -25,7 +25,12 @@ with τ² = k*·V_N (`sequential.mixing_variance`) rejects at the horizon when
     MDE_rel·baseline = (z* + z_{power}) · sqrt(V_N(MDE_rel))   (solved in closed form).
 
 This is the fixed-horizon MDE inflated by the efficiency factor
-(z* + z_β)/(z_{1−α/2} + z_β) (1.38 at α = 0.05, power 0.8).
+(z* + z_β)/(z_{1−α/2} + z_β) (1.38 at α = 0.05, power 0.8).  It is an analytic
+*lower bound* on power, not a simulation calibration: the event "Λ_N >= 1/α
+at the horizon" is contained in "p <= α at some look <= N", so under the
+normal approximation, with the variance known, the detection probability
+within the horizon is at least `power` (the far tail of the wrong sign is ignored, < 1e-6).  `proofs`
+checks it by simulation.
 
 Final look (`final_alpha` > 0).  The design may keep part of α for one
 fixed-horizon test at the horizon: the always-valid test runs at
@@ -35,12 +40,9 @@ estimate once.  By the union bound the family-wise error stays <= α however
 often the sequential part is read.  The horizon then rejects at
 min(z*(α_seq/K), z_{1−final_alpha/(2K)}) and that boundary replaces z* in
 the MDE (τ² stays the sequential test's, at α_seq); with α split evenly at
-α = 0.05 and one arm the boundary is 2.24 instead of 3.03.  It is an analytic
-*lower bound* on power, not a simulation calibration: the event "Λ_N >= 1/α
-at the horizon" is contained in "p <= α at some look <= N", so under the
-normal approximation, with the variance known, the detection probability
-within the horizon is at least `power` (the far tail of the wrong sign is ignored, < 1e-6).  `proofs`
-checks it by simulation.
+α = 0.05 and one arm the boundary is 2.24 instead of 3.03.  The power bound
+above holds with this boundary: a final-look rejection at the horizon is a
+detection within the horizon.
 
 Variance uncertainty.  σ²_u is itself estimated (from ~64 buckets per
 arm), and power is a steep function of it: planning on the point estimate
@@ -150,7 +152,7 @@ def _arms(n: int) -> str:
 def horizon_boundary(alpha: float, final_alpha: float, treatments: int) -> tuple[float, float]:
     """(k*, z at the horizon): the sequential test's mixing ratio at (α − final_alpha)/K and the |z| rejecting there.
 
-    Called by `_mde` and by the Online agent's final look (`agents.online_stage`).
+    Called by `_mde`: the smaller of the always-valid boundary and the final look's z.
     """
     k = optimal_mixing_ratio((alpha - final_alpha) / treatments)
     z = math.sqrt(k + 1.0)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.stats.cuped import cuped_arrays
-from agents.stats.distributions import normal_ppf
+from agents.stats.distributions import normal_ppf, two_sided_p
 from agents.stats.errors import StatsError
 from agents.stats.multiple import holm
 from agents.stats.power import PowerPlan, plan_experiment
@@ -80,13 +80,6 @@ def _stop(experiment: SimulatedExperiment, looks: np.ndarray, index: int, sign: 
     return Read(look + 1, verdict, float(experiment.look_seconds[look]) / horizon, final_p)
 
 
-def _fixed_p(estimate: float, variance: float) -> float:
-    """Two-sided normal p-value of one fixed-horizon look (1 when the variance is not positive)."""
-    if not (variance > 0.0 and math.isfinite(variance)):
-        return 1.0
-    return math.erfc(abs(estimate) / math.sqrt(2.0 * variance))
-
-
 def read_sequential(
     experiment: SimulatedExperiment,
     tau2: float,
@@ -121,7 +114,7 @@ def read_sequential(
     p = always_valid_p_path(est, var, tau2)
     index = int(first_crossing(p, alpha - final_alpha))
     read = _stop(experiment, looks, index, float(est[index]) if index >= 0 else 0.0, float(p[-1]))
-    if index < 0 and final_alpha > 0.0 and _fixed_p(float(est[-1]), float(var[-1])) <= final_alpha:
+    if index < 0 and final_alpha > 0.0 and two_sided_p(float(est[-1]), float(var[-1])) <= final_alpha:
         read = Read(looks.size, 1 if est[-1] > 0 else -1, 1.0, read.final_p)
     return Read(read.stop_look, read.verdict, read.stop_fraction, read.final_p, ratio)
 
@@ -329,7 +322,7 @@ def read_holm(
             if rejected and verdicts[i] == 0:
                 verdicts[i] = 1 if est[i, k] > 0 else -1
     if final_alpha > 0.0:
-        last = [1.0 if verdicts[i] else _fixed_p(float(est[i, -1]), float(var[i, -1])) for i in range(arms - 1)]
+        last = [1.0 if verdicts[i] else two_sided_p(float(est[i, -1]), float(var[i, -1])) for i in range(arms - 1)]
         for i, rejected in enumerate(holm(last, final_alpha).reject):
             if rejected and verdicts[i] == 0:
                 verdicts[i] = 1 if est[i, -1] > 0 else -1

@@ -82,3 +82,12 @@ def test_bad_arguments_name_the_argument() -> None:
         chi2_sf(1.0, 0)
     with pytest.raises(StatsError, match="df1, df2"):
         f_sf(1.0, 0, 3)
+
+
+def test_two_sided_p_of_a_fixed_look() -> None:
+    from agents.stats.distributions import two_sided_p
+
+    assert two_sided_p(1.959963984540054, 1.0) == pytest.approx(0.05, rel=1e-12)
+    assert two_sided_p(-0.3, 0.01) == pytest.approx(two_sided_p(0.3, 0.01)) == pytest.approx(2 * normal_sf(3.0))
+    for variance in (0.0, -1.0, math.inf, math.nan):
+        assert two_sided_p(0.5, variance) == 1.0
