@@ -24,7 +24,10 @@ the catalogue cannot drift from the contract.  Tunable: every numeric or
 choice field of `pre_rank`, `rank` and `re_rank` (objective weights by their
 wire names, e.g. `rank.objective_weights.return`), and the weight of each
 *existing* fusion signal.  Not tunable by a brain: `sponsored_positions`
-(a list), signal names (adding a signal the ranker does not compute is
+(a list) and `sponsored_quota` — sponsored slots are sold inventory, a
+commercial commitment rather than a ranking knob, and dropping them buys
+clicks with advertisers' money (the oracle keeps them fixed for the same
+reason) — signal names (adding a signal the ranker does not compute is
 meaningless) and surface `overrides`.
 
 Callers: the Actor, Critic and Insight agents (through the Protocol), the
@@ -348,6 +351,11 @@ class _Slot:
 
 
 _STAGES: Final = ("pre_rank", "rank", "re_rank")
+#: Paths a brain may not move, with the reason `apply_changes` gives (see the module docstring).
+_COMMITTED: Final = {
+    "re_rank.sponsored_quota": "not tunable by an agent: sponsored slots are sold inventory (a commercial commitment); "
+    "change it in the config file",
+}
 
 
 def _leaf_spec(name: str, info: mi.Type, current: Any) -> ParamSpec | None:
@@ -387,7 +395,7 @@ def _walk(prefix: str, info: mi.StructType, data: dict[str, Any], locator: tuple
                     yield _Slot(spec, (*locator, key, ("signal", signal["name"])))
         else:
             spec = _leaf_spec(path, ftype, value)
-            if spec is not None:
+            if spec is not None and path not in _COMMITTED:
                 yield _Slot(spec, (*locator, key))
 
 
@@ -472,7 +480,8 @@ def _assign(data: dict[str, Any], locator: tuple[_Step, ...], value: ParamValue)
 def apply_changes(config: CascadeConfig, changes: Sequence[ParamChange]) -> CascadeConfig:
     """The config with `changes` applied, validated (`validate_config`).
 
-    Raises `ConfigError` naming the path for an unknown path, a path changed
+    Raises `ConfigError` naming the path for an unknown or committed path
+    (`re_rank.sponsored_quota`), a path changed
     twice, a value of the wrong type, outside its bounds or not finite, and
     for a result that breaks a cross-field rule (e.g. `rank.cut` above
     `pre_rank.candidate_cut`).
@@ -483,7 +492,7 @@ def apply_changes(config: CascadeConfig, changes: Sequence[ParamChange]) -> Casc
     for change in changes:
         slot = slots.get(change.name)
         if slot is None:
-            _refuse(change.name, "unknown parameter")
+            _refuse(change.name, _COMMITTED.get(change.name, "unknown parameter"))
         if change.name in seen:
             _refuse(change.name, "changed more than once")
         seen.add(change.name)

@@ -98,7 +98,7 @@ def build_config(start: CascadeConfig, params: Mapping[str, Any], rails: Guardra
     """`start` with `params` applied after repairing the cross-field rules; None when it still breaks one.
 
     Repairs: rank.cut <= candidate_cut, list_size <= rank.cut, list_size
-    above every sponsored position, sponsored_quota <= sponsored positions.
+    above every sponsored position.
     """
     values = dict(params)
     if "rank.cut" in values and "pre_rank.candidate_cut" in values:
@@ -107,8 +107,6 @@ def build_config(start: CascadeConfig, params: Mapping[str, Any], rails: Guardra
     if "re_rank.list_size" in values:
         size = max(int(values["re_rank.list_size"]), max(positions, default=-1) + 1)
         values["re_rank.list_size"] = min(size, int(values.get("rank.cut", start.rank.cut)))
-    if "re_rank.sponsored_quota" in values:
-        values["re_rank.sponsored_quota"] = min(int(values["re_rank.sponsored_quota"]), len(positions))
     specs: dict[str, ParamSpec] = {s.name: s for s in parameter_specs(start)}
     changes = [
         ParamChange(name=n, value=round(float(v), 4) if specs[n].kind == "float" else v)

@@ -532,7 +532,7 @@ def test_parameter_specs_cover_the_stages() -> None:
     assert specs["rank.combination"].choices == ("weighted_product", "weighted_sum")
     assert "pre_rank.fusion_weights.personal_affinity" in specs
     assert "rank.objective_weights.return" in specs
-    assert not any(name.startswith("overrides") or name.endswith("sponsored_positions") for name in specs)
+    assert not any(name.startswith("overrides") or ".sponsored_" in name for name in specs)
 
 
 @pytest.mark.parametrize(
@@ -543,7 +543,7 @@ def test_parameter_specs_cover_the_stages() -> None:
         ("re_rank.mmr_lambda", "high", "re_rank.mmr_lambda", "must be a number"),
         ("rank.combination", "sum", "rank.combination", "not one of"),
         ("pre_rank.candidate_cut", 50, "rank.cut", "<= pre_rank.candidate_cut"),
-        ("re_rank.sponsored_quota", 3, "re_rank.sponsored_quota", "sponsored_positions"),
+        ("re_rank.sponsored_quota", 0, "re_rank.sponsored_quota", "commercial commitment"),
         ("no.such.path", 1, "no.such.path", "unknown parameter"),
     ],
 )
