@@ -582,6 +582,11 @@ def offline_brain_for(policy: OnlinePolicy, rules: CriticRules, *, seed: int = 0
     are named so) and its guard model uses the policy's conversion margin (off
     when the policy has none).
     """
+    return OfflineBrain(**offline_brain_kwargs(policy, rules, seed=seed))
+
+
+def offline_brain_kwargs(policy: OnlinePolicy, rules: CriticRules, *, seed: int = 0) -> dict[str, Any]:
+    """`offline_brain_for`'s constructor arguments, for a subclass built the same way (the tuning bench's ceiling)."""
     margin = policy.guardrails.conversion_margin
     ascent = AscentSettings(guard_metric=None) if margin is None else AscentSettings(guard_margin=margin)
-    return OfflineBrain(seed=seed, rules=rules, objectives=(Objective(policy.primary.name),), ascent=ascent)
+    return {"seed": seed, "rules": rules, "objectives": (Objective(policy.primary.name),), "ascent": ascent}

@@ -11,7 +11,10 @@ rate) are given to four methods (`bench/_tuning_methods.py`):
   significantly better;
 - tpe: the same tests, challengers from a plain Optuna TPE study told each
   finished test's measured challenger north star;
-- agentic: the real agents loop with the offline brain (`rectune.simloop`).
+- agentic: the real agents loop with the offline brain (`rectune.simloop`);
+- ceiling (with `--ceiling`; an analysis, not a method): the same loop fed
+  oracle-ranked proposals (`bench/_tuning_ceiling.py`) — what a perfect
+  Actor reaches under the same Critic rules, statistics and budget.
 
 The A/B methods use the agentic preset's horizon and metric window, so every
 method gets the same traffic and the same time per experiment.  Scores
@@ -25,7 +28,7 @@ plus `ratios` (agentic regret / TPE's and / random's, regression rate) and
 `runs/tuning/<scenario>.png`) draws the incumbent's true north star over
 simulated time per method for the first scenario and seed.
 
-Run: `.venv/bin/python bench/tuning.py [--seeds 3] [--days D] [--scenario PATH] [--quick] [--jobs 2]`.
+Run: `.venv/bin/python bench/tuning.py [--seeds 3] [--days D] [--scenario PATH] [--quick] [--jobs 2] [--ceiling]`.
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+from _tuning_ceiling import OracleGuidedBrain
 from _tuning_methods import RandomSearch, TpeSearch, config_key, run_ab_search, run_static, trace_from_sim
 from _tuning_score import MethodTrace, Score, Truth, incumbent_path, mean_sd, regret_path, score
 
+from agents.offline_brain import offline_brain_kwargs
 from rectune.simloop import SimPreset, north_star_metric, preset_for, run_simloop
 from schemas.config import CascadeConfig, default_config
 from schemas.guardrails import Guardrails
@@ -58,6 +63,7 @@ from simulator.world import World
 ROOT: Final = Path(__file__).resolve().parents[1]
 CACHE: Final = ROOT / ".cache" / "tuning"
 METHODS: Final = ("static", "random", "tpe", "agentic")
+CEILING: Final = "ceiling"  # --ceiling: the loop with oracle-ranked proposals (bench/_tuning_ceiling.py)
 FIGURES: Final = (
     "oracle_share",
     "cum_regret",
@@ -144,8 +150,14 @@ class RunResult:
     notes: tuple[str, ...]
 
 
-def run_one(scenario_ref: str, seed: int, days: float, oracle_evaluations: int = ORACLE_EVALUATIONS) -> RunResult:
-    """All four methods on one world (called in a worker process)."""
+def run_one(
+    scenario_ref: str,
+    seed: int,
+    days: float,
+    oracle_evaluations: int = ORACLE_EVALUATIONS,
+    ceiling: bool = False,
+) -> RunResult:
+    """All four methods (and with `ceiling` the oracle-guided loop) on one world (called in a worker process)."""
     scenario = load_scenario(scenario_ref)
     world = World(scenario, seed=seed)
     budget_s = days * 86_400.0
@@ -173,6 +185,17 @@ def run_one(scenario_ref: str, seed: int, days: float, oracle_evaluations: int =
     sim = asyncio.run(run_simloop(world, budget_s=budget_s, seed=seed, preset=preset, start=start))
     traces["agentic"] = trace_from_sim(sim)
     timings["agentic"] = time.perf_counter() - clock
+    if ceiling:
+        clock = time.perf_counter()
+        guided = OracleGuidedBrain(
+            lambda config: world.expected(config, at_s=0.0).north_star,
+            **offline_brain_kwargs(preset.policy, preset.settings.rules, seed=seed),
+        )
+        guided_sim = asyncio.run(
+            run_simloop(world, budget_s=budget_s, seed=seed, preset=preset, start=start, brain=guided)
+        )
+        traces[CEILING] = trace_from_sim(guided_sim)
+        timings[CEILING] = time.perf_counter() - clock
     truth = TruthCache(world)
     scores = {
         name: score(
@@ -207,7 +230,7 @@ def summarise(results: Sequence[RunResult]) -> dict[str, Any]:
     for name in dict.fromkeys(r.scenario for r in results):
         runs = [r for r in results if r.scenario == name]
         block: dict[str, Any] = {}
-        for method in METHODS:
+        for method in _methods(runs):
             figures: dict[str, float] = {}
             for fig in FIGURES:
                 mean, sd = mean_sd([float(getattr(r.scores[method], fig)) for r in runs])
@@ -233,6 +256,11 @@ def summarise(results: Sequence[RunResult]) -> dict[str, Any]:
     return out
 
 
+def _methods(runs: Sequence[RunResult]) -> tuple[str, ...]:
+    """The methods every run in `runs` scored (the four, plus `ceiling` when it ran)."""
+    return tuple(m for m in (*METHODS, CEILING) if all(m in r.scores for r in runs))
+
+
 def print_table(summary: dict[str, Any], results: Sequence[RunResult]) -> None:
     """A human table per scenario (mean ± sd over seeds)."""
     for name, block in summary.items():
@@ -241,7 +269,7 @@ def print_table(summary: dict[str, Any], results: Sequence[RunResult]) -> None:
         print(f"   preset: {'; '.join(runs[0].notes[:3])}")
         head = f"{'method':<9}" + "".join(f"{f:>22}" for f in FIGURES)
         print(head)
-        for method in METHODS:
+        for method in _methods(runs):
             b = block[method]
             print(f"{method:<9}" + "".join(f"{_fmt(b[f], b[f + '_sd']):>22}" for f in FIGURES))
         r = block["ratios"]
@@ -252,7 +280,7 @@ def print_table(summary: dict[str, Any], results: Sequence[RunResult]) -> None:
         )
         for run in runs:
             secs = ", ".join(f"{k} {v:.0f}s" for k, v in run.seconds.items())
-            shares = ", ".join(f"{m} {run.scores[m].oracle_share:.2f}" for m in METHODS if m in run.scores)
+            shares = ", ".join(f"{m} {run.scores[m].oracle_share:.2f}" for m in _methods([run]))
             print(f"   seed {run.seed}: oracle share {shares}; {secs}; {run.notes[-1]}")
 
 
@@ -264,7 +292,7 @@ def plot(result: RunResult, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, rax) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for method, style in zip(METHODS, ("-", "--", "-.", "-"), strict=True):
+    for method, style in zip(_methods([result]), ("-", "--", "-.", "-", ":"), strict=False):
         width = 2.2 if method == "agentic" else 1.4
         days, values = result.curves[method]
         ax.step(days, values, where="post", label=method, linestyle=style, linewidth=width)
@@ -305,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", default=None, help="a scenario name or JSON path (repeat)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, a short budget")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    parser.add_argument(
+        "--ceiling", action="store_true", help="also run the loop with oracle-ranked proposals (an upper bound)"
+    )
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default runs/tuning/<scenario>.png)")
     args = parser.parse_args(argv)
     scenarios = args.scenario or list(shipped_scenarios())
@@ -322,11 +353,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             results = list(
                 pool.map(
-                    run_one, [s for s, _ in jobs], [k for _, k in jobs], [days] * len(jobs), [evaluations] * len(jobs)
+                    run_one,
+                    [s for s, _ in jobs],
+                    [k for _, k in jobs],
+                    [days] * len(jobs),
+                    [evaluations] * len(jobs),
+                    [args.ceiling] * len(jobs),
                 )
             )
     else:
-        results = [run_one(s, k, days, evaluations) for s, k in jobs]
+        results = [run_one(s, k, days, evaluations, args.ceiling) for s, k in jobs]
     summary = summarise(results)
     print_table(summary, results)
     first = results[0]

@@ -1,0 +1,155 @@
+"""The tuning benchmark's ceiling: the real agents loop fed proposals ranked by the oracle (scoring only).
+
+Why: the agents' share of the oracle's lift mixes two limits — how good the
+Actor's proposals are, and what the rest of the loop lets any proposal reach
+in the budget: the Critic's trust region (one step per parameter per
+experiment), `max_changes`, the latency budget and diversity floor, and the
+Online agent's power (an arm must beat the MDE the traffic resolves before it
+is promoted, at the policy's α).  `OracleGuidedBrain` removes the first limit:
+it proposes what a perfect Actor restricted to the same moves would, so the
+share it reaches is the ceiling of the second.  It is an analysis tool, never
+a method: it reads `World.expected`, which no agent sees.
+
+How it proposes, on each call: every one-trust-step move of every tunable
+the context allows (`agents.diagnostics.step_toward`, the move the offline
+brain's ascent makes) is scored by the oracle; the candidate sets are built
+greedily — add the move that raises the oracle's value of the set most, up
+to `context.max_changes`, while it still raises it (moves interact: a
+combination is scored as a whole) — and each set after the first uses
+parameters the earlier ones did not.  Each candidate is vetted like any
+brain answer (`vet_in_context`), a config it proposed before is never
+proposed again, and the Critic and Online agent then treat it as they treat
+the offline brain's.
+
+Called by `bench/tuning.py --ceiling` (method `ceiling`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from agents.brain import (
+    MAX_TITLE_CHARS,
+    ParamChange,
+    ParamValue,
+    Proposal,
+    ProposalContext,
+    apply_changes,
+    clip_text,
+    parameter_specs,
+    proposal_id_for,
+    vet_in_context,
+)
+from agents.diagnostics import step_toward
+from agents.offline_brain import OfflineBrain
+from schemas.config import CascadeConfig
+from schemas.errors import SchemaError
+
+#: How many of the best single moves the greedy set search considers (the rest rarely help a set).
+SHORTLIST = 12
+_GAIN_EPS = 1e-4  # a move must raise the set's oracle value by at least this (relative) to join it
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    gain: float  # relative oracle gain of this move alone
+    name: str
+    value: ParamValue
+
+
+class OracleGuidedBrain(OfflineBrain):
+    """An `OfflineBrain` whose proposals come from the oracle (module docstring); critique and insight as before.
+
+    `value_of(config)` is the oracle's expected north star of a config (the
+    benchmark passes `World.expected(config, at_s=0).north_star`, the value
+    the shares are scored on).
+    """
+
+    def __init__(self, value_of: Callable[[CascadeConfig], float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._value_of = value_of
+        self._proposed: set[bytes] = set()
+
+    def _value(self, incumbent: CascadeConfig, base: float, moves: Sequence[_Move]) -> float:
+        """Relative oracle gain of `moves` applied together; −inf when they break a config rule."""
+        try:
+            config = apply_changes(incumbent, [ParamChange(name=m.name, value=m.value) for m in moves])
+        except SchemaError:
+            return float("-inf")
+        return self._value_of(config) / base - 1.0
+
+    def _single_moves(self, context: ProposalContext, base: float) -> list[_Move]:
+        moves: list[_Move] = []
+        for spec in parameter_specs(context.incumbent):
+            if context.parameters and spec.name not in context.parameters:
+                continue
+            for sign in (-1, 1):
+                value = step_toward(spec, self._rules.trust, context.guardrails, sign, 1.0)
+                if value is None or value == spec.current:
+                    continue
+                move = _Move(0.0, spec.name, value)
+                gain = self._value(context.incumbent, base, [move])
+                if gain > 0.0:
+                    moves.append(_Move(gain, spec.name, value))
+        return sorted(moves, key=lambda m: m.gain, reverse=True)[:SHORTLIST]
+
+    def _greedy_set(self, context: ProposalContext, base: float, moves: Sequence[_Move], used: set[str]) -> list[_Move]:
+        chosen: list[_Move] = []
+        value = 0.0
+        while len(chosen) < context.max_changes:
+            best: tuple[float, _Move] | None = None
+            names = used | {m.name for m in chosen}
+            for move in moves:
+                if move.name in names:
+                    continue
+                gain = self._value(context.incumbent, base, [*chosen, move])
+                if (
+                    gain > value + _GAIN_EPS
+                    and (best is None or gain > best[0])
+                    and not self._was_proposed(context.incumbent, [*chosen, move])
+                ):
+                    best = (gain, move)
+            if best is None:
+                break
+            value, move = best
+            chosen.append(move)
+        return chosen
+
+    def _was_proposed(self, incumbent: CascadeConfig, moves: Sequence[_Move]) -> bool:
+        try:
+            config = apply_changes(incumbent, [ParamChange(name=m.name, value=m.value) for m in moves])
+        except SchemaError:
+            return True
+        return msgspec.json.encode(config) in self._proposed
+
+    def propose_sync(self, context: ProposalContext) -> list[Proposal]:
+        """Up to `context.k` oracle-ranked candidates (see the module docstring)."""
+        base = self._value_of(context.incumbent)
+        moves = self._single_moves(context, base)
+        used: set[str] = set()
+        proposals: list[Proposal] = []
+        for _ in range(context.k):
+            chosen = self._greedy_set(context, base, moves, used)
+            if not chosen:
+                break
+            used.update(m.name for m in chosen)
+            try:
+                effective, config = vet_in_context(context, [ParamChange(name=m.name, value=m.value) for m in chosen])
+            except SchemaError:
+                continue
+            self._proposed.add(msgspec.json.encode(config))
+            gain = self._value(context.incumbent, base, chosen)
+            title = f"oracle-guided (+{100 * gain:.2g}% true): " + ", ".join(f"{m.name} -> {m.value}" for m in chosen)
+            proposal = Proposal(
+                proposal_id=proposal_id_for(effective),
+                title=clip_text(title, MAX_TITLE_CHARS),
+                changes=effective,
+                config=config,
+            )
+            self.register_arm(proposal.proposal_id, config)
+            proposals.append(proposal)
+        return proposals
