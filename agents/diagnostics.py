@@ -16,8 +16,12 @@ rules (`DiagnosticRules`), in this order:
 
 1. *crowded*: near_duplicate_share ≥ `crowded_share` → lower
    `re_rank.near_duplicate_threshold` by one trust step (a lower threshold
-   collapses more near-duplicates), and when `crowded_lowers_mmr` also lower
-   `re_rank.mmr_lambda` by one trust step (more novelty in the re-rank);
+   collapses more near-duplicates); only when `crowded_lowers_mmr` (off by
+   default) also lower `re_rank.mmr_lambda` by one trust step (more novelty in
+   the re-rank).  One diagnosed cause, one lever: the pair makes the read
+   unattributable, and on the oracle landscapes of the shipped worlds it was
+   worth less than the threshold alone (apparel_core seed 0 +2.1% against
+   +3.2%, apparel_thin seed 0 +7.0% against +8.8%);
 2. *narrow*: categories_per_list / list_size ≤ `narrow_share` → lower
    `re_rank.max_per_category` by one count step.
 
@@ -95,14 +99,14 @@ class DiagnosticRules:
       lists sit near 0.
     - `narrow_share` (default 0.25): distinct categories per list at most a
       quarter of the list size, i.e. four or more items per category on average.
-    - `crowded_lowers_mmr`: the crowded rule also lowers `mmr_lambda` one step.
+    - `crowded_lowers_mmr` (default off): the crowded rule also lowers `mmr_lambda` one step.
     - `max_candidates`: at most this many diagnostic candidates per proposal call
       (0 disables them).
     """
 
     crowded_share: float = 0.10
     narrow_share: float = 0.25
-    crowded_lowers_mmr: bool = True
+    crowded_lowers_mmr: bool = False
     max_candidates: int = 1
 
     def __post_init__(self) -> None:

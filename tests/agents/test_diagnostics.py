@@ -150,7 +150,7 @@ def test_crowded_lists_make_the_first_candidate_lower_the_threshold_one_step_and
     first = proposals[0]
     assert first.title.startswith("offline diagnostic")
     moved = {c.name: c.value for c in first.changes}
-    assert moved == pytest.approx({THRESHOLD: 0.85, MMR: 0.85})
+    assert moved == pytest.approx({THRESHOLD: 0.85})  # one cause, one lever (crowded_lowers_mmr is off)
     specs = {s.name: s for s in parameter_specs(CROWDED_START)}
     assert trust_coordinate(specs[THRESHOLD], moved[THRESHOLD], TrustRegion()) == pytest.approx(-1.0)
     text = first.changes[0].hypothesis + " " + first.changes[0].rationale
@@ -198,12 +198,18 @@ def test_a_diagnostic_move_already_tried_is_not_repeated() -> None:
 
 def test_parameters_outside_the_allow_list_are_not_proposed() -> None:
     crowded = readings(near_duplicate_share=0.31)
-    only_threshold = OfflineBrain(seed=5).propose_sync(context(metrics=crowded, parameters=(THRESHOLD, PER_CAT)))
+    paired = DiagnosticRules(crowded_lowers_mmr=True)
+    both = OfflineBrain(seed=5, diagnostics=paired).propose_sync(context(metrics=crowded))
+    [proposal] = diagnostic(both)
+    assert {c.name: c.value for c in proposal.changes} == pytest.approx({THRESHOLD: 0.85, MMR: 0.85})
+    only_threshold = OfflineBrain(seed=5, diagnostics=paired).propose_sync(
+        context(metrics=crowded, parameters=(THRESHOLD, PER_CAT))
+    )
     [proposal] = diagnostic(only_threshold)
     assert [c.name for c in proposal.changes] == [THRESHOLD]
     neither = OfflineBrain(seed=5).propose_sync(context(metrics=crowded, parameters=("re_rank.freshness_boost",)))
     assert diagnostic(neither) == []
-    one_change = OfflineBrain(seed=5).propose_sync(context(metrics=crowded, max_changes=1))
+    one_change = OfflineBrain(seed=5, diagnostics=paired).propose_sync(context(metrics=crowded, max_changes=1))
     [proposal] = diagnostic(one_change)
     assert [c.name for c in proposal.changes] == [THRESHOLD]
 
