@@ -8,7 +8,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from schemas.config import default_config, validate_config
+from agents.brain import ParamChange, apply_changes, parameter_specs
+from agents.critic_trust import TrustRegion
+from agents.diagnostics import step_toward
+from schemas.config import CascadeConfig, default_config, validate_config
+from schemas.errors import SchemaError
 from schemas.guardrails import Guardrails
 from simulator import oracle
 from simulator.oracle import OracleResult, best_config, expected_value
@@ -102,3 +106,41 @@ def test_the_best_direction_differs_between_core_and_seasonal() -> None:
     core, seasonal = moves["apparel_core"], moves["apparel_seasonal"]
     assert seasonal[0] > core[0] + 0.1
     assert seasonal[1] > core[1] + 0.5
+
+
+def test_the_oracle_searches_every_parameter_an_agent_can_tune(small_world: World) -> None:
+    """The benchmark scores shares against the oracle's best: a knob the agents can turn and the oracle cannot
+    (sponsored_quota until session 6) inflates every share.  Each agent-tunable parameter, moved one trust step,
+    must survive the oracle's encode/decode, i.e. lie inside the space it searches."""
+
+    start = default_config()
+    space = oracle._space(small_world, start, Guardrails())
+    unsearched = []
+    for spec in parameter_specs(start):
+        if spec.kind == "choice":
+            assert spec.name == "rank.combination"  # the oracle searches the combination as its categorical
+            continue
+        moves = []
+        for sign in (1, -1):
+            value = step_toward(spec, TrustRegion(), Guardrails(), sign)
+            try:
+                moves.append(apply_changes(start, [ParamChange(name=spec.name, value=value)]))
+            except (SchemaError, TypeError):  # None (cannot move) or a cross-field rule (e.g. a sponsored position)
+                continue
+        assert moves, f"{spec.name}: no valid one-step move from the default config"
+        moved = moves[0]
+        decoded = oracle._decode(oracle._encode(moved, space), moved.rank.combination, start, space)
+        if relative(decoded, spec.name) == pytest.approx(relative(start, spec.name), rel=1e-3):
+            unsearched.append(spec.name)
+    assert unsearched == []
+
+
+def relative(config: CascadeConfig, name: str) -> tuple[float, ...]:
+    """`name`'s value; for a fusion or objective weight, its group's weights relative to the group's largest (the
+    ranking depends on the weights' ratios only, and the oracle searches them at the start's scale)."""
+    values = {s.name: s.current for s in parameter_specs(config)}
+    group = name.rsplit(".", 1)[0]
+    if group in ("pre_rank.fusion_weights", "rank.objective_weights"):
+        members = [float(v) for k, v in values.items() if k.rsplit(".", 1)[0] == group]
+        return tuple(v / max(members) for v in members)
+    return (float(values[name]),)
