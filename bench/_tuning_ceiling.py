@@ -74,13 +74,12 @@ class OracleGuidedBrain(OfflineBrain):
         self._value_of = value_of
         self._proposed: set[bytes] = set()
 
-    def _value(self, incumbent: CascadeConfig, base: float, moves: Sequence[_Move]) -> float:
-        """Relative oracle gain of `moves` applied together; −inf when they break a config rule."""
+    def _config(self, incumbent: CascadeConfig, moves: Sequence[_Move]) -> CascadeConfig | None:
+        """`incumbent` with `moves` applied together; None when they break a config rule."""
         try:
-            config = apply_changes(incumbent, [ParamChange(name=m.name, value=m.value) for m in moves])
+            return apply_changes(incumbent, [ParamChange(name=m.name, value=m.value) for m in moves])
         except SchemaError:
-            return float("-inf")
-        return self._value_of(config) / base - 1.0
+            return None
 
     def _single_moves(self, context: ProposalContext, base: float) -> list[_Move]:
         moves: list[_Move] = []
@@ -91,13 +90,16 @@ class OracleGuidedBrain(OfflineBrain):
                 value = step_toward(spec, self._rules.trust, context.guardrails, sign, 1.0)
                 if value is None or value == spec.current:
                     continue
-                move = _Move(0.0, spec.name, value)
-                gain = self._value(context.incumbent, base, [move])
+                config = self._config(context.incumbent, [_Move(0.0, spec.name, value)])
+                gain = -1.0 if config is None else self._value_of(config) / base - 1.0
                 if gain > 0.0:
                     moves.append(_Move(gain, spec.name, value))
         return sorted(moves, key=lambda m: m.gain, reverse=True)[:SHORTLIST]
 
-    def _greedy_set(self, context: ProposalContext, base: float, moves: Sequence[_Move], used: set[str]) -> list[_Move]:
+    def _greedy_set(
+        self, context: ProposalContext, base: float, moves: Sequence[_Move], used: set[str]
+    ) -> tuple[list[_Move], float]:
+        """The greedy set (see the module docstring) and its relative oracle gain; never a config proposed before."""
         chosen: list[_Move] = []
         value = 0.0
         while len(chosen) < context.max_changes:
@@ -106,25 +108,17 @@ class OracleGuidedBrain(OfflineBrain):
             for move in moves:
                 if move.name in names:
                     continue
-                gain = self._value(context.incumbent, base, [*chosen, move])
-                if (
-                    gain > value + _GAIN_EPS
-                    and (best is None or gain > best[0])
-                    and not self._was_proposed(context.incumbent, [*chosen, move])
-                ):
+                config = self._config(context.incumbent, [*chosen, move])
+                if config is None or msgspec.json.encode(config) in self._proposed:
+                    continue
+                gain = self._value_of(config) / base - 1.0
+                if gain > value + _GAIN_EPS and (best is None or gain > best[0]):
                     best = (gain, move)
             if best is None:
                 break
             value, move = best
             chosen.append(move)
-        return chosen
-
-    def _was_proposed(self, incumbent: CascadeConfig, moves: Sequence[_Move]) -> bool:
-        try:
-            config = apply_changes(incumbent, [ParamChange(name=m.name, value=m.value) for m in moves])
-        except SchemaError:
-            return True
-        return msgspec.json.encode(config) in self._proposed
+        return chosen, value
 
     def propose_sync(self, context: ProposalContext) -> list[Proposal]:
         """Up to `context.k` oracle-ranked candidates (see the module docstring)."""
@@ -133,7 +127,7 @@ class OracleGuidedBrain(OfflineBrain):
         used: set[str] = set()
         proposals: list[Proposal] = []
         for _ in range(context.k):
-            chosen = self._greedy_set(context, base, moves, used)
+            chosen, gain = self._greedy_set(context, base, moves, used)
             if not chosen:
                 break
             used.update(m.name for m in chosen)
@@ -142,7 +136,6 @@ class OracleGuidedBrain(OfflineBrain):
             except SchemaError:
                 continue
             self._proposed.add(msgspec.json.encode(config))
-            gain = self._value(context.incumbent, base, chosen)
             title = f"oracle-guided (+{100 * gain:.2g}% true): " + ", ".join(f"{m.name} -> {m.value}" for m in chosen)
             proposal = Proposal(
                 proposal_id=proposal_id_for(effective),
