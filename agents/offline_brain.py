@@ -36,9 +36,10 @@ space and asks it for `context.k` candidates:
   `DiagnosticRules`, at most `max_candidates` per call, default 1): from the
   incumbent's diagnostic readings (control arms, the brain's cohort; finite
   values, the last one wins), e.g. near_duplicate_share >= 0.10 lowers
-  `re_rank.near_duplicate_threshold` (and `mmr_lambda`) by one trust step.
-  Each is trimmed to `max_changes`, vetted like a sampled candidate, and not
-  proposed when it repeats a tried config or one this brain proposed before
+  `re_rank.near_duplicate_threshold` (and, if enabled, `mmr_lambda`) by one
+  trust step.  Each is trimmed to `max_changes`, vetted like a sampled
+  candidate, and not proposed when it repeats a config an arm served (read or
+  registered) or one this brain proposed since the last news
   (`last_diagnostics` says what the rules did).
 - *Ascent candidates* next (`agents.ascent`, `agents.ascent_candidates`;
   `AscentSettings.candidates` per call, default 2): a Bayesian linear model of
@@ -65,6 +66,10 @@ space and asks it for `context.k` candidates:
 Determinism: the sampler seed of call i is derived from (`seed`, i), so two
 brains with the same seed given the same sequence of contexts propose the
 same candidates, and asking again without news does not repeat itself.
+News is the first reading of an arm not seen before; a proposal no arm
+served (refused by the Critic, cut by the power gate) may come back after
+news, since the reason it was not run may have changed.  A config an arm
+served is never proposed again.
 
 Critique returns no verdicts (the Critic's hard rules do the pruning);
 summarise builds an `InsightText` from the context's figures (each effect
@@ -83,12 +88,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, TypeAlias
 
-import msgspec
 import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution
@@ -108,7 +112,6 @@ from agents.brain import (
     Dropped,
     InsightContext,
     InsightText,
-    MetricReading,
     ParamChange,
     ParamSpec,
     ParamValue,
@@ -129,6 +132,7 @@ from agents.diagnostics import (
     diagnostic_proposals,
     incumbent_diagnostics,
 )
+from agents.offline_memory import BrainMemory
 from agents.offline_space import _contains, _Dimension, _dimension, _freeze, _param_value, _rounded, _values
 from agents.offline_text import (
     Direction,
@@ -217,12 +221,10 @@ class OfflineBrain:
         self._cohort = cohort
         self._min_confidence = min_skill_confidence
         self._control = frozenset(control_arms)
-        self._memory_size = memory
         self._attempts = attempts_per_candidate
         self._diagnostics = diagnostics if diagnostics is not None else DiagnosticRules()
         self._ascent = ascent if ascent is not None else AscentSettings()
-        self._arms: OrderedDict[str, CascadeConfig] = OrderedDict()
-        self._readings: OrderedDict[tuple[str, str, str], MetricReading] = OrderedDict()
+        self._memory = BrainMemory(memory)
         self._calls = 0
         self._usage = Usage()
         self._records: deque[CallRecord] = deque(maxlen=_RECORDS_KEPT)
@@ -231,35 +233,16 @@ class OfflineBrain:
         self.last_ascent: tuple[str, ...] = ()  # what the lift model did in the last propose call
         self._lock = asyncio.Lock()  # calls run in a worker thread; one at a time keeps the call index deterministic
 
-    # ---- arms
+    # ---- arms (agents.offline_memory)
 
     def register_arm(self, arm: str, config: CascadeConfig) -> None:
-        """Say which config an arm served, so readings for `arm` warm-start the search."""
-        self._arms[arm] = config
-        self._arms.move_to_end(arm)
-        while len(self._arms) > self._memory_size:
-            self._arms.popitem(last=False)
-
-    def _recall(self, context: ProposalContext) -> ProposalContext:
-        """`context` with the readings of earlier calls it no longer carries prepended (the last reading wins).
-
-        The loop sends at most 64 readings; an arm whose experiment ended long
-        ago drops out of them, but its read still says what its move did.
-        """
-        for reading in context.metrics:
-            key = (reading.arm, reading.name, reading.cohort)
-            self._readings[key] = reading
-            self._readings.move_to_end(key)
-        while len(self._readings) > self._memory_size:
-            self._readings.popitem(last=False)
-        shown = {(r.arm, r.name, r.cohort) for r in context.metrics}
-        older = tuple(r for key, r in self._readings.items() if key not in shown)
-        return msgspec.structs.replace(context, metrics=older + context.metrics) if older else context
+        """Say which config an arm served, so readings for `arm` warm-start the search (never proposed again)."""
+        self._memory.served(arm, config)
 
     def _config_of(self, arm: str, incumbent: CascadeConfig) -> CascadeConfig | None:
         if arm in self._control:
             return incumbent
-        return self._arms.get(arm)
+        return self._memory.config_of(arm)
 
     # ---- Brain protocol
 
@@ -295,7 +278,7 @@ class OfflineBrain:
         """`propose` without the event loop (deterministic for a seed and a sequence of calls)."""
         call = _Call("propose")
         self.last_diagnostics = ()
-        context = self._recall(context)
+        context = self._memory.recall(context)
         call_index = self._calls
         self._calls += 1
         specs = {spec.name: spec for spec in parameter_specs(context.incumbent)}
@@ -318,7 +301,7 @@ class OfflineBrain:
         incumbent_values = _values(context.incumbent)
         distributions = {name: dim.distribution for name, dim in dimensions.items()}
         spec_list = tuple(specs.values())
-        remembered = tried | {_freeze(config) for config in self._arms.values()}
+        remembered = tried | self._memory.remembered()
         proposals.extend(self._diagnostic_proposals(context, specs, remembered, spec_list))
         proposals.extend(
             self._ascent_proposals(context, hints, dimensions, remembered, spec_list, proposals, call_index)
@@ -345,7 +328,7 @@ class OfflineBrain:
             )
             proposals.append(Proposal(proposal_id=pid, title=title, changes=effective, config=config))
         for proposal in proposals:
-            self.register_arm(proposal.proposal_id, proposal.config)
+            self._memory.proposed(proposal.proposal_id, proposal.config)
         outcome: CallOutcome = "ok" if proposals else "malformed"
         if proposals and call.dropped:
             outcome = "partial"

@@ -196,6 +196,20 @@ def test_a_diagnostic_move_already_tried_is_not_repeated() -> None:
     assert diagnostic(fresh.propose_sync(ctx)) == []
 
 
+def test_a_diagnostic_candidate_no_arm_served_comes_back_after_news_and_a_served_one_never_does() -> None:
+    crowded = readings(near_duplicate_share=0.31)
+    brain = OfflineBrain(seed=5)
+    [cut] = diagnostic(brain.propose_sync(context(metrics=crowded)))  # e.g. the power gate cut its arm
+    assert diagnostic(brain.propose_sync(context(metrics=crowded))) == []  # no news: not again
+    news = (*crowded, MetricReading(name="ctr", value=0.04, arm="exp-1.t1"))  # another arm's first read
+    [again] = diagnostic(brain.propose_sync(context(metrics=news)))
+    assert again.config == cut.config
+    brain.register_arm("exp-2.t1", again.config)  # the loop ran it this time
+    more = (*news, MetricReading(name="ctr", value=0.05, arm="exp-3.t1"))
+    assert diagnostic(brain.propose_sync(context(metrics=more))) == []
+    assert any("already tried" in note for note in brain.last_diagnostics)
+
+
 def test_parameters_outside_the_allow_list_are_not_proposed() -> None:
     crowded = readings(near_duplicate_share=0.31)
     paired = DiagnosticRules(crowded_lowers_mmr=True)
