@@ -11,14 +11,13 @@ measured here; every figure comes from the run it reports.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+from _machine import cpu_model
 from _sidecar_propagation import Propagation
 from _sidecar_request_path import CASCADE_CANDIDATES, CASCADE_SETS, Cascade, Overhead
 from _sidecar_stats import FloatArray, pct
@@ -31,15 +30,6 @@ TARGET_CASCADE_P99_MS: Final = 15.0
 TARGET_STORM_RATIO: Final = 1.05
 
 BOOTSTRAP_RESAMPLES: Final = 1_000
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (platform string elsewhere)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 @dataclass(slots=True)

@@ -66,6 +66,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import psutil
+from _machine import cpu_model
 from _pipeline_measure import MB, Placement, Result, assigned_partitions, tree_usage, watch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -473,15 +474,6 @@ async def run(args: argparse.Namespace, work_dir: Path) -> tuple[dict[str, Resul
     finally:
         broker.stop()
     return results, facts
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (platform string elsewhere)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def _ratio(a: float, b: float) -> float:
