@@ -1,8 +1,8 @@
-"""Pure helpers behind the demo's live view: ratio intervals, window bookkeeping, formatting.
+"""Pure helpers behind the demo's live view: ratio intervals, window bookkeeping, small formatters.
 
 `rectune.demo` (the I/O side) feeds closed metric partials into a `WindowBook`,
-asks it which windows are complete, and prints the rows these functions
-format.  Nothing here reads a clock, a socket or a terminal: "now" is passed
+asks it which windows are complete, and prints lines `rectune.demo_view`
+builds from them.  Nothing here reads a clock, a socket or a terminal: "now" is passed
 in, so every function is unit-tested without a broker.
 
 Statistics: the randomisation unit is the user, and users are hashed into a
@@ -18,27 +18,13 @@ public names of the modules the helpers live in, so callers import from
   `relative_lift`, `ArmStats`, `arm_stats`, `Z95`, `DEFAULT_NORTH_STAR`);
 - `rectune.progress_windows`: the window bookkeeping (`WindowBook`,
   `ClosedWindow`);
-- `rectune.progress_format`: the terminal formatting (`table_header`,
-  `LEGEND`, `clock`, `pct`, `format_*`, `plural`, `Status`, `format_status`).
+- `rectune.progress_format`: the small formatters (`clock`, `pct`,
+  `plural`, `format_duration`).
 """
 
 from __future__ import annotations
 
-from rectune.progress_format import (
-    LEGEND,
-    Status,
-    clock,
-    format_arm_row,
-    format_ctr,
-    format_duration,
-    format_lift,
-    format_rate,
-    format_status,
-    format_window,
-    pct,
-    plural,
-    table_header,
-)
+from rectune.progress_format import clock, format_duration, pct, plural
 from rectune.progress_stats import (
     DEFAULT_NORTH_STAR,
     Z95,
@@ -52,25 +38,16 @@ from rectune.progress_windows import ClosedWindow, WindowBook
 
 __all__ = [
     "DEFAULT_NORTH_STAR",
-    "LEGEND",
     "Z95",
     "ArmStats",
     "ClosedWindow",
     "Estimate",
-    "Status",
     "WindowBook",
     "arm_stats",
     "clock",
-    "format_arm_row",
-    "format_ctr",
     "format_duration",
-    "format_lift",
-    "format_rate",
-    "format_status",
-    "format_window",
     "pct",
     "plural",
     "ratio_interval",
     "relative_lift",
-    "table_header",
 ]
