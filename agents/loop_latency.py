@@ -8,8 +8,8 @@ arm) showed, by the config version it served, and refits the model before
 each critique, adding the incumbent's p99 since the last round ended (the
 baseline arms), so the first round is judged on observed latency too.
 
-Callers: `agents.loop.AgentLoop` (`observe_latency` on each running tick,
-`latency_model` before the Critic).  Pure: no I/O, no clock.
+Callers: `agents.loop.AgentLoop` (`observe_latency` on each running tick) and
+`agents.loop_propose.propose_round` (`latency_model` before the Critic).  Pure: no I/O, no clock.
 """
 
 from __future__ import annotations

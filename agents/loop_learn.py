@@ -6,8 +6,9 @@ configs, the Skillhub update, the failed moves remembered) and
 `failure_memory` (the persisted `FailureRec`s as the Critic's
 `FailureMemory`).
 
-Who calls it: `agents.loop.AgentLoop` (`learn` when an experiment ends,
-`failure_memory` before each critique).  The only await is the brain's
+Who calls it: `agents.loop.AgentLoop` (`learn` when an experiment ends) and
+`agents.loop_propose.propose_round` on its behalf (`failure_memory` before
+each critique).  The only await is the brain's
 `summarise`; no other I/O.
 """
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 def failure_memory(failures: Sequence[FailureRec]) -> FailureMemory:
-    """The Critic's memory of failed moves (called by `AgentLoop` before each critique)."""
+    """The Critic's memory of failed moves (called by `agents.loop_propose.propose_round` before each critique)."""
     return FailureMemory(
         records=tuple(
             FailureRecord(

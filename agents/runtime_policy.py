@@ -1,0 +1,122 @@
+"""The agents' policy file: the Online policy and the loop settings of one surface, checked field by field.
+
+What lives here: `parse_policy` (a JSON document `{"online": {...}, "loop":
+{...}}` → `OnlinePolicy` and `LoopSettings`), `load_policy` (the same of a
+file), `PolicyError` (names the field, `policy.online.stages`, and the rule)
+and the fields a file may set (`LOOP_FIELDS`, `ONLINE_FIELDS`).
+
+Who calls it: `rectune agents --policy PATH` (`rectune.agents_cli`,
+`load_policy`), `rectune.demo` and the tests (`parse_policy`), all through
+`agents.runtime`, which re-exports every name.  Parsing is pure;
+`load_policy` only reads the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from agents.experiment import ExperimentError
+from agents.loop import LoopSettings
+from agents.online import OnlinePolicy
+
+
+class PolicyError(ValueError):
+    """A policy file breaks a rule; the message names the field (`policy.online.stages`) and the rule."""
+
+
+#: `LoopSettings` fields a policy file may set (the Critic's rules and latency model stay in code).
+LOOP_FIELDS: Final = (
+    "k",
+    "max_changes",
+    "cooldown_s",
+    "window_s",
+    "min_baseline_requests",
+    "objective",
+    "pre_period_s",
+)
+#: `OnlinePolicy` fields a policy file may set (`surface` comes from the command line).
+ONLINE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(OnlinePolicy) if f.name != "surface")
+
+
+def _section(doc: Mapping[str, Any], name: str, known: Sequence[str]) -> dict[str, Any]:
+    section = doc.get(name, {})
+    if not isinstance(section, dict):
+        msg = f"policy.{name}: must be a JSON object, got {type(section).__name__}"
+        raise PolicyError(msg)
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        msg = f"policy.{name}.{unknown[0]}: unknown field; known: {', '.join(known)}"
+        raise PolicyError(msg)
+    return section
+
+
+def _convert(section: str, values: dict[str, Any], kind: type[Any]) -> Any:
+    try:
+        return msgspec.convert(values, kind)
+    except msgspec.ValidationError as err:
+        rule, _, path = str(err).partition(" - at `$")
+        msg = f"policy.{section}{path.rstrip('`')}: {rule}"
+        raise PolicyError(msg) from err
+    except ExperimentError as err:
+        msg = f"policy.{section}: {err}"
+        raise PolicyError(msg) from err
+
+
+def parse_policy(data: bytes, surface: str, *, window_s: float = 60.0) -> tuple[OnlinePolicy, LoopSettings]:
+    """The Online policy and loop settings of a policy document (JSON `{"online": {...}, "loop": {...}}`).
+
+    Called by `rectune agents --policy PATH` (through `load_policy`) and the
+    tests.  Every key is optional (defaults of `OnlinePolicy` and
+    `LoopSettings`; the loop's `window_s` defaults to the worker's window);
+    an unknown key, a wrong type or a value outside its rule raises
+    `PolicyError` naming the field and the rule.
+    """
+    try:
+        doc = msgspec.json.decode(data)
+    except msgspec.DecodeError as err:
+        msg = f"policy: must be a JSON object ({err})"
+        raise PolicyError(msg) from err
+    if not isinstance(doc, dict):
+        msg = 'policy: must be a JSON object like {"online": {...}, "loop": {...}}'
+        raise PolicyError(msg)
+    unknown = sorted(set(doc) - {"online", "loop"})
+    if unknown:
+        msg = f"policy.{unknown[0]}: unknown section; known: online, loop"
+        raise PolicyError(msg)
+    online = _section(doc, "online", ONLINE_FIELDS)
+    loop = _section(doc, "loop", LOOP_FIELDS)
+    policy: OnlinePolicy = _convert("online", {**online, "surface": surface}, OnlinePolicy)
+    settings: LoopSettings = _convert("loop", {"window_s": window_s, **loop}, LoopSettings)
+    rules = (
+        ("k", settings.k >= 1, ">= 1"),
+        ("max_changes", settings.max_changes >= 1, ">= 1"),
+        ("cooldown_s", settings.cooldown_s >= 0.0, ">= 0"),
+        ("window_s", settings.window_s > 0.0, "> 0"),
+        ("min_baseline_requests", settings.min_baseline_requests >= 0.0, ">= 0"),
+        ("pre_period_s", 0.0 <= settings.pre_period_s < policy.horizon_s, "in [0, online.horizon_s)"),
+        ("objective", bool(settings.objective), "a metric name"),
+    )
+    for name, ok, rule in rules:
+        if not ok:
+            msg = f"policy.loop.{name}: must be {rule}, got {getattr(settings, name)!r}"
+            raise PolicyError(msg)
+    return policy, settings
+
+
+def load_policy(path: Path, surface: str, *, window_s: float = 60.0) -> tuple[OnlinePolicy, LoopSettings]:
+    """`parse_policy` of a file; a missing or unreadable file is a `PolicyError` naming it."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        msg = f"policy: cannot read {path} ({err.strerror or err})"
+        raise PolicyError(msg) from err
+    try:
+        return parse_policy(data, surface, window_s=window_s)
+    except PolicyError as err:
+        msg = f"{path}: {err}"
+        raise PolicyError(msg) from err
