@@ -30,6 +30,14 @@ regressing serving; a topic head behind the served version raises one
 Hosting: an asyncio ranker awaits `start()` / `stop()`; a sync ranker calls
 `start_in_thread()` / `stop_thread()` (a private event loop on a daemon thread,
 `serving_sidecar.sink.LoopThread`, which may be shared with the sinks).
+
+Layout.  This module is the I/O edge: `ConfigConsumer` (the aiokafka loop,
+the Redis last-known-good restore and saves, the hosting on an event loop or
+a thread, the counters of those).  The fold itself, with no I/O, lives in
+`serving_sidecar.config_fold`: `ConfigFold` (the base `ConfigConsumer`
+extends: what to do with a record, refusals and their alerts, restarting the
+fold, stale-config detection), `carried_open_arms`, `RefusedRecord` and
+`ConsumerStats`; they are re-exported from here (`__all__`).
 """
 
 from __future__ import annotations
@@ -37,81 +45,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final, Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
-from schemas.alerts import Alert, AlertKind, Detail
-from schemas.config import ConfigError
-from schemas.config_log import ConfigChange, Keyring, ServingState, apply, decode_change
-from schemas.errors import SignatureError
+from schemas.alerts import Alert
+from schemas.config_log import Keyring
 from schemas.guardrails import Guardrails
 from schemas.topics import CONFIG
+from serving_sidecar.config_fold import ConfigFold, ConsumerStats, RefusedRecord, carried_open_arms
 from serving_sidecar.holder import ConfigHolder, Snapshot
 from serving_sidecar.lkg import LkgStore, encode_lkg, make_lkg, restore
 from serving_sidecar.loop_thread import LoopThread, cancel_requested
 
+__all__ = ["ConfigConsumer", "ConfigFold", "ConsumerStats", "RefusedRecord", "carried_open_arms"]
+
 log = logging.getLogger(__name__)
 
-_MAX_MESSAGE: Final = 4000
-_KEEP_REFUSALS: Final = 100
 
-
-@dataclass(frozen=True, slots=True)
-class RefusedRecord:
-    """One config-topic record the consumer refused, and why (kept for inspection, newest last)."""
-
-    offset: int
-    version: int | None
-    author: str | None
-    field: str
-    rule: str
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerStats:
-    """Counters of a config consumer (read from any thread)."""
-
-    records: int
-    accepted: int
-    refused: int
-    applied_version: int
-    served_version: int | None
-    next_offset: int
-    errors: int
-    reconnects: int
-    resets: int
-    lkg_saves: int
-    lkg_failures: int
-    caught_up: bool
-
-
-def carried_open_arms(old: Snapshot, new: Snapshot) -> frozenset[str]:
-    """Breaker-opened arms of `old` that stay open in `new`.
-
-    An arm stays open while it is the same arm of the same experiment serving
-    the same config version; a new experiment, or an arm re-pointed at another
-    config, starts closed (the breaker judges it afresh).
-    """
-    if old.allocation is None or new.allocation is None:
-        return frozenset()
-    if old.allocation.experiment_id != new.allocation.experiment_id:
-        return frozenset()
-    return frozenset(
-        arm
-        for arm in old.open_arms
-        if arm in new.arms and arm in old.arms and new.arms[arm].config_version == old.arms[arm].config_version
-    )
-
-
-class ConfigConsumer:
+class ConfigConsumer(ConfigFold):
     """Folds `rectune.config` into `holder` in the background (see the module docstring).
 
     `keyring` verifies signatures (built from RECTUNE_CONFIG_KEYS by the
@@ -140,14 +94,9 @@ class ConfigConsumer:
         backoff_max_s: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(holder, keyring, guardrails, alert_sink, source_id, topic=topic, clock=clock)
         self.bootstrap = bootstrap
-        self.topic = topic
-        self.source_id = source_id
-        self._holder = holder
-        self._keyring = keyring
-        self._guardrails = guardrails
         self._lkg = lkg
-        self._alerts = alert_sink
         self._poll_ms = poll_ms
         # How long the broker may hold an empty fetch: the floor of propagation
         # latency (aiokafka's 500 ms default made a change take ~140 ms to arrive).
@@ -155,21 +104,9 @@ class ConfigConsumer:
         self._verify_interval_s = verify_interval_s
         self._request_timeout_ms = request_timeout_ms
         self._backoff_max_s = backoff_max_s
-        self._clock = clock
-        self._state = ServingState()
-        self._next_offset = 0
-        self._last_value: bytes | None = None  # value of the record at _next_offset - 1
-        self._alert_from_offset = 0
         self._lkg_version = 0
-        self._stale_alerted: tuple[int, int] | None = None
-        self.caught_up = threading.Event()
-        self.refusals: deque[RefusedRecord] = deque(maxlen=_KEEP_REFUSALS)
-        self._records = 0
-        self._accepted = 0
-        self._refused = 0
         self._errors = 0
         self._reconnects = 0
-        self._resets = 0
         self._lkg_saves = 0
         self._lkg_failures = 0
         self._task: asyncio.Task[None] | None = None
@@ -178,16 +115,6 @@ class ConfigConsumer:
         self._owns_thread = False
 
     # -- observation (any thread) ------------------------------------------------------
-
-    @property
-    def state(self) -> ServingState:
-        """The folded state (it may trail the served snapshot while catching up after an LKG restore)."""
-        return self._state
-
-    @property
-    def applied_version(self) -> int:
-        """Version of the last accepted change in this consumer's fold."""
-        return self._state.version
 
     def stats(self) -> ConsumerStats:
         """A copy of the counters."""
@@ -260,111 +187,7 @@ class ConfigConsumer:
         if self._owns_thread:
             thread.stop()
 
-    # -- the fold (pure apart from the holder, alerts and the LKG) ---------------------------
-
-    def apply_record(self, offset: int, value: bytes | None) -> bool:
-        """Apply one config-topic record; True if accepted.  Called by the loop, and by tests directly."""
-        self._records += 1
-        change: ConfigChange | None = None
-        try:
-            if value is None:
-                msg = "$"
-                raise ConfigError(msg, "a config record must have a value", hint="see schemas/config_log.py")
-            change = decode_change(value)
-            new = apply(self._state, change, self._keyring, self._guardrails)
-        except (ConfigError, SignatureError) as err:
-            self._on_refused(offset, change, err.field, err.rule, err)
-            return False
-        except Exception as err:  # a hostile record must never stop the fold
-            self._on_refused(offset, change, "$", f"could not be applied ({type(err).__name__}: {err})", err)
-            return False
-        self._state = new
-        self._accepted += 1
-        self._serve(new)
-        return True
-
-    def _serve(self, state: ServingState) -> None:
-        fresh = Snapshot.from_state(state)
-
-        def build(current: Snapshot) -> Snapshot:
-            if current.version > state.version:
-                return current  # catching up behind last-known-good: never regress serving
-            return fresh.with_open_arms(carried_open_arms(current, fresh))
-
-        if self._holder.update(build) is None:
-            self._holder.swap(fresh)
-
-    def _on_refused(self, offset: int, change: ConfigChange | None, field: str, rule: str, err: BaseException) -> None:
-        self._refused += 1
-        version = change.version if change is not None else None
-        author = change.author if change is not None else None
-        self.refusals.append(RefusedRecord(offset, version, author, field, rule, type(err).__name__))
-        if offset < self._alert_from_offset:
-            # Already alerted by whoever saved the last-known-good we started from.
-            log.info("config record at offset %d (version %s) refused again on replay: %s", offset, version, err)
-            return
-        log.error("config record at offset %d (version %s) refused: %s", offset, version, err)
-        details = [
-            Detail("version", "" if version is None else str(version)),
-            Detail("offset", str(offset)),
-            Detail("field", field),
-            Detail("rule", rule),
-            Detail("error", type(err).__name__),
-            Detail("head_version", str(self._state.version)),
-        ]
-        if author is not None:
-            details.append(Detail("author", author))
-        what = f"version {version}" if version is not None else f"record at offset {offset}"
-        self._alert("config_refused", "critical", f"config change {what} refused: {field}: {rule}", version, details)
-
-    def _alert(
-        self,
-        kind: AlertKind,
-        severity: Literal["warning", "critical"],
-        message: str,
-        version: int | None,
-        details: list[Detail],
-    ) -> None:
-        if self._alerts is None:
-            return
-        alert = Alert(
-            schema_version=1,
-            kind=kind,
-            severity=severity,
-            source=self.source_id,
-            message=message[:_MAX_MESSAGE],
-            at_ms=int(self._clock() * 1000),
-            config_version=version,
-            details=tuple(details),
-        )
-        try:
-            self._alerts(alert)
-        except Exception:  # alerting must never stop the fold
-            log.exception("could not hand an alert to the alert sink")
-
-    def _reset(self, why: str) -> None:
-        log.warning("config topic %s: %s; folding again from offset 0 (serving is kept)", self.topic, why)
-        self._state = ServingState()
-        self._next_offset = 0
-        self._last_value = None
-        self._resets += 1
-        self.caught_up.clear()
-
-    def _check_stale(self) -> None:
-        served = self._holder.snapshot()
-        if served is None or self._state.version >= served.version:
-            return
-        pair = (self._state.version, served.version)
-        if self._stale_alerted == pair:
-            return
-        self._stale_alerted = pair
-        message = (
-            f"config topic head is version {self._state.version}, behind the served version {served.version};"
-            " keeping the served config"
-        )
-        log.warning(message)
-        details = [Detail("topic_head", str(self._state.version)), Detail("served_version", str(served.version))]
-        self._alert("stale_config", "warning", message, served.version, details)
+    # -- last-known-good (Redis) ---------------------------------------------------------
 
     async def _persist(self) -> None:
         store = self._lkg
@@ -471,11 +294,7 @@ class ConfigConsumer:
             records = batch.get(tp, [])
             if records:
                 for record in records:
-                    if record.offset < self._next_offset:
-                        continue  # already folded (re-delivery after a reconnect or a verification)
-                    self.apply_record(record.offset, record.value)
-                    self._next_offset = record.offset + 1
-                    self._last_value = record.value
+                    self._fold_next(record.offset, record.value)
                 await self._persist()
                 continue
             if not self.caught_up.is_set() and self._next_offset >= end:
@@ -509,8 +328,7 @@ class ConfigConsumer:
         records = (await consumer.getmany(tp, timeout_ms=1_000, max_records=1)).get(tp, [])
         if records:
             # When it is the same, the position is back at next_offset and later records come as usual.
-            first = records[0]
-            return bool(first.offset != self._next_offset - 1 or first.value != self._last_value)
+            return self._differs_from_folded(records[0].offset, records[0].value)
         end: int = (await consumer.end_offsets([tp]))[tp]
         consumer.seek(tp, self._next_offset)
         # Nothing came back: replaced if the log is now shorter than what we folded (on the
