@@ -203,7 +203,7 @@ async def watch(
 ) -> Result:
     """Time a group of processes: items of `placement` below the group's committed offsets, polled every 0.1 s.
 
-    Called by `bench/pipeline.py` for every variant.  The rate is (items at
+    Called by `_pipeline_groups.measure` for every variant.  The rate is (items at
     the last poll − items at the first poll that showed progress) / (time
     between them): start-up and the first commit interval are excluded, both
     ends carry the same commit and poll delays.  Peak RSS is, per process, the
