@@ -12,7 +12,7 @@ retried at half a step, then dropped — the brain builds candidates the Critic
 will keep instead of wasting an arm slot.  Steps the guard model (conversion
 reads) shows to be costly are never taken.  Each candidate is vetted with
 `vet_in_context` and the brain's repeat check.  Called by
-`agents.offline_brain.OfflineBrain.propose_sync`.
+`agents.offline_candidates.ascent_round` (for `OfflineBrain.propose_sync`).
 """
 
 from __future__ import annotations

@@ -224,8 +224,9 @@ def diagnostic_moves(
 ) -> list[DiagnosticMove]:
     """Every rule that fires on the incumbent's `readings`, in rule order (see the module docstring).
 
-    Called by `OfflineBrain.propose_sync` before its sampler asks; the brain
-    vets, de-duplicates and keeps at most `rules.max_candidates` of them.
+    Called by `agents.offline_candidates.diagnostic_candidates` (for
+    `OfflineBrain.propose_sync`) before the sampler asks; the brain vets,
+    de-duplicates and keeps at most `rules.max_candidates` of them.
     """
     specs = {spec.name: spec for spec in parameter_specs(incumbent)}
     allow = frozenset(allowed) or frozenset(specs)
@@ -296,7 +297,7 @@ def diagnostic_proposals(
     main ones) and vetted with `vet_proposal` (allow-list, guardrails,
     cross-field rules); `repeat_reason(config, earlier)` (the brain's
     tried-config and near-duplicate check) returns why a config must not be
-    proposed, "" when it may.  Called by `OfflineBrain.propose_sync`.
+    proposed, "" when it may.  Called by `agents.offline_candidates.diagnostic_candidates`.
     """
     out: list[Proposal] = []
     notes: list[str] = []

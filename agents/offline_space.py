@@ -7,8 +7,9 @@ narrowed by hints; None when it is a single point), `_contains`,
 param → a config value, rounded to `_DECIMALS`), `_values` (a config's
 tunable values) and `_freeze` (a config's identity for repeat checks).
 
-Who calls it: `agents.offline_brain.OfflineBrain` when it builds a study,
-warm-starts it and turns each ask into a candidate.  Pure: no I/O.
+Who calls it: the offline brain (`agents.offline_study` when it builds and
+warm-starts a study, `agents.offline_candidates` when it turns each ask into a
+candidate, `agents.offline_memory` for repeat checks).  Pure: no I/O.
 """
 
 from __future__ import annotations

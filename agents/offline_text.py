@@ -4,7 +4,8 @@ Lives here: `Objective` (a metric the brain optimises), the past-trial
 evidence the sampler is warm-started from (`_Trial`, `_Evidence`, `_slope`),
 and the text the brain writes — `hypothesis_text`, `rationale_text`,
 `insight_summary` and the small formatters.  Callers:
-`agents.offline_brain.OfflineBrain` (which re-exports `Objective`).
+`agents.offline_brain.OfflineBrain` (which re-exports `Objective`),
+`agents.offline_study` and `agents.offline_candidates`.
 """
 
 from __future__ import annotations
