@@ -155,7 +155,12 @@ def _changes(frame: _Frame, directions: Sequence[Direction], fraction: float, ho
                 value=value,
                 hypothesis=clip_text(
                     f"{verb} {spec.name} {spec.current} -> {value}: the lift model expects "
-                    f"{100 * direction.gain * fraction:+.2g}% on the objective for this step",
+                    f"{100 * direction.sign * mean * fraction + 0.0:+.2g}% on the objective for this step"
+                    + (
+                        ""
+                        if direction.gain == abs(mean)
+                        else f" (the posterior draw: {100 * direction.gain * fraction:+.2g}%)"
+                    ),
                     MAX_HYPOTHESIS_CHARS,
                 ),
                 rationale=clip_text(why, MAX_RATIONALE_CHARS),
@@ -296,7 +301,8 @@ def ascent_candidates(
             notes.append(f"ascent ({how}): not proposed, {reason}")
             continue
         pid = proposal_id_for(changes)
-        gain = sum(d.gain for d in directions)
+        # the posterior mean of the move, not the draw that chose it (a draw from a wide prior overstates)
+        gain = sum(d.sign * model.effect(d.name) for d in directions) + 0.0  # no "-0%"
         moved = ", ".join(f"{c.name.split('.', 1)[-1]} -> {c.value}" for c in changes)
         title = clip_text(f"offline ascent ({100 * gain:+.2g}% expected): {moved}", MAX_TITLE_CHARS)
         out.append(Proposal(proposal_id=pid, title=title, changes=tuple(changes), config=config))

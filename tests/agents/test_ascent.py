@@ -251,3 +251,16 @@ def test_steps_known_to_cost_the_guardrail_metric_are_not_proposed() -> None:
     off = AscentSettings(candidates=1, guard_metric=None)
     greedy, _ = ascent_candidates(context, CriticRules(), off, inputs)
     assert greedy[0].config.re_rank.near_duplicate_threshold < base.re_rank.near_duplicate_threshold
+
+
+def test_a_draw_from_the_prior_is_not_sold_as_an_expected_gain() -> None:
+    """With no evidence the posterior mean is 0: the text says so, and names the draw's figure as a draw."""
+    brain = OfflineBrain(seed=3, objectives=(Objective("clicks_per_request"),))
+    proposals = brain.propose_sync(ProposalContext(surface="home", incumbent=default_config(), k=3, max_changes=3))
+    drawn = [p for p in proposals if p.title.startswith("offline ascent")]
+    assert drawn
+    for proposal in drawn:
+        assert proposal.title.startswith("offline ascent (+0% expected)"), proposal.title
+        for change in (c for c in proposal.changes if "lift model" in c.hypothesis):  # not a floor companion
+            assert "expects +0% on the objective" in change.hypothesis, change.hypothesis
+            assert "(the posterior draw: " in change.hypothesis
