@@ -80,6 +80,16 @@ class SkillPolicy:
     the confidence a skill needs to steer `search_space`; `max_evidence`: the
     evidence kept per skill (oldest dropped; counts stay in support/against);
     `guardrails_contradict`: a significant guardrail harm contradicts the skill.
+
+    `search_confidence` (default 0.6, the same bar as `active_confidence`): a
+    skill is born from one significant win whose weight is shared among the m
+    parameters the arm changed (times the read's probability of a gain, about
+    1 for a clear win), so its confidence is about (1 + 1/m)/(2 + 1/m): 0.67
+    when the arm changed it alone, just under 0.60 with one other parameter,
+    0.57 with two.  A shared win cannot say which parameter paid, and letting
+    it steer confined round after round to parameters that mostly rode along;
+    such a skill steers once a second win backs it (two wins shared three
+    ways: 0.62).  At 0.5, the prior's own mean, every skill would steer.
     """
 
     prior_support: float = 1.0
@@ -88,7 +98,7 @@ class SkillPolicy:
     nonsignificant_weight: float = 0.2
     retire_strikes: int = 2
     active_confidence: float = 0.6
-    search_confidence: float = 0.5
+    search_confidence: float = 0.6
     max_evidence: int = 64
     guardrails_contradict: bool = True
 

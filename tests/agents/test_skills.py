@@ -312,3 +312,14 @@ def test_policy_is_validated() -> None:
         SkillPolicy(retire_strikes=0)
     with pytest.raises(ValueError, match="nonsignificant_weight"):
         SkillPolicy(nonsignificant_weight=2.0)
+
+
+def test_a_shared_win_steers_the_search_only_once_a_second_win_backs_it() -> None:
+    def space(*insights: Insight) -> tuple[str, ...]:
+        skills, _ = update_skills([], list(insights), now_ms=0)
+        return search_parameters(search_space(skills, "home", "all", incumbent=default_config()))
+
+    assert space(win("e1", cohort="all", co_changed=1)) == (LAMBDA,)  # its own win
+    assert space(win("e1", cohort="all", co_changed=2)) == ()  # which of the two paid is unknown
+    assert space(win("e1", cohort="all", co_changed=3)) == ()
+    assert space(win("e1", cohort="all", co_changed=3), win("e2", cohort="all", co_changed=3, at_ms=2_000)) == (LAMBDA,)
