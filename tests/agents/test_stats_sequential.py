@@ -53,7 +53,7 @@ def test_mixing_ratio_and_boundary() -> None:
 def test_log_likelihood_ratio_is_the_normal_mixture() -> None:
     d, v, tau2 = 0.7, 0.09, 0.25
     theta = np.linspace(-6, 6, 200_001)
-    prior = np.exp(-theta**2 / (2 * tau2)) / math.sqrt(2 * math.pi * tau2)
+    prior = np.exp(-(theta**2) / (2 * tau2)) / math.sqrt(2 * math.pi * tau2)
     lr = np.exp((theta * d - theta**2 / 2) / v)
     numeric = float(np.sum(lr * prior) * (theta[1] - theta[0]))
     assert math.exp(float(log_likelihood_ratio(d, v, tau2))) == pytest.approx(numeric, rel=1e-6)
