@@ -54,16 +54,15 @@ class BrainMemory:
         self._size = size
         self._arms: OrderedDict[str, CascadeConfig] = OrderedDict()
         self._served: OrderedDict[bytes, None] = OrderedDict()
-        self._unserved: dict[bytes, int] = {}  # own proposals no arm served → the news count when proposed
+        self._unserved: set[bytes] = set()  # own proposals no arm served, made since the last news
         self._read_arms: OrderedDict[str, None] = OrderedDict()
         self._readings: OrderedDict[tuple[str, str, str], MetricReading] = OrderedDict()
-        self._news = 0
 
     def served(self, arm: str, config: CascadeConfig) -> None:
         """An arm serves `config` (the loop said so): resolve its readings, never propose `config` again."""
         _put(self._arms, arm, config, self._size)
         key = _freeze(config)
-        self._unserved.pop(key, None)
+        self._unserved.discard(key)
         _put(self._served, key, None, self._size)
 
     def proposed(self, proposal_id: str, config: CascadeConfig) -> None:
@@ -71,7 +70,7 @@ class BrainMemory:
         _put(self._arms, proposal_id, config, self._size)
         key = _freeze(config)
         if key not in self._served:
-            self._unserved.setdefault(key, self._news)
+            self._unserved.add(key)
 
     def config_of(self, arm: str) -> CascadeConfig | None:
         """The config `arm` served or a proposal id stands for, None when unknown."""
@@ -79,15 +78,14 @@ class BrainMemory:
 
     def remembered(self) -> set[bytes]:
         """Frozen configs not to propose: every served one, and own proposals made since the last news."""
-        self._unserved = {key: news for key, news in self._unserved.items() if news == self._news}
-        return set(self._served) | set(self._unserved)
+        return set(self._served) | self._unserved
 
     def recall(self, context: ProposalContext) -> ProposalContext:
         """`context` with the readings of earlier calls it no longer carries prepended (the last reading wins)."""
         for reading in context.metrics:
             _put(self._readings, (reading.arm, reading.name, reading.cohort), reading, self._size)
-            if reading.arm not in self._read_arms:
-                self._news += 1
+            if reading.arm not in self._read_arms:  # news: held-back proposals may be proposed again
+                self._unserved.clear()
             _put(self._read_arms, reading.arm, None, self._size)
         shown = {(r.arm, r.name, r.cohort) for r in context.metrics}
         older = tuple(r for key, r in self._readings.items() if key not in shown)
