@@ -130,7 +130,9 @@ def _forced(specs: Mapping[str, ParamSpec], inputs: AscentInputs) -> list[ParamC
     return out
 
 
-def _changes(frame: _Frame, directions: Sequence[Direction], fraction: float, how: str) -> list[ParamChange]:
+def _changes(
+    frame: _Frame, directions: Sequence[Direction], fraction: float, how: str, drawn: bool
+) -> list[ParamChange]:
     specs, rules, context, model, inputs = frame.specs, frame.rules, frame.context, frame.model, frame.inputs
     out = _forced(specs, inputs)
     forced = {c.name for c in out}
@@ -156,11 +158,7 @@ def _changes(frame: _Frame, directions: Sequence[Direction], fraction: float, ho
                 hypothesis=clip_text(
                     f"{verb} {spec.name} {spec.current} -> {value}: the lift model expects "
                     f"{100 * direction.sign * mean * fraction + 0.0:+.2g}% on the objective for this step"
-                    + (
-                        ""
-                        if direction.gain == abs(mean)
-                        else f" (the posterior draw: {100 * direction.gain * fraction:+.2g}%)"
-                    ),
+                    + (f" (the posterior draw: {100 * direction.gain * fraction:+.2g}%)" if drawn else ""),
                     MAX_HYPOTHESIS_CHARS,
                 ),
                 rationale=clip_text(why, MAX_RATIONALE_CHARS),
@@ -220,11 +218,13 @@ def _vet(
     return list(effective), config, diversity_problems(config, context.incumbent, rules.diversity, context.surface)
 
 
-def _build(frame: _Frame, directions: Sequence[Direction], how: str) -> tuple[list[ParamChange], CascadeConfig] | str:
+def _build(
+    frame: _Frame, directions: Sequence[Direction], how: str, drawn: bool
+) -> tuple[list[ParamChange], CascadeConfig] | str:
     """Vetted changes and config for `directions` (a full step, else half a step), or why there are none."""
     reason = "no parameter can step that way"
     for fraction in (1.0, 0.5):
-        changes = _changes(frame, directions, fraction, how)
+        changes = _changes(frame, directions, fraction, how, drawn)
         if not changes:
             continue
         vetted = _vet(changes, frame.rules, frame.context)
@@ -291,7 +291,7 @@ def ascent_candidates(
         if not directions or key in seen:
             continue
         seen.add(key)
-        built = _build(frame, directions, how)
+        built = _build(frame, directions, how, drawn=rng is not None)
         if isinstance(built, str):
             notes.append(f"ascent ({how}): refused, {built}")
             continue
