@@ -1,0 +1,126 @@
+"""Is the power gate's variance honest?  Planned against realised standard errors in the simulated loop.
+
+The Online agent's power gate plans each experiment from the incumbent's
+recent traffic: a variance per request (`agents.online_policy.
+baseline_from_totals`, times the CUPED ratio the last reads showed,
+`agents.loop_plan`) that it scales as 1/N to the horizon.  This bench runs
+the agents' loop (`rectune.simloop`, offline brain) on each scenario and
+compares, for every treatment arm read at least `--min-requests` times,
+
+    realised  = the read's standard error of the difference (CUPED-adjusted
+                when the read was), at the end of the arm's experiment;
+    planned   = sqrt(v / n_t + v / n_c), the plan's variance per request v at
+                the arm's *realised* request counts n_t, n_c,
+
+so a ratio of 1 means the gate's 1/N model held; a ratio r means every MDE
+the gate reported was about r times too small (the detection it promised
+needs r² times the traffic).  The ratio is a property of the world's users
+(a fixed population whose propensities persist) and the plan's model, not of
+the machine: no baseline run is needed.
+
+Usage: `.venv/bin/python bench/power_calibration.py [--seeds 3] [--days 28] [--jobs 2]`.
+Last line: one JSON object {scenario: {"arms", "median_ratio", "q25", "q75",
+"raw_median_ratio"}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rectune.simloop import preset_for, run_simloop  # noqa: E402
+from schemas.config import default_config  # noqa: E402
+from simulator.scenario import load_scenario  # noqa: E402
+from simulator.world import World  # noqa: E402
+
+SCENARIOS = ("apparel_core", "apparel_seasonal", "apparel_thin")
+
+
+def run_one(args: tuple[str, int, float, float]) -> list[tuple[float, float]]:
+    """(realised / planned, raw / planned) for each arm of one simulated run (called in a worker process)."""
+    name, seed, days, min_requests = args
+    scenario = load_scenario(name)
+    world = World(scenario, seed=seed)
+    budget_s = days * 86_400.0
+    sim = asyncio.run(
+        run_simloop(world, budget_s=budget_s, seed=seed, preset=preset_for(scenario, budget_s), start=default_config())
+    )
+    planned_variance: dict[str, float] = {}
+    last_read: dict[str, dict[str, Any]] = {}
+    for record in sim.records:
+        payload = record.get("payload")
+        if not isinstance(payload, dict):
+            continue
+        if record.get("kind") == "allocation":
+            figures = {f["name"]: f["value"] for f in payload.get("figures", [])}
+            if "variance_per_request" in figures:
+                planned_variance[str(record.get("experiment_id"))] = float(figures["variance_per_request"])
+        for read in payload.get("reads") or []:
+            last_read[read["arm_id"]] = read  # the last read of an arm is its final one
+    out: list[tuple[float, float]] = []
+    for arm, read in last_read.items():
+        v = planned_variance.get(arm.rsplit(".", 1)[0])
+        n_t, n_c = float(read["treatment_requests"]), float(read["control_requests"])
+        if v is None or not (v > 0.0 and n_t >= min_requests and n_c > 0.0):
+            continue
+        planned = math.sqrt(v / n_t + v / n_c)
+        realised = float(read["difference_se"])
+        ratio = read.get("variance_ratio")
+        raw = realised / math.sqrt(ratio) if read.get("cuped") and ratio else realised
+        out.append((realised / planned, raw / planned))
+    return out
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the loop on every scenario and seed; print the ratios per scenario and the JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--days", type=float, default=28.0)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--min-requests", type=float, default=5_000.0, help="treatment requests an arm needs")
+    parser.add_argument("--scenario", action="append", help="scenario name or path (default: the three shipped)")
+    args = parser.parse_args(argv)
+    names = tuple(args.scenario or SCENARIOS)
+    jobs = [(name, seed, args.days, args.min_requests) for name in names for seed in range(args.seeds)]
+    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+        results = list(pool.map(run_one, jobs))
+    summary: dict[str, dict[str, float]] = {}
+    for name in names:
+        rows = [row for (n, *_), found in zip(jobs, results, strict=True) if n == name for row in found]
+        if not rows:
+            continue
+        ratios = [r for r, _ in rows]
+        summary[name] = {
+            "arms": float(len(rows)),
+            "median_ratio": statistics.median(ratios),
+            "q25": _quantile(ratios, 0.25),
+            "q75": _quantile(ratios, 0.75),
+            "raw_median_ratio": statistics.median(raw for _, raw in rows),
+        }
+        s = summary[name]
+        print(
+            f"{name:18s} {len(rows):3d} arms  realised / planned se: median {s['median_ratio']:.2f} "
+            f"[IQR {s['q25']:.2f}–{s['q75']:.2f}]; without CUPED {s['raw_median_ratio']:.2f}"
+        )
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
