@@ -2,8 +2,9 @@
 
 What lives here: `brain_readings` (the `ProposalContext.metrics` of a round:
 at most `_MAX_READINGS` `MetricReading`s, in priority order),
-`GUARD_CONVERSION` (the conversion guardrail's ratio as the brain reads it)
-and `_ratio_reading` (one arm's ratio with its 95% interval).
+`GUARD_CONVERSION` (the conversion guardrail's ratio as the brain reads it),
+`_ratio_reading` (one arm's ratio with its 95% interval) and `_cuped_readings`
+(an experiment's arms adjusted with their A/A pre-period, as the Online agent reads them).
 
 Who calls it: `agents.loop.AgentLoop._metrics` (for the idle phase,
 `agents.loop_propose`); `GUARD_CONVERSION` is re-exported by `agents.loop`.
@@ -20,10 +21,13 @@ from agents.diagnostics import diagnostic_values
 from agents.loop_baseline import _TREATMENT_ARM, is_pre_period_arm
 from agents.loop_state import LoopInput
 from agents.online import OnlinePolicy
+from agents.stats.cuped import cuped_ratio
+from agents.stats.errors import StatsError
 from agents.stats.ratio import ratio_from_sums
-from schemas.metrics import ArmTotals
+from schemas.metrics import FIELD_INDEX, ArmTotals
 
 _MAX_READINGS: Final = 64
+_Z95: Final = 1.959963984540054
 
 #: the conversion guardrail's ratio as the brain reads it (`agents.insight.METRICS` name, numerator, denominator)
 GUARD_CONVERSION: Final = ("conversion_rate", "conversions", "requests")
@@ -41,11 +45,53 @@ def _ratio_reading(name: str, numerator: str, denominator: str, arm_id: str, tot
     )
 
 
+def _cuped_readings(
+    name: str, numerator: str, denominator: str, arms: list[tuple[str, ArmTotals]], inp: LoopInput
+) -> dict[str, MetricReading]:
+    """Each experiment arm's ratio adjusted with its A/A pre-period covariates (CUPED), with its 95% interval.
+
+    The Online agent decides on these adjusted reads (`agents.online_primary`);
+    the raw ones carry the between-user variance of a returning population
+    that the pre-period explains (the reads' variance ratio is often 0.2), so
+    a brain fed raw intervals learns from each arm about a fifth of what it
+    says.  An experiment counts when every one of its arms (`<exp>.c`,
+    `<exp>.t<N>`) has its pre-period totals (`<exp>.pre.c`, …) in `inp`; the
+    fit pools θ over its arms as the Online agent does.  Arms whose fit fails
+    or is not finite keep their raw reading.
+    """
+    by_experiment: dict[str, list[tuple[str, ArmTotals]]] = {}
+    for arm_id, totals in arms:
+        if _TREATMENT_ARM.search(arm_id):
+            by_experiment.setdefault(arm_id.rsplit(".", 1)[0], []).append((arm_id, totals))
+    out: dict[str, MetricReading] = {}
+    num, den = FIELD_INDEX[numerator], FIELD_INDEX[denominator]
+    for experiment, members in by_experiment.items():
+        pre = [inp.totals.get(f"{experiment}.pre.{arm_id.rsplit('.', 1)[1]}") for arm_id, _ in members]
+        if len(members) < 2 or any(p is None for p in pre):
+            continue
+        try:
+            fit = cuped_ratio(
+                [(t.sums[num], t.sums[den]) for _, t in members],
+                [(p.sums[num], p.sums[den]) for p in pre if p is not None],
+            )
+        except (StatsError, ValueError):
+            continue
+        for (arm_id, _), arm in zip(members, fit.arms, strict=True):
+            if not (math.isfinite(arm.value) and math.isfinite(arm.variance) and arm.variance >= 0.0):
+                continue
+            half = _Z95 * math.sqrt(arm.variance)
+            out[arm_id] = MetricReading(
+                name=name, value=arm.value, lower=arm.value - half, upper=arm.value + half, arm=arm_id
+            )
+    return out
+
+
 def brain_readings(policy: OnlinePolicy, inp: LoopInput) -> tuple[MetricReading, ...]:
     """The brain's readings (at most 64), in priority order: the incumbent arms' diagnostics
     (`agents.diagnostics.diagnostic_values`: near_duplicate_share, categories_per_list, fresh_share,
     long_tail_share; NaN left out — the diagnostic rules read them), then each arm's primary metric (the Online
-    policy's) with its 95% interval (the brain's warm start and lift model), then the experiment arms'
+    policy's) with its 95% interval (the brain's warm start and lift model; CUPED-adjusted for an experiment's
+    arms when its A/A pre-period covers them, `_cuped_readings`), then the experiment arms'
     diagnostics.  A/A pre-period arms serve the incumbent and are left out.  A brain that needs more history
     than fits keeps it itself (the offline brain remembers every reading it was shown)."""
     metric = policy.primary
@@ -59,7 +105,12 @@ def brain_readings(policy: OnlinePolicy, inp: LoopInput) -> tuple[MetricReading,
     if policy.guardrails.conversion_margin is not None:
         ratios.append(GUARD_CONVERSION)  # so a brain can learn which moves cost conversions
     for name, numerator, denominator in ratios:
-        out.extend(r for arm_id, totals in arms if (r := _ratio_reading(name, numerator, denominator, arm_id, totals)))
+        adjusted = _cuped_readings(name, numerator, denominator, arms, inp)
+        out.extend(
+            r
+            for arm_id, totals in arms
+            if (r := adjusted.get(arm_id) or _ratio_reading(name, numerator, denominator, arm_id, totals))
+        )
     for arm_id, totals in experiment:
         out.extend(MetricReading(name=n, value=v, arm=arm_id) for n, v in diagnostic_values(totals).items())
     return tuple(out[:_MAX_READINGS])
