@@ -177,6 +177,7 @@ def experiment_insights(
     metrics: Sequence[str] = DEFAULT_METRICS,
     level: float = DEFAULT_LEVEL,
     at_ms: int,
+    covariates: Mapping[str, Mapping[str, ArmTotals]] | None = None,
 ) -> InsightReport:
     """The insights of one decided experiment.
 
@@ -184,8 +185,11 @@ def experiment_insights(
     `ALL_COHORTS` read if you want one); `control_config` is the incumbent
     the arms' changes were made against (its `surface` overrides applied);
     `objective` is the metric the experiment optimised (every other metric
-    in `metrics` is a guardrail).  Cohorts where an arm has no totals or a
-    metric cannot be read are listed in `skipped`, never raised.
+    in `metrics` is a guardrail).  `covariates` maps cohort → arm id → the
+    arm's A/A pre-period totals: a pair of arms that both have them is read
+    CUPED-adjusted (`metric_effect`), as the Online agent decided on it.
+    Cohorts where an arm has no totals or a metric cannot be read are listed
+    in `skipped`, never raised.
     Called by the Insight agent after every decision; pure and deterministic.
     """
     metric_def(objective)
@@ -209,7 +213,9 @@ def experiment_insights(
                 reason = f"no totals for arm(s) {missing}"
                 skipped.append(Skipped(cohort=cohort, arm_id=arm.arm_id, what="cohort", reason=reason))
                 continue
-            effects, refused = cohort_effects(by_arm[control_arm], by_arm[arm.arm_id], wanted, level)
+            pre = (covariates or {}).get(cohort, {})
+            pair = (pre[control_arm], pre[arm.arm_id]) if control_arm in pre and arm.arm_id in pre else None
+            effects, refused = cohort_effects(by_arm[control_arm], by_arm[arm.arm_id], wanted, level, pair)
             skipped.extend(Skipped(cohort=cohort, arm_id=arm.arm_id, what=m, reason=r) for m, r in refused)
             effects_out.append((cohort, arm.arm_id, effects))
             insights.extend(

@@ -24,10 +24,11 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from agents.stats.cuped import cuped_ratio
 from agents.stats.distributions import normal_ppf
 from agents.stats.errors import StatsError
-from agents.stats.ratio import compare, ratio_from_sums
-from schemas.metrics import LATENCY_EDGES_MS, N_LATENCY_BINS, ArmTotals, latency_quantile
+from agents.stats.ratio import Comparison, compare, ratio_from_sums
+from schemas.metrics import FIELD_INDEX, LATENCY_EDGES_MS, N_LATENCY_BINS, ArmTotals, latency_quantile
 
 EffectVerdict: TypeAlias = Literal["better", "worse", "neutral"]
 Sense: TypeAlias = Literal["max", "min"]
@@ -172,11 +173,21 @@ def _quantile_effect(metric: MetricDef, control: ArmTotals, treatment: ArmTotals
     )
 
 
-def _ratio_effect(metric: MetricDef, control: ArmTotals, treatment: ArmTotals, level: float) -> MetricEffect:
-    cmp = compare(
-        ratio_from_sums(control.sums, metric.numerator, metric.denominator),
-        ratio_from_sums(treatment.sums, metric.numerator, metric.denominator),
-    )
+def _ratio_effect(
+    metric: MetricDef,
+    control: ArmTotals,
+    treatment: ArmTotals,
+    level: float,
+    covariates: tuple[ArmTotals, ArmTotals] | None = None,
+) -> MetricEffect:
+    cmp = None
+    if covariates is not None:
+        cmp = _cuped_compare(metric, (control, treatment), covariates)
+    if cmp is None:
+        cmp = compare(
+            ratio_from_sums(control.sums, metric.numerator, metric.denominator),
+            ratio_from_sums(treatment.sums, metric.numerator, metric.denominator),
+        )
     if not math.isfinite(cmp.lift) or not math.isfinite(cmp.log_ratio_variance):
         msg = f"{metric.name}: a relative lift needs both arms' values > 0 (got {cmp.control:g}, {cmp.treatment:g})"
         raise StatsError(msg, "wait for more traffic")
@@ -193,17 +204,39 @@ def _ratio_effect(metric: MetricDef, control: ArmTotals, treatment: ArmTotals, l
     )
 
 
-def metric_effect(metric: str, control: ArmTotals, treatment: ArmTotals, level: float = DEFAULT_LEVEL) -> MetricEffect:
+def _cuped_compare(
+    metric: MetricDef, arms: tuple[ArmTotals, ArmTotals], covariates: tuple[ArmTotals, ArmTotals]
+) -> Comparison | None:
+    """The CUPED-adjusted comparison of (control, treatment) on `metric`; None when the fit is impossible."""
+    num, den = FIELD_INDEX[metric.numerator], FIELD_INDEX[metric.denominator]
+    try:
+        fit = cuped_ratio([(a.sums[num], a.sums[den]) for a in arms], [(c.sums[num], c.sums[den]) for c in covariates])
+        cmp = fit.compare(1, 0)
+    except (StatsError, ValueError):
+        return None
+    return cmp if math.isfinite(cmp.difference_variance) and cmp.difference_variance > 0.0 else None
+
+
+def metric_effect(
+    metric: str,
+    control: ArmTotals,
+    treatment: ArmTotals,
+    level: float = DEFAULT_LEVEL,
+    covariates: tuple[ArmTotals, ArmTotals] | None = None,
+) -> MetricEffect:
     """Relative lift of `treatment` over `control` on one metric, with its interval.
 
-    Raises `StatsError` when the read is impossible (no traffic, a zero
-    control value, too few requests for a p99 interval); `ValueError` for an
-    unknown metric.
+    With `covariates` (the two arms' A/A pre-period totals, same users) a
+    ratio metric is read CUPED-adjusted, as the Online agent reads it, and
+    falls back to the raw read when the fit is impossible; a quantile ignores
+    them.  Raises `StatsError` when the read is impossible (no traffic, a
+    zero control value, too few requests for a p99 interval); `ValueError`
+    for an unknown metric.
     """
     definition = metric_def(metric)
     if definition.kind == "quantile":
         return _quantile_effect(definition, control, treatment, level)
-    return _ratio_effect(definition, control, treatment, level)
+    return _ratio_effect(definition, control, treatment, level, covariates)
 
 
 def cohort_effects(
@@ -211,17 +244,19 @@ def cohort_effects(
     treatment: ArmTotals,
     metrics: Sequence[str] = DEFAULT_METRICS,
     level: float = DEFAULT_LEVEL,
+    covariates: tuple[ArmTotals, ArmTotals] | None = None,
 ) -> tuple[tuple[MetricEffect, ...], tuple[tuple[str, str], ...]]:
     """Every metric's lift + interval for one cohort's pair of arms; and (metric, reason) for the reads refused.
 
     The per-cohort read the brief asks for: the Insight agent calls it for
-    each (cohort, treatment arm); the dashboard can call it directly.
+    each (cohort, treatment arm), with the pair's pre-period `covariates`
+    when it has them (`metric_effect`); the dashboard can call it directly.
     """
     effects: list[MetricEffect] = []
     refused: list[tuple[str, str]] = []
     for name in metrics:
         try:
-            effects.append(metric_effect(name, control, treatment, level))
+            effects.append(metric_effect(name, control, treatment, level, covariates))
         except StatsError as err:
             refused.append((name, err.message))
     return tuple(effects), tuple(refused)
