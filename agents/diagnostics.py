@@ -80,7 +80,7 @@ _EPS: Final = 1e-9
 def diagnostic_values(totals: ArmTotals) -> dict[str, float]:
     """The diagnostic ratios of one arm's totals, NaN ones (empty denominators) left out.
 
-    Called by `agents.loop.AgentLoop._metrics` to add diagnostic readings to the brain's context.
+    Called by `agents.loop.AgentLoop.metrics` to add diagnostic readings to the brain's context.
     """
     out: dict[str, float] = {}
     for name, (numerator, denominator) in DIAGNOSTICS.items():

@@ -219,18 +219,20 @@ class AgentLoop:
 
     # ---- records
 
-    def _record(
+    def record(
         self, inp: LoopInput, kind: RecordKind, experiment_id: str, payload: Any, state: LoopState
     ) -> PublishRecord:
+        """One `rectune.decisions` record of this surface (`agents.loop_records.agent_record`); the phases call it."""
         return agent_record(self.surface, inp, kind, experiment_id, payload, state)
 
     # ---- what the phases share: readings, cool-down, baseline
 
-    def _metrics(self, inp: LoopInput) -> tuple[MetricReading, ...]:
+    def metrics(self, inp: LoopInput) -> tuple[MetricReading, ...]:
         """The brain's readings of `inp` under the Online policy (`agents.loop_readings.brain_readings`)."""
         return brain_readings(self.online.policy, inp)
 
-    def _cool(self, state: LoopState, inp: LoopInput) -> LoopState:
+    def cool(self, state: LoopState, inp: LoopInput) -> LoopState:
+        """End the round: back to `idle` after the cool-down, with a new baseline mark (`baseline_marks`)."""
         mark = baseline_marks(inp.totals)
         exp = state.experiment_state()
         promoted = exp is not None and exp.status == "promoted"
@@ -246,7 +248,7 @@ class AgentLoop:
             round_restricted=False,
         )
 
-    def _baseline_arms(self, inp: LoopInput, state: LoopState) -> list[ArmTotals]:
+    def baseline_arms(self, inp: LoopInput, state: LoopState) -> list[ArmTotals]:
         """The incumbent's totals since the last round ended (`agents.loop_baseline.baseline_since_mark`)."""
         return baseline_since_mark(inp.totals, state.baseline_mark, self.settings.min_baseline_requests)
 
@@ -255,12 +257,12 @@ class AgentLoop:
     async def _run(self, state: LoopState, inp: LoopInput, out: list[Action]) -> LoopState:
         exp = state.experiment_state()
         if exp is None:
-            return self._cool(state, inp)
+            return self.cool(state, inp)
         arms = {a: inp.totals[a] for a in exp.plan.arm_ids if a in inp.totals}
         pre = {a: inp.totals.get(pre_period_arm(exp.plan, a)) for a in exp.plan.arm_ids}
         covariates = {a: t for a, t in pre.items() if t is not None}
         exp, decisions = self.online.step(exp, arms, covariates if len(covariates) == len(pre) else None, inp.now_ms)
-        self._emit(state, inp, decisions, out)
+        self.emit(state, inp, decisions, out)
         seen = state.latency_seen
         if self.settings.fit_latency:
             seen = observe_latency(seen, exp.plan, inp.totals, self.settings.min_latency_requests)
@@ -273,7 +275,8 @@ class AgentLoop:
         if not exp.terminal:
             return state
         state = await learn(self.brain, self.surface, self.settings.objective, state, exp, arms, inp, out)
-        return self._cool(state, inp)
+        return self.cool(state, inp)
 
-    def _emit(self, state: LoopState, inp: LoopInput, decisions: Sequence[Decision], out: list[Action]) -> None:
+    def emit(self, state: LoopState, inp: LoopInput, decisions: Sequence[Decision], out: list[Action]) -> None:
+        """Append the Online agent's `decisions` to `out` as records and serving actions (`decision_actions`)."""
         decision_actions(self.surface, state, inp, decisions, out)

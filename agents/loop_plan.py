@@ -10,9 +10,9 @@ held allocation once the pre-period is over and, when the plan needs one,
 `rectune approve` was given).
 
 Who calls it: `agents.loop.AgentLoop.step` (phases `registering` and
-`pending_approval`), passing itself: the phases use the loop's Online agent,
-settings and its emit, baseline and cool-down helpers.  Pure functions: no
-I/O and no awaits.
+`pending_approval`), passing itself as a `agents.loop_host.LoopHost`: the
+phases use the loop's Online agent, settings and its emit, baseline and
+cool-down helpers.  Pure functions: no I/O and no awaits.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from agents.online import baseline_from_totals
 from schemas.config_log import ServingState
 
 if TYPE_CHECKING:
-    from agents.loop import AgentLoop
+    from agents.loop_host import LoopHost
 
 
 def registered_versions(state: LoopState, serving: ServingState) -> dict[str, int]:
@@ -43,7 +43,7 @@ def registered_versions(state: LoopState, serving: ServingState) -> dict[str, in
     return found
 
 
-def plan_round(loop: AgentLoop, state: LoopState, inp: LoopInput, out: list[Action]) -> LoopState:
+def plan_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: list[Action]) -> LoopState:
     """Phase `registering` of `loop`: plan the experiment once every candidate is registered (see the module docstring).
 
     Returns `state` unchanged while a candidate is not visible yet or the
@@ -55,8 +55,8 @@ def plan_round(loop: AgentLoop, state: LoopState, inp: LoopInput, out: list[Acti
     if missing:  # a crash between registering and planning: register what is not there yet
         return state
     if inp.serving.control_version != state.control_version:
-        return loop._cool(state, inp)  # the incumbent moved meanwhile (a human change): start over
-    baseline_arms = loop._baseline_arms(inp, state)
+        return loop.cool(state, inp)  # the incumbent moved meanwhile (a human change): start over
+    baseline_arms = loop.baseline_arms(inp, state)
     if not baseline_arms:
         return state
     seconds = max(t.windows for t in baseline_arms) * loop.settings.window_s
@@ -88,9 +88,9 @@ def plan_round(loop: AgentLoop, state: LoopState, inp: LoopInput, out: list[Acti
         pre_version=inp.serving.version,
         pre_period_until_ms=inp.now_ms + round(pre_s * 1000) if hold is not None else 0,
     )
-    loop._emit(state, inp, decisions, out)
+    loop.emit(state, inp, decisions, out)
     if exp is None or exp.terminal:
-        return loop._cool(state, inp)
+        return loop.cool(state, inp)
     kept = {t.proposal_id for t in exp.plan.treatments}
     state = msgspec.structs.replace(
         state,
@@ -101,11 +101,11 @@ def plan_round(loop: AgentLoop, state: LoopState, inp: LoopInput, out: list[Acti
     return state
 
 
-def approve_round(loop: AgentLoop, state: LoopState, inp: LoopInput, out: list[Action]) -> LoopState:
+def approve_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: list[Action]) -> LoopState:
     """Phase `pending_approval` of `loop`: release the held allocation once approved and the pre-period is over."""
     exp = state.experiment_state()
     if exp is None:
-        return loop._cool(state, inp)
+        return loop.cool(state, inp)
     if inp.now_ms < state.pre_period_until_ms:
         return state  # the A/A pre-period is still measuring the covariates
     if exp.plan.approval_required and exp.experiment_id not in inp.approved:
@@ -116,5 +116,5 @@ def approve_round(loop: AgentLoop, state: LoopState, inp: LoopInput, out: list[A
         else "A/A pre-period over: releasing the first stage"
     )
     exp, decisions = loop.online.approve(exp, inp.now_ms, reason=reason)
-    loop._emit(state, inp, decisions, out)
+    loop.emit(state, inp, decisions, out)
     return msgspec.structs.replace(state, experiment=exp.to_bytes(), phase="running")

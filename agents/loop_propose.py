@@ -11,10 +11,10 @@ memory, `agents.loop_learn`), and every kept candidate becomes an
 with them.  The state moves to `registering`, or cools down when the Critic
 kept none.
 
-Who calls it: `agents.loop.AgentLoop.step` (phase `idle`), passing itself:
-the round uses the loop's Actor, brain, settings and its record, baseline,
-reading and cool-down helpers.  The only awaits are the brain's calls; no
-other I/O.
+Who calls it: `agents.loop.AgentLoop.step` (phase `idle`), passing itself
+as a `agents.loop_host.LoopHost`: the round uses the loop's Actor, brain,
+settings and its record, baseline, reading and cool-down helpers.  The only
+awaits are the brain's calls; no other I/O.
 """
 
 from __future__ import annotations
@@ -32,22 +32,22 @@ from agents.loop_state import Action, AppendConfig, LoopInput, LoopState
 from agents.skill_search import search_parameters, search_space, skill_notes
 
 if TYPE_CHECKING:
-    from agents.loop import AgentLoop
+    from agents.loop_host import LoopHost
 
 log = logging.getLogger(__name__)
 
 
-async def propose_round(loop: AgentLoop, state: LoopState, inp: LoopInput, out: list[Action]) -> LoopState:
+async def propose_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: list[Action]) -> LoopState:
     """One proposal round of `loop` (phase `idle`); appends its records and config appends to `out`.
 
     Returns `state` unchanged while the cool-down runs or the incumbent has
     no baseline traffic yet; else the next state: `registering` with the kept
-    candidates, or cooled down (`AgentLoop._cool`) when the Critic kept none.
+    candidates, or cooled down (`AgentLoop.cool`) when the Critic kept none.
     """
     s = loop.settings
     if inp.now_ms < state.cooldown_until_ms:
         return state
-    baseline = loop._baseline_arms(inp, state)
+    baseline = loop.baseline_arms(inp, state)
     if not baseline:
         return state
     incumbent = inp.serving.control
@@ -69,7 +69,7 @@ async def propose_round(loop: AgentLoop, state: LoopState, inp: LoopInput, out: 
         surface=loop.surface,
         incumbent=incumbent,
         k=s.k,
-        metrics=loop._metrics(inp),
+        metrics=loop.metrics(inp),
         skills=tuple(skill_notes(inp.skills, loop.surface)),
         parameters=() if widened_why else skill_parameters,
         max_changes=s.max_changes,
@@ -92,7 +92,7 @@ async def propose_round(loop: AgentLoop, state: LoopState, inp: LoopInput, out: 
     if widened_from and not context.parameters:
         payload["widened_from"] = widened_from
         payload["widened_because"] = widened_why
-    out.append(loop._record(inp, "proposal", exp_tag, payload, state))
+    out.append(loop.record(inp, "proposal", exp_tag, payload, state))
     verdicts_brain = []
     if result.proposals:
         try:
@@ -122,7 +122,7 @@ async def propose_round(loop: AgentLoop, state: LoopState, inp: LoopInput, out: 
         surface=loop.surface,
     )
     out.append(
-        loop._record(
+        loop.record(
             inp,
             "critique",
             exp_tag,
@@ -139,9 +139,9 @@ async def propose_round(loop: AgentLoop, state: LoopState, inp: LoopInput, out: 
     kept = tuple(p for p in result.proposals if p.proposal_id in kept_ids)
     if not kept:
         out.append(
-            loop._record(inp, "decision", exp_tag, {"kind": "no_candidate", "reasons": ["critic kept none"]}, state)
+            loop.record(inp, "decision", exp_tag, {"kind": "no_candidate", "reasons": ["critic kept none"]}, state)
         )
-        return loop._cool(state, inp)
+        return loop.cool(state, inp)
     out.extend(
         AppendConfig(
             kind="config",

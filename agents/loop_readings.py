@@ -6,7 +6,7 @@ at most `_MAX_READINGS` `MetricReading`s, in priority order),
 `_ratio_reading` (one arm's ratio with its 95% interval) and `_cuped_readings`
 (an experiment's arms adjusted with their A/A pre-period, as the Online agent reads them).
 
-Who calls it: `agents.loop.AgentLoop._metrics` (for the idle phase,
+Who calls it: `agents.loop.AgentLoop.metrics` (for the idle phase,
 `agents.loop_propose`); `GUARD_CONVERSION` is re-exported by `agents.loop`.
 Pure functions: no I/O.
 """

@@ -5,7 +5,7 @@ What lives here: the record constants (`SCHEMA_VERSION`, `RECORD_TYPE`,
 deterministic `record_id`) and `decision_actions` (an `agents.experiment.Decision`
 → its record, alert and config appends).
 
-Who calls it: `agents.loop.AgentLoop` (`_record`, `_emit`).  The constants are
+Who calls it: `agents.loop.AgentLoop` (`record`, `emit`).  The constants are
 re-exported by `agents.loop` (`AUTHOR` is the writer's author name in
 `agents.memory_ports`).  Pure functions: no I/O.
 """
@@ -34,7 +34,7 @@ RecordKind: TypeAlias = Literal[
 def agent_record(
     surface: str, inp: LoopInput, kind: RecordKind, experiment_id: str, payload: Any, state: LoopState
 ) -> PublishRecord:
-    """One `rectune.decisions` record of `surface` (called by `AgentLoop._record` for every record a step emits).
+    """One `rectune.decisions` record of `surface` (called by `AgentLoop.record` for every record a step emits).
 
     `record_id` hashes (surface, cycle, kind, experiment, payload), so a
     replayed outbox publishes the same id again.
@@ -62,7 +62,7 @@ def decision_actions(
 ) -> None:
     """Append to `out` each decision's record, its alert, and the config change it implies.
 
-    Called by `AgentLoop._emit` after every Online plan, approval and run
+    Called by `AgentLoop.emit` after every Online plan, approval and run
     step: a promote registers and activates the winner's config and ends the
     allocation; a rollback that ends the experiment restores
     `LoopState.pre_version`; other decisions end or set the allocation.

@@ -79,7 +79,7 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     `round_restricted` whether the current round searched only the Skillhub's
     parameters, `explore_wide` whether such a round ended without a
     promotion since the last promotion (the next rounds then search every
-    parameter, see `AgentLoop._propose`); `latency_seen` the (config version,
+    parameter, see `agents.loop_propose`); `latency_seen` the (config version,
     p99 ms) its arms showed (`agents.loop_latency`).
     """
 

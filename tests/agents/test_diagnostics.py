@@ -73,7 +73,7 @@ def test_loop_sends_incumbent_diagnostics_then_primary_readings_then_experiment_
         "control": totals("control", requests=10, impressions=100, clicks=4, near_duplicates=30),
         "home-round1.pre.t0": totals("home-round1.pre.t0", requests=10, impressions=100, clicks=4),  # A/A arm
     }
-    out = loop._metrics(LoopInput(totals=arms, serving=ServingState(), now_ms=0))
+    out = loop.metrics(LoopInput(totals=arms, serving=ServingState(), now_ms=0))
     assert all(".pre." not in r.arm for r in out)  # A/A pre-period arms serve the incumbent: left out
     head = [(r.name, r.arm, r.value) for r in out[:4]]
     assert all(arm == "control" for _, arm, _ in head) and ("near_duplicate_share", "control", 0.3) in head
@@ -90,7 +90,7 @@ def test_many_arms_never_push_the_incumbents_diagnostics_out() -> None:
     loop = AgentLoop(OfflineBrain(), OnlineAgent(OnlinePolicy(surface="home")), LoopSettings())
     arms = {f"exp-{i:03d}.t1": totals(f"exp-{i:03d}.t1", requests=10, impressions=100, clicks=5) for i in range(80)}
     arms["control"] = totals("control", requests=10, impressions=100, clicks=4, near_duplicates=30)
-    out = loop._metrics(LoopInput(totals=arms, serving=ServingState(), now_ms=0))
+    out = loop.metrics(LoopInput(totals=arms, serving=ServingState(), now_ms=0))
     assert len(out) == 64
     assert ("near_duplicate_share", "control") in [(r.name, r.arm) for r in out]
 

@@ -343,7 +343,7 @@ async def test_a_restricted_round_without_a_promotion_widens_the_next_rounds() -
     state = await h.tick(T0)
     assert brain.spaces == [("re_rank.mmr_lambda",)] and state.round_restricted and not state.explore_wide
     # The restricted round ends without a promotion (the incumbent moved meanwhile: the loop starts over).
-    ended = AgentLoop(brain, OnlineAgent(OnlinePolicy(surface="home")), LoopSettings())._cool(
+    ended = AgentLoop(brain, OnlineAgent(OnlinePolicy(surface="home")), LoopSettings()).cool(
         state,
         SimpleNamespace(totals={}, now_ms=T0 + 1),  # type: ignore[arg-type]
     )
