@@ -24,11 +24,11 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from agents.stats.cuped import cuped_ratio
+from agents.stats.cuped import cuped_from_sums
 from agents.stats.distributions import normal_ppf
 from agents.stats.errors import StatsError
 from agents.stats.ratio import Comparison, compare, ratio_from_sums
-from schemas.metrics import FIELD_INDEX, LATENCY_EDGES_MS, N_LATENCY_BINS, ArmTotals, latency_quantile
+from schemas.metrics import LATENCY_EDGES_MS, N_LATENCY_BINS, ArmTotals, latency_quantile
 
 EffectVerdict: TypeAlias = Literal["better", "worse", "neutral"]
 Sense: TypeAlias = Literal["max", "min"]
@@ -208,11 +208,12 @@ def _cuped_compare(
     metric: MetricDef, arms: tuple[ArmTotals, ArmTotals], covariates: tuple[ArmTotals, ArmTotals]
 ) -> Comparison | None:
     """The CUPED-adjusted comparison of (control, treatment) on `metric`; None when the fit is impossible."""
-    num, den = FIELD_INDEX[metric.numerator], FIELD_INDEX[metric.denominator]
     try:
-        fit = cuped_ratio([(a.sums[num], a.sums[den]) for a in arms], [(c.sums[num], c.sums[den]) for c in covariates])
+        fit = cuped_from_sums(
+            [a.sums for a in arms], [c.sums for c in covariates], metric.numerator, metric.denominator
+        )
         cmp = fit.compare(1, 0)
-    except (StatsError, ValueError):
+    except StatsError:
         return None
     return cmp if math.isfinite(cmp.difference_variance) and cmp.difference_variance > 0.0 else None
 

@@ -21,10 +21,10 @@ from agents.diagnostics import diagnostic_values
 from agents.loop_baseline import _TREATMENT_ARM, is_pre_period_arm
 from agents.loop_state import LoopInput
 from agents.online import OnlinePolicy
-from agents.stats.cuped import cuped_ratio
+from agents.stats.cuped import cuped_from_sums
 from agents.stats.errors import StatsError
 from agents.stats.ratio import ratio_from_sums
-from schemas.metrics import FIELD_INDEX, ArmTotals
+from schemas.metrics import ArmTotals
 
 _MAX_READINGS: Final = 64
 _Z95: Final = 1.959963984540054
@@ -64,17 +64,15 @@ def _cuped_readings(
         if _TREATMENT_ARM.search(arm_id):
             by_experiment.setdefault(arm_id.rsplit(".", 1)[0], []).append((arm_id, totals))
     out: dict[str, MetricReading] = {}
-    num, den = FIELD_INDEX[numerator], FIELD_INDEX[denominator]
     for experiment, members in by_experiment.items():
         pre = [inp.totals.get(f"{experiment}.pre.{arm_id.rsplit('.', 1)[1]}") for arm_id, _ in members]
         if len(members) < 2 or any(p is None for p in pre):
             continue
         try:
-            fit = cuped_ratio(
-                [(t.sums[num], t.sums[den]) for _, t in members],
-                [(p.sums[num], p.sums[den]) for p in pre if p is not None],
+            fit = cuped_from_sums(
+                [t.sums for _, t in members], [p.sums for p in pre if p is not None], numerator, denominator
             )
-        except (StatsError, ValueError):
+        except StatsError:
             continue
         for (arm_id, _), arm in zip(members, fit.arms, strict=True):
             if not (math.isfinite(arm.value) and math.isfinite(arm.variance) and arm.variance >= 0.0):

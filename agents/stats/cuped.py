@@ -43,6 +43,7 @@ import numpy.typing as npt
 
 from agents.stats.errors import StatsError
 from agents.stats.ratio import Comparison, FloatArray, bucket_pair, comparison, linearize, ratio_arrays
+from schemas.metrics import FIELD_INDEX
 
 BucketArrays = tuple[npt.ArrayLike, npt.ArrayLike]
 
@@ -170,3 +171,26 @@ def cuped_ratio(current: Sequence[BucketArrays], pre: Sequence[BucketArrays]) ->
         for a in range(x.shape[0])
     )
     return CupedFit(theta=float(paths.theta), arms=arms)
+
+
+def cuped_from_sums(
+    current: Sequence[npt.ArrayLike], pre: Sequence[npt.ArrayLike], numerator: str, denominator: str
+) -> CupedFit:
+    """`cuped_ratio` of two named rows of each arm's (fields × buckets) sums, current and pre-period.
+
+    The arms' `schemas.metrics.ArmTotals.sums` as `ratio_from_sums` takes
+    them; arm 0 is the control.  Called by the brain's readings
+    (`agents.loop_readings`) and Insight (`agents.insight_metrics`), so both
+    read an experiment as the Online agent does.
+    """
+    for arg, field in (("numerator", numerator), ("denominator", denominator)):
+        if field not in FIELD_INDEX:
+            msg = f"{arg}: {field!r} is not a bucket field; known: {sorted(FIELD_INDEX)}"
+            raise StatsError(msg)
+    num, den = FIELD_INDEX[numerator], FIELD_INDEX[denominator]
+    tables = [np.asarray(t, dtype=np.float64) for t in (*current, *pre)]
+    if any(t.ndim != 2 or t.shape[0] != len(FIELD_INDEX) for t in tables):
+        msg = f"current, pre: every arm's sums must be (fields × buckets) with {len(FIELD_INDEX)} rows"
+        raise StatsError(msg)
+    rows = [(t[num], t[den]) for t in tables]
+    return cuped_ratio(rows[: len(current)], rows[len(current) :])

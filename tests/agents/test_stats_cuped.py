@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.stats.cuped import cuped_arrays, cuped_ratio
+from agents.stats.cuped import cuped_arrays, cuped_from_sums, cuped_ratio
 from agents.stats.errors import StatsError
 from agents.stats.ratio import ratio_estimate
 from agents.stats.simulate import SimulatedExperiment, TrafficModel, simulate_experiment
+from schemas.metrics import FIELD_INDEX, N_FIELDS
 
 MODEL = TrafficModel(users=8_000, looks=1)
 
@@ -95,3 +96,17 @@ def test_shapes_and_indices_are_checked() -> None:
     fit = cuped_ratio([(x, y), (x + 1, y)], [(x, y), (x + 2, y)])
     with pytest.raises(StatsError, match="treatment: arm index"):
         fit.compare(2)
+
+
+def test_cuped_from_sums_reads_the_named_rows_of_each_arms_sums() -> None:
+    rng = np.random.default_rng(5)
+    tables = [rng.uniform(1.0, 2.0, (N_FIELDS, 16)) for _ in range(4)]
+    fit = cuped_from_sums(tables[:2], tables[2:], "clicks", "impressions")
+    rows = [(t[FIELD_INDEX["clicks"]], t[FIELD_INDEX["impressions"]]) for t in tables]
+    expected = cuped_ratio(rows[:2], rows[2:])
+    assert fit.theta == pytest.approx(expected.theta)
+    assert [a.value for a in fit.arms] == pytest.approx([a.value for a in expected.arms])
+    with pytest.raises(StatsError, match="numerator"):
+        cuped_from_sums(tables[:2], tables[2:], "bogus", "impressions")
+    with pytest.raises(StatsError, match="fields"):
+        cuped_from_sums([np.ones((3, 16))] * 2, tables[2:], "clicks", "impressions")
