@@ -28,6 +28,10 @@ budget (never from the world's hidden parameters).  The result is a
 `SimTrace`: per step the served mix (arm, config version, share, requests),
 the decision kinds, promotions, rollbacks and alerts, plus every config
 version and every decision record.  Callers: `bench/tuning.py`, the tests.
+
+This module keeps `run_simloop`, the `SimWorld` port and the serving mix;
+the preset lives in `rectune.simloop_preset` and the trace's records in
+`rectune.simloop_trace` (both re-exported here, `__all__`).
 """
 
 from __future__ import annotations
@@ -35,15 +39,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import numpy as np
 
-from agents.critic import CriticRules
-from agents.experiment import GuardrailSpec, MetricSpec
-from agents.insight import insight_objective_for, ratio_metric_name
-from agents.loop import AgentLoop, LoopDriver, LoopSettings, LoopState
+from agents.loop import AgentLoop, LoopDriver, LoopState
 from agents.memory_ports import (
     DEFAULT_EPOCH_MS,
     MemoryApprovals,
@@ -54,39 +54,63 @@ from agents.memory_ports import (
 )
 from agents.offline_brain import OfflineBrain, offline_brain_for
 from agents.online import (
-    Baseline,
     OnlineAgent,
-    OnlinePolicy,
-    TrafficEstimate,
     baseline_from_totals,
-    power_plan,
 )
 from agents.skillhub import MemorySkillStore
+from rectune.simloop_preset import (
+    EXPERIMENTS_PER_BUDGET,
+    FIRST_STAGE_FRACTION,
+    MAX_STEP_S,
+    METRIC_WINDOW_S,
+    MIN_STEP_S,
+    PILOT_STEPS,
+    PLANNED_ARMS,
+    PRE_PERIOD_FRACTION,
+    STEPS_PER_HORIZON,
+    SimPreset,
+    insight_objective,
+    north_star_metric,
+    pilot_target_mde,
+    preset_for,
+)
+from rectune.simloop_trace import Promotion, ServedArm, SimStep, SimTrace
 from schemas.config import Allocation, ArmShare, CascadeConfig, default_config
 from schemas.config_log import Keyring, ServingState
-from schemas.guardrails import Guardrails
 from schemas.metrics import DEFAULT_BUCKETS, ArmTotals, latency_quantile
 from serving_sidecar.assignment import ArmTable
 from simulator.scenario import Scenario
+
+__all__ = [
+    "CONTROL_ARM",
+    "EXPERIMENTS_PER_BUDGET",
+    "FIRST_STAGE_FRACTION",
+    "MAX_STEP_S",
+    "METRIC_WINDOW_S",
+    "MIN_STEP_S",
+    "PILOT_STEPS",
+    "PLANNED_ARMS",
+    "PRE_PERIOD_FRACTION",
+    "SIM_KEYRING",
+    "STEPS_PER_HORIZON",
+    "Promotion",
+    "ServedArm",
+    "SimPreset",
+    "SimStep",
+    "SimTrace",
+    "SimWorld",
+    "insight_objective",
+    "north_star_metric",
+    "pilot_target_mde",
+    "preset_for",
+    "run_simloop",
+    "serving_mix",
+]
 
 #: The arm id the sidecar stamps when there is no experiment (`serving_sidecar.holder.Snapshot`).
 CONTROL_ARM: Final = "control"
 #: A keyring for simulations only (the simulated sidecars and agents share it; nothing real is signed with it).
 SIM_KEYRING: Final = Keyring.parse("sim:" + "5a" * 16, "sim")
-
-# Design constants of the preset (see `preset_for`): properties of the method, not of any scenario.
-EXPERIMENTS_PER_BUDGET: Final = 10.0  # the horizon lets about this many full-length experiments fit the budget
-STEPS_PER_HORIZON: Final = 24  # simulation steps (loop ticks) per experiment horizon
-FIRST_STAGE_FRACTION: Final = 0.15  # share of the horizon the first (small) ramp stage lasts at least
-PRE_PERIOD_FRACTION: Final = 0.25  # share of the horizon each A/A pre-period (CUPED covariates) lasts
-PLANNED_ARMS: Final = 2  # treatment arms an experiment is planned for when the target comes from a pilot
-#: Steps of control traffic the pilot measures: as many as the loop's first power gate sees (a step until it
-#: proposes, a step until the candidates are registered), so the gate plans on the same kind of baseline.
-PILOT_STEPS: Final = 2
-MIN_STEP_S: Final = 60.0
-MAX_STEP_S: Final = 6 * 3_600.0
-#: The stream worker's metric window (`windows` of the totals count these, as the live feed's do).
-METRIC_WINDOW_S: Final = 60.0
 
 
 class SimWorld(Protocol):
@@ -113,119 +137,6 @@ class SimWorld(Protocol):
         ...
 
 
-# --------------------------------------------------------------------------- preset
-
-
-@dataclass(frozen=True, slots=True)
-class SimPreset:
-    """Online policy, loop settings and step (one simulate + one tick) of a simulated run, and how they came about."""
-
-    policy: OnlinePolicy
-    settings: LoopSettings
-    step_s: float
-    notes: tuple[str, ...] = ()
-
-
-def north_star_metric(scenario: Scenario) -> MetricSpec:
-    """The scenario's north star as the Online agent's primary metric, named as `agents.insight.METRICS` names it.
-
-    One name for the north star across the Online reads, Insight, the Skillhub
-    and the brain's warm start (e.g. `clicks_per_request`); a ratio Insight
-    does not know is named `<numerator>_per_<denominator>`.
-    """
-    numerator, denominator = scenario.north_star
-    name = ratio_metric_name(numerator, denominator) or f"{numerator}_per_{denominator}"
-    return MetricSpec(name=name, numerator=numerator, denominator=denominator)
-
-
-def insight_objective(scenario: Scenario) -> str:
-    """The Insight/Skill objective for the north star: its `agents.insight.METRICS` name ("ctr" if Insight lacks it)."""
-    return insight_objective_for(north_star_metric(scenario).name)
-
-
-def pilot_target_mde(policy: OnlinePolicy, pilot: tuple[TrafficEstimate, Baseline]) -> float:
-    """The relative lift `PLANNED_ARMS` treatment arms resolve over `policy`'s ramp and horizon at a pilot's traffic."""
-    traffic, baseline = pilot
-    return power_plan(policy, PLANNED_ARMS, traffic, baseline).mde_relative
-
-
-def preset_for(
-    scenario: Scenario,
-    budget_s: float,
-    *,
-    surface: str = "home",
-    guardrails: Guardrails | None = None,
-    target_mde: float = 0.02,
-    pilot: tuple[TrafficEstimate, Baseline] | None = None,
-) -> SimPreset:
-    """Policy and settings for tuning `scenario`'s surface within `budget_s` of its traffic.
-
-    Derived from the budget and the traffic rate only (not tuned to any
-    scenario): the horizon lets `EXPERIMENTS_PER_BUDGET` experiments fit the
-    budget; a step (one `World.simulate` call, then one loop tick) is
-    horizon / `STEPS_PER_HORIZON` (clamped to [1 min, 6 h]); metric windows
-    are the stream worker's 60 s; two ramp stages, 10% then 50% treatment, the
-    first lasting at least `FIRST_STAGE_FRACTION` of the horizon and both
-    needing the requests a 10% stage collects in that time at the scenario's
-    rate (so a thin surface waits for samples, not for the clock); the
-    north star is the primary metric, the latency SLO the latency guardrail
-    and the Critic's latency budget; conversions are non-inferior within
-    2%; each experiment starts with an A/A pre-period of
-    `PRE_PERIOD_FRACTION` of the horizon whose per-arm buckets are the CUPED
-    covariates (users come back: without it the between-user variance of a
-    fixed population stops the read's standard error from shrinking).
-    `target_mde` is the relative lift worth finding (the power gate
-    refuses or cuts arms when the traffic cannot resolve it in the horizon);
-    given a `pilot` (traffic and baseline of the incumbent, measured before
-    tuning starts) it is instead the lift the pilot's traffic resolves with
-    `PLANNED_ARMS` treatment arms over the ramp in the horizon — the budget
-    decides what is worth looking for, and the gate cuts arms if the
-    variance turns out larger.
-    """
-    if not (budget_s > 0.0 and math.isfinite(budget_s)):
-        msg = f"budget_s: must be a positive number of simulated seconds, got {budget_s!r}"
-        raise ValueError(msg)
-    rate = scenario.requests_per_s
-    horizon_s = budget_s / EXPERIMENTS_PER_BUDGET
-    step_s = min(max(horizon_s / STEPS_PER_HORIZON, MIN_STEP_S), MAX_STEP_S)
-    stages = (0.1, 0.5)
-    first_dwell_s = max(FIRST_STAGE_FRACTION * horizon_s, step_s)
-    min_requests = 0.5 * rate * first_dwell_s * stages[0]
-    rails = guardrails if guardrails is not None else Guardrails()
-    policy = OnlinePolicy(
-        surface=surface,
-        primary=north_star_metric(scenario),
-        target_mde=target_mde,
-        stages=stages,
-        min_dwell_s=(first_dwell_s, step_s),
-        min_stage_requests=min_requests,
-        horizon_s=horizon_s,
-        guardrails=GuardrailSpec(latency_p99_slo_ms=scenario.latency_slo_ms, conversion_margin=0.02),
-        settle_s=min(300.0, step_s / 2.0),
-        min_read_requests=min(2_000.0, max(200.0, min_requests)),
-    )
-    if pilot is not None:
-        target_mde = pilot_target_mde(policy, pilot)
-        policy = dataclasses.replace(policy, target_mde=target_mde)
-    settings = LoopSettings(
-        k=3,
-        max_changes=3,
-        cooldown_s=step_s,
-        window_s=METRIC_WINDOW_S,
-        objective=insight_objective(scenario),
-        rules=CriticRules(guardrails=rails, latency_budget_ms=scenario.latency_slo_ms),
-        pre_period_s=PRE_PERIOD_FRACTION * horizon_s,
-    )
-    notes = (
-        f"horizon {horizon_s / 86_400.0:.3g} d = budget / {EXPERIMENTS_PER_BUDGET:g}",
-        f"step {step_s:g} s = horizon / {STEPS_PER_HORIZON} (clamped to [{MIN_STEP_S:g}, {MAX_STEP_S:g}] s)",
-        f"stages {stages}, first dwell {first_dwell_s:g} s, {min_requests:.0f} requests per stage at {rate:g} req/s",
-        f"target MDE {100 * target_mde:.3g}%"
-        + (f" (what {PLANNED_ARMS} arms resolve in the pilot's traffic)" if pilot else ""),
-    )
-    return SimPreset(policy=policy, settings=settings, step_s=step_s, notes=notes)
-
-
 # --------------------------------------------------------------------------- serving
 
 
@@ -239,90 +150,6 @@ def serving_mix(serving: ServingState) -> tuple[Allocation, dict[int, CascadeCon
         experiment_id=CONTROL_ARM, salt=CONTROL_ARM, arms=(ArmShare(CONTROL_ARM, serving.control_version, 1.0),)
     )
     return allocation, {a.config_version: serving.configs[a.config_version] for a in allocation.arms}
-
-
-# --------------------------------------------------------------------------- trace
-
-
-@dataclass(frozen=True, slots=True)
-class ServedArm:
-    """One arm served during a step: its id, config version, share of users (as routed) and requests drawn."""
-
-    arm_id: str
-    config_version: int
-    share: float
-    requests: float
-    latency_p99_ms: float = math.nan
-
-
-@dataclass(frozen=True, slots=True)
-class SimStep:
-    """One simulated step (its metric windows) and the loop's tick at its end."""
-
-    index: int
-    start_s: float
-    duration_s: float
-    control_version: int
-    served: tuple[ServedArm, ...]
-    phase: str
-    decisions: tuple[str, ...] = ()
-    promoted: tuple[int, ...] = ()
-    rollbacks: int = 0
-    alerts: tuple[str, ...] = ()
-
-    @property
-    def requests(self) -> float:
-        """Requests served in the step, over all arms."""
-        return sum(a.requests for a in self.served)
-
-
-@dataclass(frozen=True, slots=True)
-class Promotion:
-    """A promotion: at the end of step `step`, config `new_version` replaced `old_version` as control."""
-
-    step: int
-    at_s: float
-    old_version: int
-    new_version: int
-
-
-@dataclass(frozen=True, slots=True)
-class SimTrace:
-    """Everything a simulated run did (see the module docstring)."""
-
-    scenario: str
-    seed: int
-    budget_s: float
-    preset: SimPreset
-    steps: tuple[SimStep, ...]
-    configs: Mapping[int, CascadeConfig]
-    promotions: tuple[Promotion, ...]
-    records: tuple[dict[str, Any], ...]
-    alerts: tuple[str, ...]
-    final_version: int
-    history: tuple[str, ...] = field(default=())
-
-    @property
-    def start(self) -> CascadeConfig:
-        """The config served before any tuning (version 1)."""
-        return self.configs[1]
-
-    @property
-    def final(self) -> CascadeConfig:
-        """The control config at the end of the budget."""
-        return self.configs[self.final_version]
-
-    def decision_kinds(self) -> list[str]:
-        """Every decision kind in order (allocate, ramp, promote, stop, rollback, refuse, no_candidate, ...)."""
-        return [k for s in self.steps for k in s.decisions]
-
-    def experiments(self) -> int:
-        """Experiments that got traffic (an `allocate` decision each)."""
-        return self.decision_kinds().count("allocate")
-
-    def rollbacks(self) -> int:
-        """Treatment arms rolled back by a guardrail."""
-        return sum(s.rollbacks for s in self.steps)
 
 
 def _served(serving: ServingState, window: Mapping[str, ArmTotals]) -> tuple[ServedArm, ...]:
