@@ -73,6 +73,7 @@ from agents.loop_baseline import (
     baseline_since_mark,
     pre_period_allocation,
     pre_period_arm,
+    pre_period_totals,
 )
 from agents.loop_driver import (
     ApprovalSource,
@@ -259,9 +260,9 @@ class AgentLoop:
         if exp is None:
             return self.cool(state, inp)
         arms = {a: inp.totals[a] for a in exp.plan.arm_ids if a in inp.totals}
-        pre = {a: inp.totals.get(pre_period_arm(exp.plan, a)) for a in exp.plan.arm_ids}
-        covariates = {a: t for a, t in pre.items() if t is not None}
-        exp, decisions = self.online.step(exp, arms, covariates if len(covariates) == len(pre) else None, inp.now_ms)
+        covariates = pre_period_totals(exp.plan, inp.totals)
+        complete = len(covariates) == len(exp.plan.arm_ids)
+        exp, decisions = self.online.step(exp, arms, covariates if complete else None, inp.now_ms)
         self.emit(state, inp, decisions, out)
         seen = state.latency_seen
         if self.settings.fit_latency:

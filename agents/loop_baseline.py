@@ -4,7 +4,7 @@ What lives here: which arms are experiment arms (`_TREATMENT_ARM`); the
 baseline marks a round leaves (`baseline_marks`) and the incumbent's totals
 since them (`baseline_since_mark`); the CUPED variance ratio the next plan
 assumes (`_cuped_ratio`); the A/A pre-period's arm ids and allocation
-(`pre_period_arm`, `pre_period_allocation`).
+(`pre_period_arm`, `pre_period_id`, `pre_period_totals`, `pre_period_allocation`).
 
 Who calls it: `agents.loop.AgentLoop` (proposal, planning, cool-down and run
 steps); `pre_period_arm` also the runtime's tests.  Re-exported by
@@ -57,7 +57,21 @@ def pre_period_arm(plan: ExperimentPlan, arm_id: str) -> str:
     same users per arm, every arm on the incumbent, arm ids from here.  Their
     merged totals are then passed to `OnlineAgent.step` as `pre_period`.
     """
-    return f"{plan.experiment_id}.pre{arm_id.removeprefix(plan.experiment_id)}"
+    return pre_period_id(plan.experiment_id, arm_id)
+
+
+def pre_period_id(experiment_id: str, arm_id: str) -> str:
+    """`pre_period_arm` for a reader that has the experiment id but not its plan (`agents.loop_readings`)."""
+    return f"{experiment_id}.pre{arm_id.removeprefix(experiment_id)}"
+
+
+def pre_period_totals(plan: ExperimentPlan, totals: Mapping[str, ArmTotals]) -> dict[str, ArmTotals]:
+    """The A/A pre-period totals of `plan`'s arms that `totals` holds, keyed by the experiment arm's id.
+
+    Called by `AgentLoop._run` (the Online read's CUPED covariates, used only
+    when every arm has them) and `agents.loop_learn` (Insight's pairs).
+    """
+    return {a: t for a in plan.arm_ids if (t := totals.get(pre_period_arm(plan, a))) is not None}
 
 
 def is_pre_period_arm(arm_id: str) -> bool:

@@ -29,7 +29,7 @@ from agents.insight import (
     experiment_insights,
     update_front,
 )
-from agents.loop_baseline import pre_period_arm
+from agents.loop_baseline import pre_period_totals
 from agents.loop_records import agent_record
 from agents.loop_state import Action, FailedMoveRec, FailureRec, LoopInput, LoopState, UpsertSkills
 from agents.skills import changed_skills, update_skills
@@ -85,11 +85,7 @@ async def learn(
         totals={ALL_COHORTS: arms},
         objective=objective,
         at_ms=inp.now_ms,
-        covariates={
-            ALL_COHORTS: {
-                a: inp.totals[pre] for a in exp.plan.arm_ids if (pre := pre_period_arm(exp.plan, a)) in inp.totals
-            }
-        },
+        covariates={ALL_COHORTS: pre_period_totals(exp.plan, inp.totals)},
     )
     front, compared = update_front(state.front, report, objective, control_id=exp.plan.control.arm_id)
     narrative = None

@@ -18,7 +18,7 @@ from typing import Final
 
 from agents.brain import MetricReading
 from agents.diagnostics import diagnostic_values
-from agents.loop_baseline import _TREATMENT_ARM, is_pre_period_arm
+from agents.loop_baseline import _TREATMENT_ARM, is_pre_period_arm, pre_period_id
 from agents.loop_state import LoopInput
 from agents.online import OnlinePolicy
 from agents.stats.cuped import cuped_from_sums
@@ -27,7 +27,6 @@ from agents.stats.ratio import ratio_from_sums
 from schemas.metrics import ArmTotals
 
 _MAX_READINGS: Final = 64
-_Z95: Final = 1.959963984540054
 
 #: the conversion guardrail's ratio as the brain reads it (`agents.insight.METRICS` name, numerator, denominator)
 GUARD_CONVERSION: Final = ("conversion_rate", "conversions", "requests")
@@ -65,7 +64,7 @@ def _cuped_readings(
             by_experiment.setdefault(arm_id.rsplit(".", 1)[0], []).append((arm_id, totals))
     out: dict[str, MetricReading] = {}
     for experiment, members in by_experiment.items():
-        pre = [inp.totals.get(f"{experiment}.pre.{arm_id.rsplit('.', 1)[1]}") for arm_id, _ in members]
+        pre = [inp.totals.get(pre_period_id(experiment, arm_id)) for arm_id, _ in members]
         if len(members) < 2 or any(p is None for p in pre):
             continue
         try:
@@ -77,10 +76,8 @@ def _cuped_readings(
         for (arm_id, _), arm in zip(members, fit.arms, strict=True):
             if not (math.isfinite(arm.value) and math.isfinite(arm.variance) and arm.variance >= 0.0):
                 continue
-            half = _Z95 * math.sqrt(arm.variance)
-            out[arm_id] = MetricReading(
-                name=name, value=arm.value, lower=arm.value - half, upper=arm.value + half, arm=arm_id
-            )
+            lower, upper = arm.interval()
+            out[arm_id] = MetricReading(name=name, value=arm.value, lower=lower, upper=upper, arm=arm_id)
     return out
 
 

@@ -22,8 +22,9 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from agents.ope_rows import FloatArray, IntArray, _groups, _mean_variance, _propensities, _target, _vector, _z
+from agents.ope_rows import FloatArray, IntArray, _groups, _mean_variance, _propensities, _target, _vector
 from agents.ope_weights import DEFAULT_RULE, ReliabilityRule, WeightDiagnostics, _diagnose, _ess
+from agents.stats.distributions import two_sided_z
 from agents.stats.errors import StatsError
 
 Estimator = Literal["ips", "snips", "clipped_ips", "on_policy"]
@@ -107,7 +108,7 @@ def _result(
     diagnostics: WeightDiagnostics,
     clipping: Clipping | None = None,
 ) -> OffPolicyEstimate:
-    z = _z(level)
+    z = two_sided_z(level)
     variance, units = _mean_variance(influence, groups)
     se = math.sqrt(max(variance, 0.0))
     return OffPolicyEstimate(

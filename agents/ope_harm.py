@@ -20,8 +20,9 @@ from typing import Literal
 import numpy.typing as npt
 
 from agents.ope_estimators import OffPolicyEstimate, ips, snips
-from agents.ope_rows import _groups, _mean_variance, _propensities, _target, _vector, _z
+from agents.ope_rows import _groups, _mean_variance, _propensities, _target, _vector
 from agents.ope_weights import DEFAULT_RULE, ReliabilityRule
+from agents.stats.distributions import two_sided_z
 from agents.stats.errors import StatsError
 
 
@@ -102,7 +103,7 @@ def difference(
     value = candidate.value - incumbent.value
     variance, units = _mean_variance(influence, groups)
     se = math.sqrt(max(variance, 0.0))
-    z = _z(level)
+    z = two_sided_z(level)
     return OffPolicyDifference(
         estimator, value, se, value - z * se, value + z * se, float(level), r.size, units, candidate, incumbent
     )
@@ -113,7 +114,7 @@ def agreement(first: OffPolicyEstimate, second: OffPolicyEstimate, level: float 
 
     |a − b| <= z·sqrt(se_a² + se_b²), z the two-sided normal quantile (1.96 at 95%).
     """
-    z = _z(level)
+    z = two_sided_z(level)
     gap = first.value - second.value
     se = math.hypot(first.std_error, second.std_error)
     z_score = gap / se if se > 0.0 else (0.0 if gap == 0.0 else math.copysign(math.inf, gap))

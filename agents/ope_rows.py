@@ -5,7 +5,7 @@ validation of the per-row vectors (`_vector`, `_target` for target
 probabilities in [0, 1], `_propensities` for logging propensities in (0, 1],
 `_groups` for cluster ids), `_mean_variance` (the i.i.d. or cluster-robust
 variance of a mean of influence values, described under "Variance" in
-`agents.ope`) and `_z` (the two-sided normal quantile of a confidence level).
+`agents.ope`); the interval's z is `agents.stats.distributions.two_sided_z`.
 
 Who calls it: `agents.ope_weights`, `agents.ope_estimators` and
 `agents.ope_harm`, so that every estimator refuses the same inputs with the
@@ -20,7 +20,6 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from agents.stats.distributions import normal_ppf
 from agents.stats.errors import StatsError
 
 FloatArray = npt.NDArray[np.float64]
@@ -31,13 +30,6 @@ _HINT_ROWS: Final = (
     "pass one value per logged row: reward, target probability and logging propensity of the logged action"
 )
 _HINT_PROPENSITY: Final = "log the probability with which the logging policy chose the logged action (0 < p <= 1)"
-
-
-def _z(level: float) -> float:
-    if not (isinstance(level, float | int) and 0.0 < level < 1.0):
-        msg = f"level: confidence level must be in (0, 1), got {level!r}"
-        raise StatsError(msg, "use e.g. 0.95")
-    return normal_ppf(0.5 + 0.5 * float(level))
 
 
 def _vector(name: str, values: npt.ArrayLike, rows: int | None) -> FloatArray:

@@ -41,9 +41,17 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from agents.stats.distributions import two_sided_z
 from agents.stats.errors import StatsError
-from agents.stats.ratio import Comparison, FloatArray, bucket_pair, comparison, linearize, ratio_arrays
-from schemas.metrics import FIELD_INDEX
+from agents.stats.ratio import (
+    Comparison,
+    FloatArray,
+    bucket_pair,
+    comparison,
+    linearize,
+    named_rows,
+    ratio_arrays,
+)
 
 BucketArrays = tuple[npt.ArrayLike, npt.ArrayLike]
 
@@ -115,6 +123,11 @@ class CupedArm:
         """Var(adjusted)/Var(raw): 1 − ρ² in the limit; below 1 means CUPED helped."""
         return self.variance / self.raw_variance if self.raw_variance > 0.0 else math.nan
 
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        """Two-sided fixed-sample normal interval of the adjusted value (as `RatioEstimate.interval`)."""
+        half = two_sided_z(level) * math.sqrt(self.variance)
+        return self.value - half, self.value + half
+
 
 @dataclass(frozen=True, slots=True)
 class CupedFit:
@@ -183,14 +196,5 @@ def cuped_from_sums(
     (`agents.loop_readings`) and Insight (`agents.insight_metrics`), so both
     read an experiment as the Online agent does.
     """
-    for arg, field in (("numerator", numerator), ("denominator", denominator)):
-        if field not in FIELD_INDEX:
-            msg = f"{arg}: {field!r} is not a bucket field; known: {sorted(FIELD_INDEX)}"
-            raise StatsError(msg)
-    num, den = FIELD_INDEX[numerator], FIELD_INDEX[denominator]
-    tables = [np.asarray(t, dtype=np.float64) for t in (*current, *pre)]
-    if any(t.ndim != 2 or t.shape[0] != len(FIELD_INDEX) for t in tables):
-        msg = f"current, pre: every arm's sums must be (fields × buckets) with {len(FIELD_INDEX)} rows"
-        raise StatsError(msg)
-    rows = [(t[num], t[den]) for t in tables]
+    rows = [named_rows(t, numerator, denominator) for t in (*current, *pre)]
     return cuped_ratio(rows[: len(current)], rows[len(current) :])

@@ -68,6 +68,17 @@ def two_sided_p(estimate: float, variance: float) -> float:
     return math.erfc(abs(estimate) / math.sqrt(2.0 * variance))
 
 
+def two_sided_z(level: float) -> float:
+    """The z of a two-sided normal interval at confidence `level` (1.96 at 0.95), for 0 < level < 1.
+
+    The one check of a confidence level: ratio, CUPED and off-policy intervals all call it.
+    """
+    if not (isinstance(level, float | int) and 0.0 < level < 1.0):
+        msg = f"level: confidence level must be in (0, 1), got {level!r}"
+        raise StatsError(msg, "use e.g. 0.95")
+    return normal_ppf(0.5 + 0.5 * float(level))
+
+
 def normal_ppf(p: float) -> float:
     """The standard normal quantile: z with P(Z <= z) = p, for 0 < p < 1."""
     if not 0.0 < p < 1.0:

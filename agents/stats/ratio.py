@@ -40,7 +40,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from agents.stats.distributions import normal_ppf
+from agents.stats.distributions import two_sided_z
 from agents.stats.errors import StatsError
 from schemas.metrics import FIELD_INDEX
 
@@ -48,13 +48,6 @@ FloatArray = npt.NDArray[np.float64]
 
 MIN_BUCKETS: Final = 2
 _HINT_BUCKETS: Final = "pass every user bucket of the arm (B columns of ArmTotals.sums), empty ones included"
-
-
-def _z(level: float) -> float:
-    if not 0.0 < level < 1.0:
-        msg = f"level: confidence level must be in (0, 1), got {level!r}"
-        raise StatsError(msg)
-    return normal_ppf(0.5 + 0.5 * level)
 
 
 def bucket_pair(
@@ -126,7 +119,7 @@ class RatioEstimate:
 
     def interval(self, level: float = 0.95) -> tuple[float, float]:
         """Two-sided fixed-sample normal interval r ± z·se (not always-valid: see `sequential`)."""
-        half = _z(level) * self.se
+        half = two_sided_z(level) * self.se
         return self.value - half, self.value + half
 
 
@@ -140,8 +133,12 @@ def ratio_estimate(numerator: npt.ArrayLike, denominator: npt.ArrayLike) -> Rati
     return RatioEstimate(float(r), float(var), float(x.sum()), float(y.sum()), int(x.size))
 
 
-def ratio_from_sums(sums: npt.ArrayLike, numerator: str, denominator: str) -> RatioEstimate:
-    """`ratio_estimate` of two named rows of an arm's (fields × buckets) sums (`schemas.metrics.ArmTotals.sums`)."""
+def named_rows(sums: npt.ArrayLike, numerator: str, denominator: str) -> tuple[FloatArray, FloatArray]:
+    """The (numerator, denominator) rows of an arm's (fields × buckets) sums (`schemas.metrics.ArmTotals.sums`).
+
+    Called by `ratio_from_sums` and `agents.stats.cuped.cuped_from_sums`;
+    raises `StatsError` naming an unknown field or a sums table of the wrong shape.
+    """
     for arg, field in (("numerator", numerator), ("denominator", denominator)):
         if field not in FIELD_INDEX:
             msg = f"{arg}: {field!r} is not a bucket field; known: {sorted(FIELD_INDEX)}"
@@ -150,7 +147,12 @@ def ratio_from_sums(sums: npt.ArrayLike, numerator: str, denominator: str) -> Ra
     if table.ndim != 2 or table.shape[0] != len(FIELD_INDEX):
         msg = f"sums: must be (fields × buckets) with {len(FIELD_INDEX)} rows, got shape {table.shape}"
         raise StatsError(msg)
-    return ratio_estimate(table[FIELD_INDEX[numerator]], table[FIELD_INDEX[denominator]])
+    return table[FIELD_INDEX[numerator]], table[FIELD_INDEX[denominator]]
+
+
+def ratio_from_sums(sums: npt.ArrayLike, numerator: str, denominator: str) -> RatioEstimate:
+    """`ratio_estimate` of two named rows of an arm's (fields × buckets) sums (`schemas.metrics.ArmTotals.sums`)."""
+    return ratio_estimate(*named_rows(sums, numerator, denominator))
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +186,12 @@ class Comparison:
 
     def difference_interval(self, level: float = 0.95) -> tuple[float, float]:
         """Fixed-sample interval for the difference (for a single final read only)."""
-        half = _z(level) * self.difference_se
+        half = two_sided_z(level) * self.difference_se
         return self.difference - half, self.difference + half
 
     def lift_interval(self, level: float = 0.95) -> tuple[float, float]:
         """Fixed-sample interval for the lift: exp(log ratio ± z·sd) − 1 (asymmetric, > −1)."""
-        half = _z(level) * math.sqrt(self.log_ratio_variance)
+        half = two_sided_z(level) * math.sqrt(self.log_ratio_variance)
         return math.expm1(self.log_ratio - half), math.expm1(self.log_ratio + half)
 
 
