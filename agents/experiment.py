@@ -196,6 +196,8 @@ class PowerFigures(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     feasible: bool
     horizon_needed_s: float | None
     reason: str
+    persistent_share: float = 0.0
+    variance_window_s: float | None = None
 
 
 class ExperimentPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -68,9 +68,11 @@ from agents.brain import ArmRegistry, Brain, MetricReading
 from agents.critic import CriticRules, LatencyModel
 from agents.experiment import Decision
 from agents.loop_baseline import (
-    _cuped_ratio,
+    MAX_CURVE_POINTS,
     baseline_marks,
     baseline_since_mark,
+    curve_points,
+    learn_variance_curve,
     pre_period_allocation,
     pre_period_arm,
     pre_period_totals,
@@ -136,7 +138,6 @@ __all__ = [
     "RecordKind",
     "StateStore",
     "UpsertSkills",
-    "_cuped_ratio",
     "decode_actions",
     "encode_actions",
     "pre_period_allocation",
@@ -244,6 +245,7 @@ class AgentLoop:
             candidates=(),
             cooldown_until_ms=inp.now_ms + int(self.settings.cooldown_s * 1000),
             baseline_mark=mark,
+            baseline_mid=(),
             # a promotion resets it; a restricted round that ends any other way sets it (see `agents.loop_propose`)
             explore_wide=False if promoted else state.explore_wide or state.round_restricted,
             round_restricted=False,
@@ -267,14 +269,13 @@ class AgentLoop:
         seen = state.latency_seen
         if self.settings.fit_latency:
             seen = observe_latency(seen, exp.plan, inp.totals, self.settings.min_latency_requests)
-        state = msgspec.structs.replace(
-            state,
-            experiment=exp.to_bytes(),
-            cuped_variance_ratio=_cuped_ratio(decisions, state.cuped_variance_ratio),
-            latency_seen=seen,
-        )
+        points = state.curve_points
+        if exp.started_ms is not None:
+            points = (*points, *curve_points(decisions, exp.started_ms, state.curve_reference))[-MAX_CURVE_POINTS:]
+        state = msgspec.structs.replace(state, experiment=exp.to_bytes(), curve_points=points, latency_seen=seen)
         if not exp.terminal:
             return state
+        state = learn_variance_curve(state)
         state = await learn(self.brain, self.surface, self.settings.objective, state, exp, arms, inp, out)
         return self.cool(state, inp)
 

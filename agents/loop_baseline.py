@@ -3,7 +3,9 @@
 What lives here: which arms are experiment arms (`_TREATMENT_ARM`); the
 baseline marks a round leaves (`baseline_marks`) and the incumbent's totals
 since them (`baseline_since_mark`); the CUPED variance ratio the next plan
-assumes (`_cuped_ratio`); the A/A pre-period's arm ids and allocation
+learns from the reads (`curve_points`, `learn_variance_curve`); the two parts of the baseline window whose buckets
+measure the variance's persistent share (`baseline_parts`) and its pooling
+over rounds (`pool_persistent_share`); the A/A pre-period's arm ids and allocation
 (`pre_period_arm`, `pre_period_id`, `pre_period_totals`, `pre_period_allocation`).
 
 Who calls it: `agents.loop.AgentLoop` (proposal, planning, cool-down and run
@@ -18,34 +20,62 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Final
 
+import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from agents.experiment import Decision, ExperimentPlan
-from agents.loop_state import BaselineMark
+from agents.loop_state import BaselineMark, LoopState
 from agents.online import stage_allocation
+from agents.stats.persistence import fit_variance_curve, pool_curves
 from schemas.config import Allocation, ArmShare
-from schemas.metrics import ArmTotals
+from schemas.metrics import FIELD_INDEX, ArmTotals
+
+FloatArray = npt.NDArray[np.float64]
+_REQUESTS: Final = FIELD_INDEX["requests"]
 
 _TREATMENT_ARM: Final = re.compile(r"\.(t\d+|c)$")
-#: the power gate never plans on less than this share of the raw variance (a lucky read must not underpower the next)
-_MIN_CUPED_RATIO: Final = 0.25
+#: rounds the persistent share is averaged over before older rounds fade (one estimate has a standard error ~0.2)
+PERSISTENT_MEMORY_ROUNDS: Final = 8
+#: an experiment's reads kept for its variance curve (a read per arm per step: ample for a two-parameter fit)
+MAX_CURVE_POINTS: Final = 256
 
 
-def _cuped_ratio(decisions: Sequence[Decision], last: float) -> float:
-    """The median Var(adjusted)/Var(raw) of these decisions' CUPED reads, floored at `_MIN_CUPED_RATIO`; else `last`.
+def curve_points(decisions: Sequence[Decision], started_ms: int, reference: float) -> list[tuple[float, float]]:
+    """(seconds since the experiment started, variance per request / `reference`) of these decisions' primary reads.
 
-    The power gate plans the next experiment on it: what the A/A covariates
-    removed on this surface is the best guess of what they will remove next.
+    The variance per request of a read is its Var(difference) over
+    (1/n_t + 1/n_c): constant in time under the 1/N model, growing when the
+    same users come back.  `reference` is the raw variance per request the
+    experiment was planned on (`LoopState.curve_reference`).  Called by
+    `AgentLoop._run` each step; `learn_variance_curve` fits them at the end.
     """
-    ratios = sorted(
-        r.variance_ratio
-        for d in decisions
-        for r in d.reads
-        if r.cuped and r.variance_ratio is not None and math.isfinite(r.variance_ratio)
+    out = []
+    for d in decisions:
+        for r in d.reads:
+            n_t, n_c = r.treatment_requests, r.control_requests
+            if n_t > 0.0 and n_c > 0.0 and math.isfinite(r.difference_se) and reference > 0.0:
+                per_request = r.difference_se**2 / (1.0 / n_t + 1.0 / n_c)
+                out.append(((d.at_ms - started_ms) / 1000.0, per_request / reference))
+    return out
+
+
+def learn_variance_curve(state: LoopState) -> LoopState:
+    """`state` with the ended experiment's `curve_points` fitted and pooled into the surface's variance curve.
+
+    Called by `AgentLoop._run` when an experiment ends; the next power gate
+    plans on the curve (`agents.loop_plan`).
+    """
+    curve = pool_curves(state.variance_curve(), fit_variance_curve(state.curve_points), PERSISTENT_MEMORY_ROUNDS)
+    if curve is None:
+        return msgspec.structs.replace(state, curve_points=())
+    return msgspec.structs.replace(
+        state,
+        curve_points=(),
+        curve_intercept=curve.intercept,
+        curve_slope_per_s=curve.slope_per_s,
+        curve_reads=curve.reads,
     )
-    if not ratios:
-        return last
-    return min(1.0, max(_MIN_CUPED_RATIO, ratios[len(ratios) // 2]))
 
 
 def pre_period_arm(plan: ExperimentPlan, arm_id: str) -> str:
@@ -143,3 +173,48 @@ def baseline_since_mark(
             )
         arms.append(t)
     return [t for t in arms if t.total("requests") >= min_requests and t.windows > 0]
+
+
+def baseline_parts(
+    totals: Mapping[str, ArmTotals],
+    marks: Sequence[BaselineMark],
+    mid: Sequence[BaselineMark],
+    min_requests: float,
+) -> list[tuple[FloatArray, FloatArray]]:
+    """Each baseline arm's (fields × buckets) sums before and after `mid` (`LoopState.baseline_mid`), since `marks`.
+
+    Called by the planning phase (`agents.loop_plan`): the two parts of the
+    window the power gate plans on, for `agents.online.persistent_share_of`.
+    Arms with fewer than `min_requests` requests in either part, or whose
+    layout changed, are left out.
+    """
+    start = {m.arm_id: m for m in marks}
+    out = []
+    for m in mid:
+        now = totals.get(m.arm_id)
+        if now is None or m.buckets != now.sums.shape[1] or len(m.sums) != now.sums.size:
+            continue
+        at_mid = np.asarray(m.sums, dtype=np.float64).reshape(now.sums.shape)
+        s = start.get(m.arm_id)
+        before = (
+            np.asarray(s.sums, dtype=np.float64).reshape(now.sums.shape)
+            if s is not None and len(s.sums) == now.sums.size
+            else np.zeros_like(at_mid)
+        )
+        first, second = at_mid - before, now.sums - at_mid
+        if min(first[_REQUESTS].sum(), second[_REQUESTS].sum()) >= min_requests:
+            out.append((first, second))
+    return out
+
+
+def pool_persistent_share(share: float, reads: int, estimate: float | None) -> tuple[float, int]:
+    """(pooled share, reads) after one more round's `estimate` (None: unchanged).
+
+    A running mean over the first `PERSISTENT_MEMORY_ROUNDS` estimates, then
+    an exponential average with that memory: the share is a property of the
+    surface's users, and one round's estimate is noisy.
+    """
+    if estimate is None:
+        return share, reads
+    weight = 1.0 / min(reads + 1, PERSISTENT_MEMORY_ROUNDS)
+    return share + weight * (estimate - share), reads + 1

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from agents.experiment import Candidate
-from agents.loop_baseline import pre_period_allocation
+from agents.loop_baseline import baseline_parts, pool_persistent_share, pre_period_allocation
 from agents.loop_state import Action, LoopInput, LoopState
-from agents.online import baseline_from_totals
+from agents.online import baseline_from_totals, persistent_share_of
 from schemas.config_log import ServingState
 
 if TYPE_CHECKING:
@@ -61,11 +61,25 @@ def plan_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: list[Actio
         return state
     seconds = max(t.windows for t in baseline_arms) * loop.settings.window_s
     traffic, baseline = baseline_from_totals(baseline_arms, loop.online.policy.primary, seconds)
+    state = msgspec.structs.replace(state, curve_reference=baseline.variance_per_request, curve_points=())
+    parts = baseline_parts(inp.totals, state.baseline_mark, state.baseline_mid, loop.settings.min_baseline_requests / 2)
+    share, reads = pool_persistent_share(
+        state.persistent_share, state.persistent_reads, persistent_share_of(parts, loop.online.policy.primary)
+    )
+    state = msgspec.structs.replace(state, persistent_share=share, persistent_reads=reads)
+    curve = state.variance_curve()
+    window_s = baseline.window_s or seconds
+    if curve is not None:
+        # what the last experiments' reads showed (CUPED-adjusted when they were), relative to their baseline
+        baseline = dataclasses.replace(
+            baseline,
+            variance_per_request=baseline.variance_per_request * curve.at(window_s),
+            persistent_share=min(1.0, curve.share_at(window_s)),
+        )
+    elif reads > 0:
+        # returning users: the part of the variance they carry does not shrink with a longer horizon
+        baseline = dataclasses.replace(baseline, persistent_share=share)
     pre_s = loop.settings.pre_period_s
-    ratio = state.cuped_variance_ratio if pre_s > 0.0 else 1.0
-    if ratio < 1.0:
-        # the A/A pre-period's covariates will remove this share of the variance, as they did last time
-        baseline = dataclasses.replace(baseline, variance_per_request=baseline.variance_per_request * ratio)
     candidates = [
         Candidate(proposal_id=p.proposal_id, config_version=versions[p.proposal_id], title=p.title)
         for p in state.candidates
@@ -73,7 +87,12 @@ def plan_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: list[Actio
     hold = (
         f"A/A pre-period of {pre_s:g} s first: every arm serves the incumbent (same salt, final-stage lanes), "
         "its per-arm bucket sums become the CUPED covariates"
-        + (f"; planned on {ratio:.2f}x the raw variance (what CUPED left in the last reads)" if ratio < 1 else "")
+        + (
+            f"; planned on the variance the last {curve.reads} experiment(s)' adjusted reads showed "
+            f"({curve.at(window_s):.2f}x the raw variance per request at this window)"
+            if curve is not None
+            else ""
+        )
         if pre_s > 0.0
         else None
     )

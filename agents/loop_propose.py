@@ -26,6 +26,7 @@ import msgspec
 
 from agents.brain import MAX_TITLE_CHARS, CritiqueContext, ProposalContext, clip_text
 from agents.critic import critique
+from agents.loop_baseline import baseline_marks
 from agents.loop_latency import latency_model
 from agents.loop_learn import failure_memory
 from agents.loop_state import Action, AppendConfig, LoopInput, LoopState
@@ -53,7 +54,8 @@ async def propose_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: l
     incumbent = inp.serving.control
     assert incumbent is not None  # noqa: S101 - checked by step
     cycle = state.cycle + 1
-    state = msgspec.structs.replace(state, cycle=cycle)
+    # the window the gate will plan on, split here: its two parts measure the variance's persistent share
+    state = msgspec.structs.replace(state, cycle=cycle, baseline_mid=baseline_marks(inp.totals))
     exp_tag = f"{loop.surface}-round{cycle}"
     space = search_space(inp.skills, loop.surface, incumbent=incumbent)
     skill_parameters = search_parameters(space)

@@ -24,6 +24,7 @@ from agents.brain import Proposal
 from agents.experiment import ExperimentState
 from agents.insight import TriedConfig
 from agents.skills import Skill
+from agents.stats.persistence import VarianceCurve
 from schemas.alerts import Alert
 from schemas.config import Allocation, CascadeConfig
 from schemas.config_log import ServingState
@@ -72,7 +73,16 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     restores); `cooldown_until_ms` when the next proposal round may start;
     `baseline_mark` the baseline arms' totals when the last round ended (the
     power gate plans on the incumbent's traffic since then, not on all
-    history); `pre_period_until_ms` when the A/A pre-period (if any) ends; `outbox`
+    history) and `baseline_mid` when the round proposed (it splits that
+    window in two parts, whose buckets measure the persistent share of the
+    variance); `persistent_share` the pooled estimate of that share over the
+    last `persistent_reads` rounds (`agents.loop_baseline.pool_persistent_share`);
+    `curve_points` the current experiment's reads as (seconds since start,
+    variance per request relative to `curve_reference`, the raw variance it
+    was planned on), fitted when it ends into the surface's variance curve
+    `curve_intercept` + `curve_slope_per_s`·T pooled over `curve_reads`
+    experiments (`variance_curve`; what the next gate plans on);
+    `pre_period_until_ms` when the A/A pre-period (if any) ends; `outbox`
     the actions of the step this state results from while they are being
     executed (`LoopDriver`: saved before, cleared after; see `encode_actions`);
     `front` the running Pareto front of tried configs (`agents.insight.update_front`);
@@ -95,9 +105,16 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     failures: tuple[FailureRec, ...] = ()
     history: tuple[str, ...] = ()
     baseline_mark: tuple[BaselineMark, ...] = ()
+    baseline_mid: tuple[BaselineMark, ...] = ()
+    persistent_share: float = 0.0
+    persistent_reads: int = 0
     pre_period_until_ms: int = 0
     outbox: bytes | None = None
-    cuped_variance_ratio: float = 1.0
+    curve_points: tuple[tuple[float, float], ...] = ()
+    curve_reference: float = 0.0
+    curve_intercept: float = 0.0
+    curve_slope_per_s: float = 0.0
+    curve_reads: int = 0
     front: tuple[TriedConfig, ...] = ()
     round_restricted: bool = False
     explore_wide: bool = False
@@ -111,6 +128,12 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     def from_bytes(cls, data: bytes) -> LoopState:
         """Decode what `to_bytes` wrote."""
         return _state_decoder.decode(data)
+
+    def variance_curve(self) -> VarianceCurve | None:
+        """The learned variance curve (`agents.stats.persistence.VarianceCurve`), None before any experiment ended."""
+        if self.curve_reads <= 0:
+            return None
+        return VarianceCurve(self.curve_intercept, self.curve_slope_per_s, self.curve_reads)
 
     def experiment_state(self) -> ExperimentState | None:
         """The decoded current experiment, if any."""

@@ -78,6 +78,7 @@ promote, end).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import msgspec
@@ -91,7 +92,14 @@ from agents.experiment import (
 )
 from agents.online_guard import _guardrails, _srm
 from agents.online_plan import _gate, _launch, _plan_figures, _plan_struct, _refused, power_plan
-from agents.online_policy import Baseline, OnlinePolicy, TrafficEstimate, _per_stage, baseline_from_totals
+from agents.online_policy import (
+    Baseline,
+    OnlinePolicy,
+    TrafficEstimate,
+    _per_stage,
+    baseline_from_totals,
+    persistent_share_of,
+)
 from agents.online_primary import _read
 from agents.online_ramp import (
     _experiment_id,
@@ -109,6 +117,25 @@ from agents.stats.errors import StatsError
 from schemas.metrics import ArmTotals
 
 # --------------------------------------------------------------------------- the agent
+
+
+def _needed_note(arms: int, needed_s: float | None) -> str:
+    """How long the refused arms would need, or that no horizon would do (a persistent variance above the target)."""
+    if needed_s is None:
+        return ""
+    if not math.isfinite(needed_s):
+        return f"; no horizon would do for {arms} arm(s): the variance that persists is above the target's"
+    return f"; {arms} arm(s) would need about {_span(needed_s)}"
+
+
+def _persistent_note(baseline: Baseline) -> str:
+    """What the gate's decision says about the persistent variance it planned on (empty when there is none)."""
+    if baseline.persistent_share <= 0.0:
+        return ""
+    return (
+        f"; planned with {100.0 * baseline.persistent_share:.0f}% of the variance persistent "
+        "(returning users: that part does not shrink with a longer horizon)"
+    )
 
 
 class OnlineAgent:
@@ -188,7 +215,8 @@ class OnlineAgent:
                 f"power gate: refuse — with {len(kept)} treatment arm(s) the traffic resolves only "
                 f"±{_pct(requested.mde_relative)} in {_span(p.horizon_s)}, target {_pct(p.target_mde)}; "
                 f"even 1 arm resolves only ±{_pct(one.mde_relative)}"
-                + (f"; {len(kept)} arm(s) would need about {_span(needed)}" if needed is not None else "")
+                + _needed_note(len(kept), needed)
+                + _persistent_note(baseline)
             )
             plan = _plan_struct(
                 self.policy,
@@ -212,12 +240,13 @@ class OnlineAgent:
                 f"power gate: cut from {len(kept)} to {gate.treatments} treatment arm(s) — with {len(kept)} the "
                 f"traffic resolves only ±{_pct(requested.mde_relative)} in {_span(p.horizon_s)} against a target "
                 f"of {_pct(p.target_mde)}; with {gate.treatments} it resolves ±{_pct(gate.mde_relative)}; "
-                f"dropped {dropped}"
+                f"dropped {dropped}" + _persistent_note(baseline)
             )
         else:
             notes.append(
                 f"power gate: launch — traffic resolves ±{_pct(gate.mde_relative)} in {_span(p.horizon_s)} with "
                 f"{gate.treatments} treatment arm(s) over the ramp, target {_pct(p.target_mde)}"
+                + _persistent_note(baseline)
             )
         plan = _plan_struct(
             self.policy,
@@ -319,6 +348,7 @@ __all__ = [
     "TrafficEstimate",
     "baseline_from_totals",
     "guardrail_tau2",
+    "persistent_share_of",
     "power_plan",
     "ramp_exposure",
     "served_shares",

@@ -55,6 +55,8 @@ def power_plan(
         target_mde=p.target_mde,
         variance_dof=baseline.variance_dof,
         variance_confidence=p.variance_confidence,
+        persistent_share=baseline.persistent_share,
+        variance_window_seconds=baseline.window_s,
     )
 
 
@@ -133,6 +135,8 @@ def _plan_struct(
             feasible=gate.feasible,
             horizon_needed_s=req.horizon_needed_seconds,
             reason=reason,
+            persistent_share=gate.persistent_share,
+            variance_window_s=gate.variance_window_seconds,
         )
     return ExperimentPlan(
         experiment_id=experiment_id,
@@ -176,6 +180,8 @@ def _plan_figures(plan: ExperimentPlan) -> tuple[Figure, ...]:
         Figure.of("mde_absolute", f.mde_absolute),
         Figure.of("baseline", f.baseline),
         Figure.of("variance_per_request", f.variance_per_request),
+        Figure.of("persistent_share", f.persistent_share),
+        Figure.of("variance_window_s", math.nan if f.variance_window_s is None else f.variance_window_s),
         Figure.of("requests_per_second", f.requests_per_second),
         Figure.of("exposure", f.exposure),
         Figure.of("tau2", f.tau2),

@@ -22,6 +22,8 @@ from agents.experiment import (
     GuardrailSpec,
     MetricSpec,
 )
+from agents.stats.errors import StatsError
+from agents.stats.persistence import persistence_from_sums
 from agents.stats.ratio import ratio_from_sums
 from agents.stats.srm import HALT_P
 from schemas.metrics import FIELD_INDEX, ArmTotals
@@ -50,11 +52,17 @@ class Baseline:
     `variance_dof` (degrees of freedom of the variance estimate, e.g.
     Σ (buckets − 1) over the pooled arms) makes the power gate plan on the
     variance's upper confidence limit (Browne 1995, see `agents.stats.power`).
+    `persistent_share` is the share of the variance that the same users'
+    further traffic keeps (`persistent_share_of`) and `window_s` the length
+    of the window it was measured on: the gate projects the variance per
+    request to the horizon as σ²·(1 − φ + φ·horizon/window).
     """
 
     value: float
     variance_per_request: float
     variance_dof: float | None = None
+    persistent_share: float = 0.0
+    window_s: float | None = None
 
 
 def baseline_from_totals(
@@ -79,8 +87,25 @@ def baseline_from_totals(
         dof += est.buckets - 1
     return (
         TrafficEstimate(requests / seconds),
-        Baseline(num / den, float(np.mean(per_request)), dof),
+        Baseline(num / den, float(np.mean(per_request)), dof, window_s=seconds),
     )
+
+
+def persistent_share_of(parts: Sequence[Sequence[npt.ArrayLike]], metric: MetricSpec) -> float | None:
+    """φ of the incumbent's window from each baseline arm's consecutive parts (fields × buckets sums per part).
+
+    Called by the loop's power gate (`agents.loop_plan`, the window split
+    where the round proposed) and `rectune.simloop` (the pilot's steps).
+    The mean over arms, as `baseline_from_totals` pools the variance per
+    request; None when no arm has two parts with traffic in every one.
+    """
+    shares = []
+    for arm in parts:
+        try:
+            shares.append(persistence_from_sums(arm, metric.numerator, metric.denominator).share)
+        except StatsError:
+            continue  # a part without traffic: this arm says nothing about persistence
+    return float(np.mean(shares)) if shares else None
 
 
 def _per_stage(name: str, value: float | tuple[float, ...], stages: int) -> tuple[float, ...]:
@@ -151,4 +176,4 @@ class OnlinePolicy:
         _per_stage("min_stage_requests", self.min_stage_requests, len(s))
 
 
-__all__ = ["Baseline", "OnlinePolicy", "TrafficEstimate", "baseline_from_totals"]
+__all__ = ["Baseline", "OnlinePolicy", "TrafficEstimate", "baseline_from_totals", "persistent_share_of"]

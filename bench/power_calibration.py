@@ -3,16 +3,20 @@
 The Online agent's power gate plans each experiment from the incumbent's
 recent traffic: a variance per request (`agents.online_policy.
 baseline_from_totals`, times the CUPED ratio the last reads showed,
-`agents.loop_plan`) that it scales as 1/N to the horizon.  This bench runs
+`agents.loop_plan`), projected to the horizon with the persistent share
+of that variance (`agents.stats.persistence`: returning users' share does
+not shrink with time; 1/N when the share is 0).  This bench runs
 the agents' loop (`rectune.simloop`, offline brain) on each scenario and
 compares, for every treatment arm read at least `--min-requests` times,
 
     realised  = the read's standard error of the difference (CUPED-adjusted
                 when the read was), at the end of the arm's experiment;
-    planned   = sqrt(v / n_t + v / n_c), the plan's variance per request v at
-                the arm's *realised* request counts n_t, n_c,
+    planned   = sqrt(v / n_t + v / n_c), the plan's variance per request v,
+                projected to the read's length T as v·(1 − φ + φ·T/W)
+                (φ the persistent share, W the baseline window), at the
+                arm's *realised* request counts n_t, n_c,
 
-so a ratio of 1 means the gate's 1/N model held; a ratio r means every MDE
+so a ratio of 1 means the gate's model held; a ratio r means every MDE
 the gate reported was about r times too small (the detection it promised
 needs r² times the traffic).  The ratio is a property of the world's users
 (a fixed population whose propensities persist) and the plan's model, not of
@@ -53,32 +57,46 @@ def run_one(args: tuple[str, int, float, float]) -> list[tuple[float, float]]:
     scenario = load_scenario(name)
     world = World(scenario, seed=seed)
     budget_s = days * 86_400.0
-    sim = asyncio.run(
-        run_simloop(world, budget_s=budget_s, seed=seed, preset=preset_for(scenario, budget_s), start=default_config())
-    )
-    planned_variance: dict[str, float] = {}
-    last_read: dict[str, dict[str, Any]] = {}
+    preset = preset_for(scenario, budget_s)
+    step_s = preset.step_s
+    sim = asyncio.run(run_simloop(world, budget_s=budget_s, seed=seed, preset=preset, start=default_config()))
+    planned: dict[str, tuple[float, float, float]] = {}  # experiment → (v, φ, window s)
+    last_read: dict[str, tuple[int, dict[str, Any]]] = {}
+    first_read_ms: dict[str, int] = {}
     for record in sim.records:
         payload = record.get("payload")
         if not isinstance(payload, dict):
             continue
+        exp_id, at_ms = str(record.get("experiment_id")), int(record.get("at_ms", 0))
         if record.get("kind") == "allocation":
             figures = {f["name"]: f["value"] for f in payload.get("figures", [])}
             if "variance_per_request" in figures:
-                planned_variance[str(record.get("experiment_id"))] = float(figures["variance_per_request"])
+                window_s = figures.get("variance_window_s")
+                planned[exp_id] = (
+                    float(figures["variance_per_request"]),
+                    float(figures.get("persistent_share") or 0.0),
+                    float(window_s) if isinstance(window_s, int | float) and math.isfinite(window_s) else math.nan,
+                )
         for read in payload.get("reads") or []:
-            last_read[read["arm_id"]] = read  # the last read of an arm is its final one
+            first_read_ms.setdefault(exp_id, at_ms)
+            last_read[read["arm_id"]] = (at_ms, read)  # the last read of an arm is its final one
     out: list[tuple[float, float]] = []
-    for arm, read in last_read.items():
-        v = planned_variance.get(arm.rsplit(".", 1)[0])
+    for arm, (at_ms, read) in last_read.items():
+        exp_id = arm.rsplit(".", 1)[0]
+        plan = planned.get(exp_id)
         n_t, n_c = float(read["treatment_requests"]), float(read["control_requests"])
-        if v is None or not (v > 0.0 and n_t >= min_requests and n_c > 0.0):
+        if plan is None or not (plan[0] > 0.0 and n_t >= min_requests and n_c > 0.0):
             continue
-        planned = math.sqrt(v / n_t + v / n_c)
+        v, share, window_s = plan
+        if share > 0.0:
+            # the plan's projection to the read's length (reads start one step after launch)
+            elapsed_s = (at_ms - first_read_ms[exp_id]) / 1000.0 + step_s
+            v *= 1.0 - share + share * elapsed_s / window_s
+        planned_se = math.sqrt(v / n_t + v / n_c)
         realised = float(read["difference_se"])
         ratio = read.get("variance_ratio")
         raw = realised / math.sqrt(ratio) if read.get("cuped") and ratio else realised
-        out.append((realised / planned, raw / planned))
+        out.append((realised / planned_se, raw / planned_se))
     return out
 
 

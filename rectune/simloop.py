@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from agents.loop import AgentLoop, LoopDriver, LoopState
 from agents.memory_ports import (
@@ -56,6 +57,7 @@ from agents.offline_brain import OfflineBrain, offline_brain_for
 from agents.online import (
     OnlineAgent,
     baseline_from_totals,
+    persistent_share_of,
 )
 from agents.skillhub import MemorySkillStore
 from rectune.simloop_preset import (
@@ -67,6 +69,7 @@ from rectune.simloop_preset import (
     PILOT_STEPS,
     PLANNED_ARMS,
     PRE_PERIOD_FRACTION,
+    REFUSALS_BEFORE_RELAXING,
     STEPS_PER_HORIZON,
     SimPreset,
     insight_objective,
@@ -91,6 +94,7 @@ __all__ = [
     "PILOT_STEPS",
     "PLANNED_ARMS",
     "PRE_PERIOD_FRACTION",
+    "REFUSALS_BEFORE_RELAXING",
     "SIM_KEYRING",
     "STEPS_PER_HORIZON",
     "Promotion",
@@ -106,6 +110,8 @@ __all__ = [
     "run_simloop",
     "serving_mix",
 ]
+
+FloatArray = npt.NDArray[np.float64]
 
 #: The arm id the sidecar stamps when there is no experiment (`serving_sidecar.holder.Snapshot`).
 CONTROL_ARM: Final = "control"
@@ -164,6 +170,27 @@ def _served(serving: ServingState, window: Mapping[str, ArmTotals]) -> tuple[Ser
     return tuple(out)
 
 
+def _gate_refusals(records: list[dict[str, Any]], refusals: int) -> tuple[int, float]:
+    """(consecutive power-gate refusals after `records`, the MDE the last one said its arms resolve).
+
+    A launch (or a hold for approval) resets the count; a refusal for want of
+    candidates does not count (it has no MDE).
+    """
+    resolvable = math.nan
+    for r in records:
+        payload = r.get("payload")
+        if r.get("kind") not in ("allocation", "decision") or not isinstance(payload, dict):
+            continue
+        if payload.get("kind") in ("allocate", "hold_for_approval"):
+            refusals = 0
+        elif payload.get("kind") == "refuse":
+            figures = {f.get("name"): f.get("value") for f in payload.get("figures") or []}
+            mde = figures.get("mde_relative")
+            if isinstance(mde, int | float) and math.isfinite(mde):
+                refusals, resolvable = refusals + 1, float(mde)
+    return refusals, resolvable
+
+
 def _decisions(records: list[dict[str, Any]]) -> list[str]:
     out = []
     for r in records:
@@ -206,6 +233,10 @@ async def run_simloop(
     the loop proposes after the first and plans after the second) are the
     pilot: the Online policy's `target_mde` becomes what `PLANNED_ARMS` arms
     resolve at its traffic (`pilot_target_mde`) before the first power gate.
+    After `REFUSALS_BEFORE_RELAXING` power-gate refusals in a row the
+    simulated operator relaxes the target to the MDE the last refusal said
+    its arms resolve (recorded in the preset's notes), as one reading the
+    refusals would.
     """
     preset = preset or preset_for(world.scenario, budget_s, surface=surface)
     if preset.settings.fit_latency != fit_latency:
@@ -233,6 +264,8 @@ async def run_simloop(
     t = 0.0
     index = 0
     phase = "idle"
+    pilot_parts: list[FloatArray] = []
+    refusals = 0
     while t < budget_s - 1e-9:
         duration = min(preset.step_s, budget_s - t)
         head = writer.state
@@ -250,8 +283,13 @@ async def run_simloop(
         metrics.add(window)
         served = _served(head, window)
         pilot_arm = metrics.current.get(CONTROL_ARM)
+        if index < PILOT_STEPS and CONTROL_ARM in window:
+            pilot_parts.append(window[CONTROL_ARM].sums)
         if index == PILOT_STEPS - 1 and target_from_pilot and pilot_arm is not None:
             pilot = baseline_from_totals([pilot_arm], preset.policy.primary, pilot_arm.windows * METRIC_WINDOW_S)
+            share = persistent_share_of([pilot_parts], preset.policy.primary)
+            if share is not None:  # as the loop's gate plans: the pilot's steps measure the persistent share
+                pilot = (pilot[0], dataclasses.replace(pilot[1], persistent_share=share))
             policy = dataclasses.replace(preset.policy, target_mde=pilot_target_mde(preset.policy, pilot))
             note = (
                 f"target MDE {100 * policy.target_mde:.3g}% (what {PLANNED_ARMS} arms resolve at the pilot's traffic)"
@@ -265,6 +303,14 @@ async def run_simloop(
         state, _ = await driver.tick(now_ms)
         new_records = sink.records[seen_records:]
         kinds = _decisions(new_records)
+        refusals, resolvable = _gate_refusals(new_records, refusals)
+        if refusals >= REFUSALS_BEFORE_RELAXING and resolvable > preset.policy.target_mde:
+            # the operator reads the refusals ("the traffic resolves only ±X%") and accepts what it resolves
+            policy = dataclasses.replace(preset.policy, target_mde=resolvable)
+            note = f"target MDE relaxed to {100 * resolvable:.3g}% after {refusals} refusals by the power gate"
+            preset = dataclasses.replace(preset, policy=policy, notes=(*preset.notes, note))
+            loop.online = OnlineAgent(policy)
+            refusals = 0
         step_alerts = tuple(a.kind for a in sink.alerts[seen_alerts:])
         alerts.extend(step_alerts)
         promoted: tuple[int, ...] = ()

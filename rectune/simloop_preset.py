@@ -33,6 +33,9 @@ PLANNED_ARMS: Final = 2  # treatment arms an experiment is planned for when the 
 #: Steps of control traffic the pilot measures: as many as the loop's first power gate sees (a step until it
 #: proposes, a step until the candidates are registered), so the gate plans on the same kind of baseline.
 PILOT_STEPS: Final = 2
+#: Consecutive power-gate refusals after which the simulated operator accepts the MDE the gate says the traffic
+#: resolves (a refusing gate learns nothing, so an over-ambitious target would stall the run for good).
+REFUSALS_BEFORE_RELAXING: Final = 3
 MIN_STEP_S: Final = 60.0
 MAX_STEP_S: Final = 6 * 3_600.0
 #: The stream worker's metric window (`windows` of the totals count these, as the live feed's do).

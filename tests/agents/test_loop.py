@@ -7,6 +7,7 @@ heterogeneity), turned into cumulative per-arm `ArmTotals` per look by
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from types import SimpleNamespace
@@ -368,18 +369,34 @@ async def test_a_promotion_restores_the_skill_restricted_space() -> None:
     assert state.history[-1].endswith(":promoted") and not state.explore_wide
 
 
-def test_the_power_gate_plans_on_the_variance_cuped_left_last_time() -> None:
-    from agents.loop import _cuped_ratio
+def test_the_power_gate_learns_the_variance_curve_from_an_experiments_reads() -> None:
+    from agents.loop_baseline import curve_points, learn_variance_curve
 
-    def decision(*reads: tuple[bool, float | None]) -> Any:  # duck-typed Decision: only .reads is read
-        return SimpleNamespace(reads=[SimpleNamespace(cuped=c, variance_ratio=v) for c, v in reads])
+    def decision(at_s: float, *reads: tuple[float, float, float]) -> Any:  # duck-typed Decision
+        return SimpleNamespace(
+            at_ms=T0 + int(at_s * 1000),
+            reads=[
+                SimpleNamespace(difference_se=se, treatment_requests=n_t, control_requests=n_c)
+                for se, n_t, n_c in reads
+            ],
+        )
 
-    assert _cuped_ratio([], 0.7) == 0.7  # no read: keep the last figure
-    assert _cuped_ratio([decision((False, 0.1), (True, None))], 0.7) == 0.7  # no CUPED read
-    picked = _cuped_ratio([decision((True, 0.5), (True, 0.3)), decision((True, 0.4))], 1.0)
-    assert picked == 0.4  # the median
-    assert _cuped_ratio([decision((True, 0.01))], 1.0) == 0.25  # never below the floor
-    assert _cuped_ratio([decision((True, 1.7))], 0.5) == 1.0  # CUPED never plans wider
+    # Var(difference) = v(T)·(1/n_t + 1/n_c) with v(T) = 2·(0.5 + 0.001·T): a growing variance per request.
+    def read(at_s: float, n: float) -> tuple[float, float, float]:
+        v = 2.0 * (0.5 + 0.001 * at_s)
+        return math.sqrt(v * 2.0 / n), n, n
+
+    points = curve_points([decision(100.0, read(100.0, 1e4)), decision(500.0, read(500.0, 5e4))], T0, 2.0)
+    assert points == [pytest.approx((100.0, 0.6)), pytest.approx((500.0, 1.0))]
+    assert curve_points([decision(100.0, (0.1, 0.0, 10.0))], T0, 2.0) == []  # an arm without traffic says nothing
+    more = curve_points([decision(t, read(t, 1e3 * t)) for t in (900.0, 1300.0)], T0, 2.0)
+    state = learn_variance_curve(LoopState(surface="home", curve_points=(*points, *more)))
+    curve = state.variance_curve()
+    assert curve is not None and state.curve_points == ()
+    assert curve.intercept == pytest.approx(0.5) and curve.slope_per_s == pytest.approx(0.001)
+    assert curve.share_at(500.0) == pytest.approx(0.5)
+    # Too few points: the curve stays as it was.
+    assert learn_variance_curve(LoopState(surface="home", curve_points=points[:1])).variance_curve() is None
 
 
 async def test_the_first_round_is_judged_on_the_incumbents_observed_latency() -> None:
@@ -398,3 +415,43 @@ async def test_the_first_round_is_judged_on_the_incumbents_observed_latency() ->
     (fitted_phase, fitted_kept, fitted_text), (prior_phase, prior_kept, prior_text) = outcomes
     assert fitted_phase == "registering" and all(fitted_kept) and "scaled_prior" in fitted_text
     assert prior_phase == "idle" and not any(prior_kept) and "latency_budget" in prior_text
+
+
+async def test_the_power_gate_plans_on_the_persistent_share_its_baseline_window_shows() -> None:
+    """The window since the last round is split where the round proposed; its two parts measure φ."""
+    h = Harness()
+    loyal = replace(MODEL, users=3_000, requests_per_user=80.0)  # regulars: each comes back ~80 times in the horizon
+    users = simulate_experiment(loyal, [0.0, 0.0], np.random.default_rng(11))  # looks are cumulative
+    h.metrics.set(simulated_totals(users, 19, ["base"]))
+    state = await h.tick(T0)  # proposes: the split
+    assert state.phase == "registering" and state.baseline_mid
+    h.metrics.set(simulated_totals(users, 39, ["base"]))
+    state = await h.tick(T0 + 1000)  # plans on the window in two parts
+    assert state.phase == "running" and state.persistent_reads == 1
+    assert 0.2 < state.persistent_share <= 1.0  # users with persistent propensities coming back
+    allocation = h.kinds("allocation")[-1]["payload"]
+    figures = {f["name"]: f["value"] for f in allocation["figures"]}  # type: ignore[index]
+    assert figures["persistent_share"] == pytest.approx(state.persistent_share)
+    assert figures["variance_window_s"] == pytest.approx(40 * WINDOW_S, rel=0.05)
+    assert "of the variance persistent" in " ".join(allocation["reasons"])  # type: ignore[index]
+
+    # Without a second part (no traffic since the proposal) there is nothing to split: the 1/N plan.
+    h2 = Harness()
+    h2.metrics.set(simulated_totals(users, 19, ["base"]))
+    await h2.tick(T0)
+    state = await h2.tick(T0 + 1000)
+    assert state.persistent_reads == 0 and state.persistent_share == 0.0
+    figures = {f["name"]: f["value"] for f in h2.kinds("allocation")[-1]["payload"]["figures"]}  # type: ignore[index]
+    assert figures["persistent_share"] == 0.0
+
+
+def test_the_persistent_share_is_pooled_over_rounds() -> None:
+    from agents.loop_baseline import PERSISTENT_MEMORY_ROUNDS, pool_persistent_share
+
+    assert pool_persistent_share(0.0, 0, None) == (0.0, 0)  # no estimate: unchanged
+    share, reads = pool_persistent_share(0.0, 0, 0.6)
+    assert (share, reads) == (0.6, 1)  # the first estimate is taken whole
+    share, reads = pool_persistent_share(share, reads, 0.2)
+    assert share == pytest.approx(0.4) and reads == 2  # a running mean
+    old = pool_persistent_share(0.5, 50, 1.0)[0]
+    assert old == pytest.approx(0.5 + 0.5 / PERSISTENT_MEMORY_ROUNDS)  # later, an exponential average

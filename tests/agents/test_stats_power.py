@@ -123,3 +123,55 @@ def test_unit_variance_from_buckets() -> None:
 def test_bad_inputs(override: dict[str, float], rule: str) -> None:
     with pytest.raises(StatsError, match=rule):
         plan_experiment(**{**BASE, **override})  # type: ignore[arg-type]
+
+
+def test_persistent_variance_is_projected_to_the_horizon() -> None:
+    """φ of a variance measured over W seconds: the plan equals a 1/N plan on σ²·(1 − φ + φ·H/W)."""
+    window_s = 2 * DAY
+    plain = plan_experiment(**BASE)
+    assert plain.persistent_share == 0.0
+    same = plan_experiment(**BASE, persistent_share=0.0, variance_window_seconds=window_s)
+    assert same.mde_relative == plain.mde_relative
+    phi = 0.6
+    projected = plan_experiment(**BASE, persistent_share=phi, variance_window_seconds=window_s)
+    factor = 1.0 - phi + phi * BASE["horizon_seconds"] / window_s
+    by_hand = plan_experiment(**{**BASE, "variance_per_unit": BASE["variance_per_unit"] * factor})
+    assert projected.mde_relative == pytest.approx(by_hand.mde_relative, rel=1e-12)
+    assert projected.planning_variance == pytest.approx(BASE["variance_per_unit"] * factor)
+    assert projected.variance_per_unit == BASE["variance_per_unit"]  # the measured figure is kept as measured
+    assert projected.variance_window_seconds == window_s
+    # A longer horizon helps less than 1/sqrt(H) when part of the variance persists.
+    four_times = {**BASE, "horizon_seconds": 4 * BASE["horizon_seconds"]}
+    longer = plan_experiment(**four_times)
+    longer_projected = plan_experiment(**four_times, persistent_share=phi, variance_window_seconds=window_s)
+    assert longer.mde_relative / plain.mde_relative < 0.55
+    assert longer_projected.mde_relative / projected.mde_relative > 0.8
+
+
+def test_no_horizon_resolves_a_target_below_the_persistent_floor() -> None:
+    window_s = 2 * DAY
+    kw = {"persistent_share": 0.9, "variance_window_seconds": window_s}
+    plan = plan_experiment(**BASE, **kw)
+    floor = plan_experiment(**{**BASE, "horizon_seconds": 1e6 * DAY}, **kw)  # about the floor's MDE
+    below = plan_experiment(**BASE, target_mde=0.5 * floor.mde_relative, **kw)
+    assert not below.feasible and math.isinf(below.horizon_needed_seconds or 0.0)
+    assert "more than any horizon" in below.reason
+    # A target above the floor: the horizon it needs does resolve it.
+    target = 0.5 * (plan.mde_relative + floor.mde_relative)
+    needs = plan_experiment(**BASE, target_mde=target, **kw).horizon_needed_seconds
+    assert needs is not None and math.isfinite(needs) and needs > BASE["horizon_seconds"]
+    at_needed = plan_experiment(**{**BASE, "horizon_seconds": needs}, target_mde=target, **kw)
+    assert at_needed.mde_relative == pytest.approx(target, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("override", "rule"),
+    [
+        ({"persistent_share": 1.5, "variance_window_seconds": DAY}, r"persistent_share: must be in \[0, 1\]"),
+        ({"persistent_share": 0.5}, "variance_window_seconds: must be positive"),
+        ({"persistent_share": 0.5, "variance_window_seconds": 0.0}, "variance_window_seconds: must be positive"),
+    ],
+)
+def test_bad_persistence_inputs(override: dict[str, float], rule: str) -> None:
+    with pytest.raises(StatsError, match=rule):
+        plan_experiment(**{**BASE, **override})  # type: ignore[arg-type]
