@@ -105,3 +105,20 @@ def test_serving_mix_without_an_experiment_is_one_control_arm() -> None:
     allocation, configs = serving_mix(state)
     assert [(a.arm_id, a.config_version, a.share) for a in allocation.arms] == [(CONTROL_ARM, 1, 1.0)]
     assert configs == {1: config}
+
+
+def test_the_simulated_operator_counts_consecutive_power_gate_refusals() -> None:
+    from rectune.simloop import _gate_refusals
+
+    def record(kind: str, payload_kind: str, mde: float | None = None) -> dict[str, object]:
+        figures = [] if mde is None else [{"name": "mde_relative", "value": mde}]
+        return {"kind": kind, "payload": {"kind": payload_kind, "figures": figures}}
+
+    refusals, resolvable = _gate_refusals([record("decision", "refuse", 0.08)], 0)
+    assert (refusals, resolvable) == (1, 0.08)
+    refusals, resolvable = _gate_refusals([record("decision", "refuse", 0.07), record("decision", "refuse", 0.06)], 1)
+    assert (refusals, resolvable) == (3, 0.06)  # the last refusal's MDE is what the operator would read
+    assert _gate_refusals([record("decision", "refuse")], 2)[0] == 2  # no candidate to gate: not a gate refusal
+    assert _gate_refusals([record("decision", "refuse", math.inf)], 2)[0] == 2  # nothing resolvable: no figure
+    assert _gate_refusals([record("allocation", "allocate")], 2)[0] == 0  # a launch resets the count
+    assert _gate_refusals([record("decision", "hold_for_approval")], 2)[0] == 0
