@@ -45,7 +45,8 @@ from here (`__all__`), so callers import `agents.loop` only:
 - `agents.loop_records` — the decision-record constants, `agent_record`,
   decisions → actions (`decision_actions`);
 - `agents.loop_baseline` — the power gate's baseline since the last round,
-  the CUPED ratio, the A/A pre-period (`pre_period_arm`, `pre_period_allocation`);
+  its two parts (persistent share) and the variance curve the reads
+  followed (`curve_points`, `learn_variance_curve`), the A/A pre-period (`pre_period_arm`, `pre_period_allocation`);
 - `agents.loop_propose` — the idle phase: one proposal round (propose,
   critique, register the kept candidates; `propose_round`);
 - `agents.loop_plan` — the registering and pending-approval phases (the

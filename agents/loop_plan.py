@@ -3,7 +3,10 @@
 What lives here: `registered_versions` (the config version each kept
 candidate was registered at), `plan_round` (phase `registering`: once every
 candidate is visible in the serving state, the Online agent plans on the
-incumbent's baseline since the last round, `agents.loop_baseline`: refuse,
+incumbent's baseline since the last round, `agents.loop_baseline`, its
+variance projected to the horizon by the variance curve the last
+experiments' reads followed or, before any, by the persistent share the
+window's two parts show (`agents.stats.persistence`): refuse,
 hold for approval — or for the A/A pre-period, whose allocation it holds —
 or allocate) and `approve_round` (phase `pending_approval`: releases the
 held allocation once the pre-period is over and, when the plan needs one,

@@ -2,10 +2,11 @@
 
 The Online agent's power gate plans each experiment from the incumbent's
 recent traffic: a variance per request (`agents.online_policy.
-baseline_from_totals`, times the CUPED ratio the last reads showed,
-`agents.loop_plan`), projected to the horizon with the persistent share
-of that variance (`agents.stats.persistence`: returning users' share does
-not shrink with time; 1/N when the share is 0).  This bench runs
+baseline_from_totals`) projected to the horizon (`agents.loop_plan`) by
+the variance curve the last experiments' reads followed, CUPED-adjusted
+when they were, or before any by the persistent share of that variance
+(`agents.stats.persistence`: returning users' share does not shrink with
+time; 1/N when the share is 0).  This bench runs
 the agents' loop (`rectune.simloop`, offline brain) on each scenario and
 compares, for every treatment arm read at least `--min-requests` times,
 
