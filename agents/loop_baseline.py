@@ -27,7 +27,7 @@ import numpy.typing as npt
 from agents.experiment import Decision, ExperimentPlan
 from agents.loop_state import BaselineMark, LoopState
 from agents.online import stage_allocation
-from agents.stats.persistence import fit_variance_curve, pool_curves
+from agents.stats.persistence import fit_variance_curve, pool_curves, pooled
 from schemas.config import Allocation, ArmShare
 from schemas.metrics import FIELD_INDEX, ArmTotals
 
@@ -208,13 +208,8 @@ def baseline_parts(
 
 
 def pool_persistent_share(share: float, reads: int, estimate: float | None) -> tuple[float, int]:
-    """(pooled share, reads) after one more round's `estimate` (None: unchanged).
-
-    A running mean over the first `PERSISTENT_MEMORY_ROUNDS` estimates, then
-    an exponential average with that memory: the share is a property of the
-    surface's users, and one round's estimate is noisy.
-    """
+    """(pooled share, reads) after one more round's `estimate` (None: unchanged), `pooled` over
+    `PERSISTENT_MEMORY_ROUNDS` rounds: the share is a property of the surface's users, one estimate is noisy."""
     if estimate is None:
         return share, reads
-    weight = 1.0 / min(reads + 1, PERSISTENT_MEMORY_ROUNDS)
-    return share + weight * (estimate - share), reads + 1
+    return pooled(share, estimate, reads, PERSISTENT_MEMORY_ROUNDS), reads + 1

@@ -166,16 +166,24 @@ def fit_variance_curve(points: Sequence[tuple[float, float]]) -> VarianceCurve |
     return VarianceCurve(intercept, slope)
 
 
+def pooled(old: float, new: float, count: int, memory: int) -> float:
+    """`old` (the average of `count` estimates) updated with `new`: a running mean, then an exponential average.
+
+    The weight of the new estimate is 1/(count + 1) until `memory` estimates,
+    then 1/`memory`: a surface's users change slowly and one estimate is
+    noisy.  Called by `pool_curves` and `agents.loop_baseline.pool_persistent_share`.
+    """
+    return old + (new - old) / min(count + 1, memory)
+
+
 def pool_curves(old: VarianceCurve | None, new: VarianceCurve | None, memory: int) -> VarianceCurve | None:
-    """`old` updated with one more experiment's `new` curve: a running mean of the coefficients, then an
-    exponential average with `memory` experiments (a surface's users change slowly; one fit is noisy)."""
+    """`old` updated with one more experiment's `new` curve, each coefficient `pooled` with `memory` experiments."""
     if new is None:
         return old
     if old is None:
         return new
-    w = 1.0 / min(old.reads + 1, memory)
     return VarianceCurve(
-        old.intercept + w * (new.intercept - old.intercept),
-        old.slope_per_s + w * (new.slope_per_s - old.slope_per_s),
+        pooled(old.intercept, new.intercept, old.reads, memory),
+        pooled(old.slope_per_s, new.slope_per_s, old.reads, memory),
         old.reads + 1,
     )
