@@ -2,10 +2,11 @@
 
 What lives here: which arms are experiment arms (`_TREATMENT_ARM`); the
 baseline marks a round leaves (`baseline_marks`) and the incumbent's totals
-since them (`baseline_since_mark`); the CUPED variance ratio the next plan
-learns from the reads (`curve_points`, `learn_variance_curve`); the two parts of the baseline window whose buckets
-measure the variance's persistent share (`baseline_parts`) and its pooling
-over rounds (`pool_persistent_share`); the A/A pre-period's arm ids and allocation
+since them (`baseline_since_mark`); the variance curve the next plan
+assumes, learnt from the reads (`curve_points`, `learn_variance_curve`); the
+two parts of the baseline window whose buckets measure the variance's
+persistent share (`baseline_parts`) and its pooling over rounds
+(`pool_persistent_share`); the A/A pre-period's arm ids and allocation
 (`pre_period_arm`, `pre_period_id`, `pre_period_totals`, `pre_period_allocation`).
 
 Who calls it: `agents.loop.AgentLoop` (proposal, planning, cool-down and run
@@ -142,6 +143,13 @@ def baseline_marks(totals: Mapping[str, ArmTotals]) -> tuple[BaselineMark, ...]:
     )
 
 
+def _mark_sums(mark: BaselineMark | None, shape: tuple[int, ...]) -> FloatArray | None:
+    """A mark's (fields × buckets) sums as an array of `shape`, or None when there is none or its layout differs."""
+    if mark is None or (mark.buckets, len(mark.sums)) != (shape[1], shape[0] * shape[1]):
+        return None
+    return np.asarray(mark.sums, dtype=np.float64).reshape(shape)
+
+
 def baseline_since_mark(
     totals: Mapping[str, ArmTotals], marks: Sequence[BaselineMark], min_requests: float
 ) -> list[ArmTotals]:
@@ -161,11 +169,12 @@ def baseline_since_mark(
         if _TREATMENT_ARM.search(a):
             continue
         m = by_arm.get(a)
-        if m is not None and m.buckets == t.sums.shape[1] and len(m.sums) == t.sums.size:
+        at_mark = _mark_sums(m, t.sums.shape)
+        if m is not None and at_mark is not None:
             t = ArmTotals(
                 t.surface,
                 a,
-                t.sums - np.asarray(m.sums, dtype=np.float64).reshape(t.sums.shape),
+                t.sums - at_mark,
                 t.latency_hist - np.asarray(m.latency_hist, dtype=np.int64),
                 t.item_events,
                 t.late_item_events,
@@ -192,16 +201,12 @@ def baseline_parts(
     out = []
     for m in mid:
         now = totals.get(m.arm_id)
-        if now is None or m.buckets != now.sums.shape[1] or len(m.sums) != now.sums.size:
+        at_mid = None if now is None else _mark_sums(m, now.sums.shape)
+        if now is None or at_mid is None:
             continue
-        at_mid = np.asarray(m.sums, dtype=np.float64).reshape(now.sums.shape)
-        s = start.get(m.arm_id)
-        before = (
-            np.asarray(s.sums, dtype=np.float64).reshape(now.sums.shape)
-            if s is not None and len(s.sums) == now.sums.size
-            else np.zeros_like(at_mid)
-        )
-        first, second = at_mid - before, now.sums - at_mid
+        before = _mark_sums(start.get(m.arm_id), now.sums.shape)
+        first = at_mid if before is None else at_mid - before
+        second = now.sums - at_mid
         if min(first[_REQUESTS].sum(), second[_REQUESTS].sum()) >= min_requests:
             out.append((first, second))
     return out

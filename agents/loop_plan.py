@@ -65,11 +65,6 @@ def plan_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: list[Actio
     seconds = max(t.windows for t in baseline_arms) * loop.settings.window_s
     traffic, baseline = baseline_from_totals(baseline_arms, loop.online.policy.primary, seconds)
     state = msgspec.structs.replace(state, curve_reference=baseline.variance_per_request, curve_points=())
-    parts = baseline_parts(inp.totals, state.baseline_mark, state.baseline_mid, loop.settings.min_baseline_requests / 2)
-    share, reads = pool_persistent_share(
-        state.persistent_share, state.persistent_reads, persistent_share_of(parts, loop.online.policy.primary)
-    )
-    state = msgspec.structs.replace(state, persistent_share=share, persistent_reads=reads)
     curve = state.variance_curve()
     window_s = baseline.window_s or seconds
     if curve is not None:
@@ -79,9 +74,16 @@ def plan_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: list[Actio
             variance_per_request=baseline.variance_per_request * curve.at(window_s),
             persistent_share=min(1.0, curve.share_at(window_s)),
         )
-    elif reads > 0:
-        # returning users: the part of the variance they carry does not shrink with a longer horizon
-        baseline = dataclasses.replace(baseline, persistent_share=share)
+    else:  # no experiment has ended yet: the persistent share the window's two parts show, pooled over rounds
+        min_part = loop.settings.min_baseline_requests / 2
+        parts = baseline_parts(inp.totals, state.baseline_mark, state.baseline_mid, min_part)
+        share, reads = pool_persistent_share(
+            state.persistent_share, state.persistent_reads, persistent_share_of(parts, loop.online.policy.primary)
+        )
+        state = msgspec.structs.replace(state, persistent_share=share, persistent_reads=reads)
+        if reads > 0:
+            # returning users: the part of the variance they carry does not shrink with a longer horizon
+            baseline = dataclasses.replace(baseline, persistent_share=share)
     pre_s = loop.settings.pre_period_s
     candidates = [
         Candidate(proposal_id=p.proposal_id, config_version=versions[p.proposal_id], title=p.title)

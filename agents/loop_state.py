@@ -76,7 +76,8 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     history) and `baseline_mid` when the round proposed (it splits that
     window in two parts, whose buckets measure the persistent share of the
     variance); `persistent_share` the pooled estimate of that share over the
-    last `persistent_reads` rounds (`agents.loop_baseline.pool_persistent_share`);
+    last `persistent_reads` rounds (`agents.loop_baseline.pool_persistent_share`;
+    estimated only until the first variance curve is learnt, which then serves);
     `curve_points` the current experiment's reads as (seconds since start,
     variance per request relative to `curve_reference`, the raw variance it
     was planned on), fitted when it ends into the surface's variance curve
