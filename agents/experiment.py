@@ -208,7 +208,8 @@ class ExperimentPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     the lanes of `schemas.config.Allocation`).  `min_dwell_s[i]` and
     `min_stage_requests[i]` gate leaving stage i (and promoting in the last).
     `tau2` is the primary test's mixing variance (absolute difference scale),
-    `mde_absolute` the futility line.  `final_alpha` (of `alpha`) is kept
+    `mde_absolute` × `futility_fraction` the futility line (`futility_absolute`;
+    plans from before the fraction existed read 1).  `final_alpha` (of `alpha`) is kept
     for the fixed-horizon final look; the always-valid test runs at
     `sequential_alpha` (plans from before the final look have 0).
     """
@@ -238,6 +239,12 @@ class ExperimentPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     min_read_bucket_fraction: float = 0.5
     max_history: int = 1_000
     final_alpha: Annotated[float, Meta(ge=0.0, lt=1.0)] = 0.0
+    futility_fraction: Annotated[float, Meta(ge=0.0, le=1.0)] = 1.0
+
+    @property
+    def futility_absolute(self) -> float:
+        """The futility line: an arm whose always-valid interval lies below it stops (`mde_absolute` × fraction)."""
+        return self.futility_fraction * self.mde_absolute
 
     @property
     def sequential_alpha(self) -> float:

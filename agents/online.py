@@ -40,8 +40,9 @@ One `step`, in this order (the first that ends the experiment wins):
    power plan, at the plan's `sequential_alpha` = α − `final_alpha`); Holm
    across all treatment arms of the experiment on the always-valid
    p-values.  Holm rejection with a negative estimate → stop the loser; a
-   confidence sequence entirely below the planned absolute MDE → stop for
-   futility; a positive rejection → winner.
+   confidence sequence entirely below the futility line (`futility_fraction`
+   of the planned absolute MDE) → stop for futility; a positive rejection →
+   winner.
 4. **Stage logic**: at the final stage, once its dwell and minimum samples
    are met, promote the winner (the largest estimated difference if there
    are several); every treatment arm ended → stop; horizon reached → the
@@ -54,8 +55,8 @@ One `step`, in this order (the first that ends the experiment wins):
    stays <= α however often the experiment is read.
 
 Futility costs power: it stops an arm whose confidence sequence excludes
-the MDE, which at a true lift of exactly the MDE happens with probability
-at most α (asymptotically).  Guardrail tests use τ from their own scale
+the futility line, which at a true lift at or above the MDE happens with
+probability at most α (asymptotically), since the line is at most the MDE.  Guardrail tests use τ from their own scale
 (`guardrail_tau2`: the margin, or `diversity_resolution`), so they are
 most sensitive to harms of about twice the margin; a much noisier read
 (a 1% stage) widens their sequences a lot.

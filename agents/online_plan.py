@@ -154,6 +154,7 @@ def _plan_struct(
         horizon_s=p.horizon_s,
         alpha=p.alpha,
         final_alpha=p.final_alpha,
+        futility_fraction=p.futility_fraction,
         power=p.power,
         primary=p.primary,
         guardrails=guardrails,

@@ -97,11 +97,12 @@ def _read(
             )
             arm = msgspec.structs.replace(arm, status="stopped_loser", ended_ms=now_ms, reason=why)
             stops.append((arm_id, "loser", why))
-        elif seq.upper < plan.mde_absolute:
+        elif seq.upper < plan.futility_absolute:
             verdict = "futile"
             why = (
                 f"futile on {metric.name}: the always-valid CS [{seq.lower:+.4g}, {seq.upper:+.4g}] excludes "
-                f"the planned MDE {plan.mde_absolute:+.4g} (difference {seq.estimate:+.4g})"
+                f"{plan.futility_fraction:g} × the planned MDE {plan.mde_absolute:+.4g} "
+                f"(difference {seq.estimate:+.4g})"
             )
             arm = msgspec.structs.replace(arm, status="stopped_futile", ended_ms=now_ms, reason=why)
             stops.append((arm_id, "futile", why))

@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
+import msgspec
 import numpy as np
 import orjson
 import pytest
@@ -478,6 +479,41 @@ def test_loser_is_stopped_early_and_nothing_promoted() -> None:
     assert "significantly worse" in stop.reasons[0] and stop.reads[0].verdict == "loser"
     assert state.status == "stopped_loser" and "promote" not in kinds(out)
     assert stop.at_ms - T0 < MODEL.horizon_seconds * 1000
+
+
+def test_futility_line_is_the_policy_fraction_of_the_planned_mde() -> None:
+    traffic, baseline = sim_baseline(50)
+    endings = {}
+    for fraction in (1.0, 0.5):
+        agent = OnlineAgent(single_stage_policy(futility_fraction=fraction))
+        state, _ = agent.plan(CANDIDATES[:1], 1, traffic, baseline, T0)
+        assert state is not None and state.plan.futility_fraction == fraction
+        line = state.plan.futility_absolute
+        assert line == pytest.approx(fraction * state.plan.mde_absolute)
+        # a small real lift (0.3x the MDE): this draw's CS drops below the MDE but never below half of it
+        exp = simulate_experiment(MODEL, [0.0, 0.3 * state.plan.power_figures.mde_relative], np.random.default_rng(53))
+        state, out = run_sim(agent, state, exp)
+        for read in (r for d in out for r in d.reads):
+            assert read.upper is not None
+            assert (read.verdict == "futile") == (read.upper < line), (fraction, read)
+        endings[fraction] = state.arms[0].status
+        if endings[fraction] == "stopped_futile":
+            stop = next(d for d in out if d.kind == "stop_arm")
+            assert f"excludes {fraction:g} × the planned MDE" in stop.reasons[0]
+    assert endings == {1.0: "stopped_futile", 0.5: "ended"}
+
+
+def test_futility_fraction_is_validated_and_old_plans_keep_the_mde_line() -> None:
+    with pytest.raises(ExperimentError, match=r"futility_fraction=1\.5: in \[0, 1\]"):
+        single_stage_policy(futility_fraction=1.5)
+    traffic, baseline = sim_baseline(50)
+    state, _ = OnlineAgent(single_stage_policy()).plan(CANDIDATES[:1], 1, traffic, baseline, T0)
+    assert state is not None and state.plan.futility_fraction == 0.5
+    # a plan persisted before the fraction existed decodes with the line at the MDE (its old behaviour)
+    raw = msgspec.to_builtins(state.plan)
+    del raw["futility_fraction"]
+    old = msgspec.convert(raw, type(state.plan))
+    assert old.futility_fraction == 1.0 and old.futility_absolute == old.mde_absolute
 
 
 def test_aa_never_promotes_and_cuped_reduces_variance() -> None:
