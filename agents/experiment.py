@@ -244,6 +244,8 @@ class ExperimentPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     @property
     def futility_absolute(self) -> float:
         """The futility line: an arm whose always-valid interval lies below it stops (`mde_absolute` × fraction)."""
+        if self.futility_fraction == 0.0:  # "not better than control", even on a plan with no finite MDE
+            return 0.0
         return self.futility_fraction * self.mde_absolute
 
     @property

@@ -56,7 +56,8 @@ One `step`, in this order (the first that ends the experiment wins):
 
 Futility costs power: it stops an arm whose confidence sequence excludes
 the futility line, which at a true lift at or above the MDE happens with
-probability at most α (asymptotically), since the line is at most the MDE.  Guardrail tests use τ from their own scale
+probability at most α (asymptotically), since the line is at most the MDE.
+Guardrail tests use τ from their own scale
 (`guardrail_tau2`: the margin, or `diversity_resolution`), so they are
 most sensitive to harms of about twice the margin; a much noisier read
 (a 1% stage) widens their sequences a lot.

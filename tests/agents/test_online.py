@@ -471,8 +471,7 @@ def test_loser_is_stopped_early_and_nothing_promoted() -> None:
     agent = OnlineAgent(single_stage_policy())
     state, _ = agent.plan(CANDIDATES[:1], 1, traffic, baseline, T0)
     assert state is not None
-    # 4x the MDE: at 3x (with the final look's smaller MDE) this draw crosses the futility line -- the CS
-    # below +MDE -- one look before the CS leaves 0; at 5x the conversion guardrail rolls it back first
+    # 4x the MDE below control: a clear loser (at 5x the conversion guardrail rolls it back first)
     exp = simulate_experiment(MODEL, [0.0, -4.0 * state.plan.power_figures.mde_relative], np.random.default_rng(31))
     state, out = run_sim(agent, state, exp)
     stop = next(d for d in out if d.kind == "stop_arm")
@@ -514,6 +513,9 @@ def test_futility_fraction_is_validated_and_old_plans_keep_the_mde_line() -> Non
     del raw["futility_fraction"]
     old = msgspec.convert(raw, type(state.plan))
     assert old.futility_fraction == 1.0 and old.futility_absolute == old.mde_absolute
+    # 0 is "not better than control", even where the MDE is infinite (a plan the gate refused)
+    zero = msgspec.structs.replace(state.plan, futility_fraction=0.0, mde_absolute=math.inf)
+    assert zero.futility_absolute == 0.0
 
 
 def test_aa_never_promotes_and_cuped_reduces_variance() -> None:
