@@ -1,0 +1,173 @@
+"""Per-arm trace of one agents run: each treatment arm's true lift (oracle) next to how the loop ended it.
+
+Why: the tuning bench scores a whole run, so a change to the Online agent or
+the Actor shows up only as a share or a regret.  This trace says where it came
+from: whether good arms were proposed and then stopped (futility, losers, the
+horizon), or never proposed.  It is how BENCHMARKS.md's session-10 finding
+was made (futility at the whole MDE stopped arms with true lifts of +1–3% in
+apparel_seasonal seed 4 and +8.8% in apparel_thin seed 0).
+
+For one scenario and seed it runs the agents loop as `bench/tuning.py` does
+(`rectune.simloop.run_simloop`; with `--ceiling` the oracle-guided Actor of
+`bench/_tuning_ceiling.py`) and prints, per experiment, the planned relative
+MDE and, per treatment arm, its true relative lift over its control in the
+week it started (`World.expected`) and how it ended: the first Online
+decision that names the arm (stop_arm, promote, rollback), else how its
+experiment ended.  A summary counts arms with a true lift above +1% by how
+they ended.  Scoring only: the loop never sees the oracle.
+
+Run: `.venv/bin/python bench/arm_trace.py --scenario apparel_seasonal --seed 4 [--days 28] [--ceiling]
+[--futility-fraction 1]` (the last reproduces the session-9 line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from agents.offline_brain import offline_brain_kwargs
+from rectune.simloop import SimStep, preset_for, run_simloop
+from schemas.config import default_config
+from simulator.scenario import load_scenario
+from simulator.world import World
+
+WEEK_S: Final = 7 * 86_400.0
+GOOD_LIFT: Final = 0.01  # the summary's line between a good arm and a neutral one
+_ENDINGS: Final = ("stop_arm", "promote", "rollback")
+
+
+@dataclass(frozen=True, slots=True)
+class ArmRow:
+    """One treatment arm: its experiment, the versions it and its control served, when it started, how it ended."""
+
+    experiment_id: str
+    arm_id: str
+    config_version: int
+    control_version: int
+    start_s: float
+    ending: str
+
+
+def first_arms(steps: Iterable[SimStep]) -> dict[str, tuple[int, int, float]]:
+    """Treatment arm id → (config version, control version, start s) at the first step it served.
+
+    A/A pre-period arms (`<experiment>.pre.t<N>`) serve the incumbent and are left out.
+    """
+    out: dict[str, tuple[int, int, float]] = {}
+    for step in steps:
+        for arm in step.served:
+            if ".t" in arm.arm_id and ".pre." not in arm.arm_id and arm.arm_id not in out:
+                out[arm.arm_id] = (arm.config_version, step.control_version, step.start_s)
+    return out
+
+
+def endings(records: Iterable[Mapping[str, Any]]) -> tuple[dict[str, str], dict[str, str], dict[str, float]]:
+    """From the loop's decision records: arm → its first ending, experiment → its end, experiment → planned MDE.
+
+    An arm's ending is the first stop_arm / promote / rollback naming it; an
+    experiment's end the first record that ends it; its MDE the relative MDE
+    (`mde_relative`) of its first allocation.
+    """
+    arm_end: dict[str, str] = {}
+    exp_end: dict[str, str] = {}
+    mde: dict[str, float] = {}
+    for record in records:
+        payload = record.get("payload")
+        if not isinstance(payload, dict):
+            continue
+        kind, experiment = payload.get("kind"), payload.get("experiment_id")
+        reasons = payload.get("reasons") or [""]
+        if kind in _ENDINGS and payload.get("arm_id") and payload["arm_id"] not in arm_end:
+            arm_end[payload["arm_id"]] = f"{kind}: {reasons[0]}"
+        if payload.get("ends_experiment") and experiment and experiment not in exp_end:
+            exp_end[experiment] = f"experiment {kind}: {reasons[0]}"
+        if kind == "allocate" and experiment and experiment not in mde:
+            for figure in payload.get("figures") or []:
+                if figure.get("name") == "mde_relative":
+                    mde[experiment] = float(figure["value"])
+    return arm_end, exp_end, mde
+
+
+def arm_rows(steps: Iterable[SimStep], records: Iterable[Mapping[str, Any]]) -> list[ArmRow]:
+    """Every treatment arm of a run with how it ended (`first_arms` joined with `endings`), in serving order."""
+    arm_end, exp_end, _ = endings(records)
+    rows = []
+    for arm_id, (version, control, start_s) in first_arms(steps).items():
+        experiment = arm_id.rsplit(".", 1)[0]
+        ending = arm_end.get(arm_id) or exp_end.get(experiment) or "still running at the end of the budget"
+        rows.append(ArmRow(experiment, arm_id, version, control, start_s, ending))
+    return rows
+
+
+def true_lift(row: ArmRow, value: Callable[[int, float], float]) -> float:
+    """The arm's true relative lift over its control in the week it started (`value(config version, week start)`)."""
+    week_s = (row.start_s // WEEK_S) * WEEK_S
+    return value(row.config_version, week_s) / value(row.control_version, week_s) - 1.0
+
+
+def summary(lifts: Sequence[tuple[float, str]]) -> Counter[str]:
+    """How the arms with a true lift above `GOOD_LIFT` ended (the ending's kind, before its colon)."""
+    return Counter(ending.split(":", 1)[0] for lift, ending in lifts if lift > GOOD_LIFT)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one world's agents loop and print the per-arm trace."""
+    parser = argparse.ArgumentParser(prog="bench/arm_trace.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", default="apparel_seasonal", help="a scenario name or JSON path")
+    parser.add_argument("--seed", type=int, default=4, help="world and traffic seed")
+    parser.add_argument("--days", type=float, default=28.0, help="simulated days of traffic")
+    parser.add_argument("--ceiling", action="store_true", help="the oracle-guided Actor instead of the offline brain")
+    parser.add_argument(
+        "--futility-fraction", type=float, default=None, help="override the policy's futility line (1: session 9's)"
+    )
+    args = parser.parse_args(argv)
+    scenario = load_scenario(args.scenario)
+    world = World(scenario, seed=args.seed)
+    budget_s = args.days * 86_400.0
+    preset = preset_for(scenario, budget_s)
+    if args.futility_fraction is not None:
+        policy = dataclasses.replace(preset.policy, futility_fraction=args.futility_fraction)
+        preset = dataclasses.replace(preset, policy=policy)
+    brain = None
+    if args.ceiling:
+        from _tuning_ceiling import OracleGuidedBrain
+
+        kwargs = offline_brain_kwargs(preset.policy, preset.settings.rules, seed=args.seed)
+        brain = OracleGuidedBrain(lambda config: world.expected(config, at_s=0.0).north_star, **kwargs)
+    sim = asyncio.run(
+        run_simloop(world, budget_s=budget_s, seed=args.seed, preset=preset, start=default_config(), brain=brain)
+    )
+    cache: dict[tuple[int, float], float] = {}
+
+    def value(version: int, at_s: float) -> float:
+        if (version, at_s) not in cache:
+            cache[version, at_s] = float(world.expected(sim.configs[version], at_s=at_s).north_star)
+        return cache[version, at_s]
+
+    _, _, mde = endings(sim.records)
+    lifts: list[tuple[float, str]] = []
+    experiment = ""
+    for row in arm_rows(sim.steps, sim.records):
+        if row.experiment_id != experiment:
+            experiment = row.experiment_id
+            planned = mde.get(experiment)
+            when = f"day {row.start_s / 86_400.0:.1f}"
+            print(f"{experiment} ({when}; planned MDE {'n/a' if planned is None else f'{100 * planned:.1f}%'})")
+        lift = true_lift(row, value)
+        lifts.append((lift, row.ending))
+        print(f"  {row.arm_id.rsplit('.', 1)[1]:<4} true {100 * lift:+6.2f}%  {row.ending[:150]}")
+    good = summary(lifts)
+    print(f"\n{len(lifts)} treatment arms; with a true lift above +{100 * GOOD_LIFT:g}%: {dict(good) or 'none'}")
+    for promotion in sim.promotions:
+        print(f"promoted at day {promotion.at_s / 86_400.0:.1f}: v{promotion.old_version} -> v{promotion.new_version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
