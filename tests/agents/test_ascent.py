@@ -192,7 +192,8 @@ def test_candidates_restore_the_diversity_floor_with_a_longer_list() -> None:
 async def test_offline_brain_puts_ascent_candidates_after_diagnostics_and_registers_arms() -> None:
     base = default_config()
     arm = with_re_rank(base, near_duplicate_threshold=0.8)
-    brain = OfflineBrain(seed=1, objectives=(Objective("clicks_per_request"),))
+    # two ascent candidates: the sampler fills the third slot
+    brain = OfflineBrain(seed=1, objectives=(Objective("clicks_per_request"),), ascent=AscentSettings(candidates=2))
     brain.register_arm("e1.c", base)
     brain.register_arm("e1.t1", arm)
     readings = (reading("e1.c", 0.70, 0.004), reading("e1.t1", 0.77, 0.004))
@@ -207,6 +208,12 @@ async def test_offline_brain_puts_ascent_candidates_after_diagnostics_and_regist
     assert isinstance(threshold, float) and threshold < base.re_rank.near_duplicate_threshold
     assert any("1 past arm" in note for note in brain.last_ascent)
     assert proposals[-1].title.startswith("offline tpe")
+    # by default every slot of k = 3 is an ascent candidate (the sampler fills only what the model cannot)
+    default = OfflineBrain(seed=1, objectives=(Objective("clicks_per_request"),))
+    default.register_arm("e1.c", base)
+    default.register_arm("e1.t1", arm)
+    context = ProposalContext(surface="home", incumbent=base, k=3, metrics=readings, max_changes=3)
+    assert [p.title.split(" ")[1] for p in await default.propose(context)] == ["ascent"] * 3
 
 
 async def test_the_offline_brain_remembers_reads_the_loop_no_longer_sends() -> None:
