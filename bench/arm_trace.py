@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from tuning import TruthCache
+
 from agents.offline_brain import offline_brain_kwargs
 from rectune.simloop import SimStep, preset_for, run_simloop
 from schemas.config import default_config
@@ -40,6 +42,8 @@ from simulator.world import World
 WEEK_S: Final = 7 * 86_400.0
 GOOD_LIFT: Final = 0.01  # the summary's line between a good arm and a neutral one
 _ENDINGS: Final = ("stop_arm", "promote", "rollback")
+#: `endings`' result: arm → its first ending, experiment → its end, experiment → planned relative MDE
+Endings = tuple[dict[str, str], dict[str, str], dict[str, float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +71,7 @@ def first_arms(steps: Iterable[SimStep]) -> dict[str, tuple[int, int, float]]:
     return out
 
 
-def endings(records: Iterable[Mapping[str, Any]]) -> tuple[dict[str, str], dict[str, str], dict[str, float]]:
+def endings(records: Iterable[Mapping[str, Any]]) -> Endings:
     """From the loop's decision records: arm → its first ending, experiment → its end, experiment → planned MDE.
 
     An arm's ending is the first stop_arm / promote / rollback naming it; an
@@ -94,9 +98,9 @@ def endings(records: Iterable[Mapping[str, Any]]) -> tuple[dict[str, str], dict[
     return arm_end, exp_end, mde
 
 
-def arm_rows(steps: Iterable[SimStep], records: Iterable[Mapping[str, Any]]) -> list[ArmRow]:
+def arm_rows(steps: Iterable[SimStep], ended: Endings) -> list[ArmRow]:
     """Every treatment arm of a run with how it ended (`first_arms` joined with `endings`), in serving order."""
-    arm_end, exp_end, _ = endings(records)
+    arm_end, exp_end, _ = ended
     rows = []
     for arm_id, (version, control, start_s) in first_arms(steps).items():
         experiment = arm_id.rsplit(".", 1)[0]
@@ -143,17 +147,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim = asyncio.run(
         run_simloop(world, budget_s=budget_s, seed=args.seed, preset=preset, start=default_config(), brain=brain)
     )
-    cache: dict[tuple[int, float], float] = {}
+    truth = TruthCache(world)  # the tuning bench's weekly oracle cache
 
     def value(version: int, at_s: float) -> float:
-        if (version, at_s) not in cache:
-            cache[version, at_s] = float(world.expected(sim.configs[version], at_s=at_s).north_star)
-        return cache[version, at_s]
+        return truth(sim.configs[version], at_s).value
 
-    _, _, mde = endings(sim.records)
+    ended = endings(sim.records)
+    mde = ended[2]
     lifts: list[tuple[float, str]] = []
     experiment = ""
-    for row in arm_rows(sim.steps, sim.records):
+    for row in arm_rows(sim.steps, ended):
         if row.experiment_id != experiment:
             experiment = row.experiment_id
             planned = mde.get(experiment)

@@ -69,7 +69,7 @@ def test_endings_take_the_first_decision_per_arm_the_experiments_end_and_its_fir
 
 
 def test_rows_fall_back_to_the_experiments_end_then_to_still_running() -> None:
-    rows = {row.arm_id: row for row in at.arm_rows(STEPS, RECORDS)}
+    rows = {row.arm_id: row for row in at.arm_rows(STEPS, at.endings(RECORDS))}
     assert [rows[a].ending for a in ("e1.t1", "e1.t2", "e2.t1", "e3.t1")] == [
         "promote: winner",
         "stop_arm: futile",
