@@ -32,19 +32,17 @@ any candidate and de-duplicates it.  Nothing here reads a clock or does I/O.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 
+from agents.arm_ids import parse_arm_id
 from agents.brain import MetricReading, parameter_specs
 from agents.critic import TrustRegion, trust_coordinate
 from schemas.config import CascadeConfig
 
-#: `<experiment>.c` is an experiment's control arm, `<experiment>.t<N>` a treatment (`agents.online`'s arm ids).
-_ARM: Final = re.compile(r"^(?P<experiment>.+)\.(?P<role>c|t\d+)$")
 _Z95: Final = 1.959963984540054
 _TINY: Final = 1e-12
 
@@ -133,7 +131,8 @@ def arm_effects(
     Readings of `metric` for `cohort` carry a 95% interval (the loop's
     `_metrics`); the relative lift t/c − 1 gets the delta-method standard error
     of a ratio of independent estimates.  Arms with no interval, a zero
-    control, or no move are skipped.  Called by `OfflineBrain.propose_sync`.
+    control, or no move are skipped, and so are A/A pre-period arms
+    (`agents.arm_ids`).  Called by `OfflineBrain.propose_sync`.
     """
     values: dict[str, MetricReading] = {}
     for reading in readings:
@@ -141,10 +140,10 @@ def arm_effects(
             values[reading.arm] = reading
     out: list[ArmEffect] = []
     for arm, reading in sorted(values.items()):
-        match = _ARM.match(arm)
-        if match is None or match["role"] == "c":
+        name = parse_arm_id(arm)
+        if name is None or name.is_control or name.pre_period:
             continue
-        control_arm = f"{match['experiment']}.c"
+        control_arm = name.control.arm_id
         control = values.get(control_arm)
         arm_config, control_config = config_of(arm), config_of(control_arm)
         if control is None or arm_config is None or control_config is None or control.value <= 0.0:

@@ -1,13 +1,14 @@
 """What the Online power gate plans on: the incumbent's traffic since the last round, and the A/A pre-period.
 
-What lives here: which arms are experiment arms (`_TREATMENT_ARM`); the
+What lives here: the
 baseline marks a round leaves (`baseline_marks`) and the incumbent's totals
 since them (`baseline_since_mark`); the variance curve the next plan
 assumes, learnt from the reads (`curve_points`, `learn_variance_curve`); the
 two parts of the baseline window whose buckets measure the variance's
 persistent share (`baseline_parts`) and its pooling over rounds
 (`pool_persistent_share`); the A/A pre-period's arm ids and allocation
-(`pre_period_arm`, `pre_period_id`, `pre_period_totals`, `pre_period_allocation`).
+(`pre_period_arm`, `pre_period_totals`, `pre_period_allocation`; the ids' grammar is
+`agents.arm_ids`).
 
 Who calls it: `agents.loop.AgentLoop` (proposal, planning, cool-down and run
 steps); `pre_period_arm` also the runtime's tests.  Re-exported by
@@ -17,7 +18,6 @@ steps); `pre_period_arm` also the runtime's tests.  Re-exported by
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Final
 
@@ -25,6 +25,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from agents.arm_ids import is_experiment_arm, pre_period_id
 from agents.experiment import Decision, ExperimentPlan
 from agents.loop_state import BaselineMark, LoopState
 from agents.online import stage_allocation
@@ -35,7 +36,6 @@ from schemas.metrics import FIELD_INDEX, ArmTotals
 FloatArray = npt.NDArray[np.float64]
 _REQUESTS: Final = FIELD_INDEX["requests"]
 
-_TREATMENT_ARM: Final = re.compile(r"\.(t\d+|c)$")
 #: rounds the persistent share is averaged over before older rounds fade (one estimate has a standard error ~0.2)
 PERSISTENT_MEMORY_ROUNDS: Final = 8
 #: an experiment's reads kept for its variance curve (a read per arm per step: ample for a two-parameter fit)
@@ -91,11 +91,6 @@ def pre_period_arm(plan: ExperimentPlan, arm_id: str) -> str:
     return pre_period_id(plan.experiment_id, arm_id)
 
 
-def pre_period_id(experiment_id: str, arm_id: str) -> str:
-    """`pre_period_arm` for a reader that has the experiment id but not its plan (`agents.loop_readings`)."""
-    return f"{experiment_id}.pre{arm_id.removeprefix(experiment_id)}"
-
-
 def pre_period_totals(plan: ExperimentPlan, totals: Mapping[str, ArmTotals]) -> dict[str, ArmTotals]:
     """The A/A pre-period totals of `plan`'s arms that `totals` holds, keyed by the experiment arm's id.
 
@@ -103,11 +98,6 @@ def pre_period_totals(plan: ExperimentPlan, totals: Mapping[str, ArmTotals]) -> 
     when every arm has them) and `agents.loop_learn` (Insight's pairs).
     """
     return {a: t for a in plan.arm_ids if (t := totals.get(pre_period_arm(plan, a))) is not None}
-
-
-def is_pre_period_arm(arm_id: str) -> bool:
-    """Whether `arm_id` names an A/A pre-period arm (`pre_period_arm`'s `<exp>.pre.<arm>` form)."""
-    return ".pre." in arm_id
 
 
 def pre_period_allocation(plan: ExperimentPlan) -> Allocation:
@@ -139,7 +129,7 @@ def baseline_marks(totals: Mapping[str, ArmTotals]) -> tuple[BaselineMark, ...]:
             t.sums.shape[1],
         )
         for a, t in sorted(totals.items())
-        if not _TREATMENT_ARM.search(a)
+        if not is_experiment_arm(a)
     )
 
 
@@ -166,7 +156,7 @@ def baseline_since_mark(
     by_arm = {m.arm_id: m for m in marks}
     arms = []
     for a, t in totals.items():
-        if _TREATMENT_ARM.search(a):
+        if is_experiment_arm(a):
             continue
         m = by_arm.get(a)
         at_mark = _mark_sums(m, t.sums.shape)

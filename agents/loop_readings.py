@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from typing import Final
 
+from agents.arm_ids import is_experiment_arm, is_pre_period_arm, parse_arm_id, pre_period_id
 from agents.brain import MetricReading
 from agents.diagnostics import diagnostic_values
-from agents.loop_baseline import _TREATMENT_ARM, is_pre_period_arm, pre_period_id
 from agents.loop_state import LoopInput
 from agents.online import OnlinePolicy
 from agents.stats.cuped import cuped_from_sums
@@ -60,8 +60,9 @@ def _cuped_readings(
     """
     by_experiment: dict[str, list[tuple[str, ArmTotals]]] = {}
     for arm_id, totals in arms:
-        if _TREATMENT_ARM.search(arm_id):
-            by_experiment.setdefault(arm_id.rsplit(".", 1)[0], []).append((arm_id, totals))
+        parsed = parse_arm_id(arm_id)
+        if parsed is not None and not parsed.pre_period:
+            by_experiment.setdefault(parsed.experiment, []).append((arm_id, totals))
     out: dict[str, MetricReading] = {}
     for experiment, members in by_experiment.items():
         pre = [inp.totals.get(pre_period_id(experiment, arm_id)) for arm_id, _ in members]
@@ -91,8 +92,8 @@ def brain_readings(policy: OnlinePolicy, inp: LoopInput) -> tuple[MetricReading,
     than fits keeps it itself (the offline brain remembers every reading it was shown)."""
     metric = policy.primary
     arms = sorted((a, t) for a, t in inp.totals.items() if not is_pre_period_arm(a))
-    incumbent = [(a, t) for a, t in arms if not _TREATMENT_ARM.search(a)]
-    experiment = [(a, t) for a, t in arms if _TREATMENT_ARM.search(a)]
+    incumbent = [(a, t) for a, t in arms if not is_experiment_arm(a)]
+    experiment = [(a, t) for a, t in arms if is_experiment_arm(a)]
     out: list[MetricReading] = []
     for arm_id, totals in incumbent:
         out.extend(MetricReading(name=n, value=v, arm=arm_id) for n, v in diagnostic_values(totals).items())

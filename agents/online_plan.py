@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from agents.arm_ids import control_arm_id, treatment_arm_id
 from agents.experiment import (
     ArmSpec,
     Candidate,
@@ -143,9 +144,11 @@ def _plan_struct(
         surface=p.surface,
         created_ms=now_ms,
         salt=experiment_id,
-        control=ArmSpec(arm_id=f"{experiment_id}.c", config_version=incumbent),
+        control=ArmSpec(arm_id=control_arm_id(experiment_id), config_version=incumbent),
         treatments=tuple(
-            ArmSpec(arm_id=f"{experiment_id}.t{i}", config_version=c.config_version, proposal_id=c.proposal_id)
+            ArmSpec(
+                arm_id=treatment_arm_id(experiment_id, i), config_version=c.config_version, proposal_id=c.proposal_id
+            )
             for i, c in enumerate(arms, start=1)
         ),
         stages=p.stages,

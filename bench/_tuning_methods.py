@@ -31,6 +31,7 @@ import optuna
 from _tuning_score import MethodTrace, Promotion, ServedArm, Step
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from agents.arm_ids import control_arm_id, treatment_arm_id
 from agents.brain import ParamChange, ParamSpec, apply_changes, parameter_specs
 from agents.experiment import MetricSpec
 from agents.stats.distributions import normal_sf
@@ -280,7 +281,7 @@ def run_ab_search(
         challenger = proposer.propose(incumbent)
         experiments += 1
         name = f"ab{experiments}"
-        control_id, treatment_id = f"{name}.c", f"{name}.t1"
+        control_id, treatment_id = control_arm_id(name), treatment_arm_id(name, 1)
         allocation = Allocation(
             experiment_id=name,
             salt=f"{name}-{seed}",

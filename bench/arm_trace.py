@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from tuning import TruthCache
 
+from agents.arm_ids import parse_arm_id
 from agents.offline_brain import offline_brain_kwargs
 from rectune.simloop import SimStep, preset_for, run_simloop
 from schemas.config import default_config
@@ -66,7 +67,8 @@ def first_arms(steps: Iterable[SimStep]) -> dict[str, tuple[int, int, float]]:
     out: dict[str, tuple[int, int, float]] = {}
     for step in steps:
         for arm in step.served:
-            if ".t" in arm.arm_id and ".pre." not in arm.arm_id and arm.arm_id not in out:
+            name = parse_arm_id(arm.arm_id)
+            if name is not None and not (name.is_control or name.pre_period) and arm.arm_id not in out:
                 out[arm.arm_id] = (arm.config_version, step.control_version, step.start_s)
     return out
 
