@@ -120,7 +120,7 @@ def demo_policy(plan: DemoPlan, *, duration_s: float, slo_ms: float, north_star:
         },
         "loop": {
             "k": 2,
-            "max_changes": 3,
+            "max_changes": 4,
             "cooldown_s": 3.0,
             "window_s": plan.window_s,
             "min_baseline_requests": round(rate * plan.window_s),

@@ -143,7 +143,6 @@ def preset_for(
         policy = dataclasses.replace(policy, target_mde=target_mde)
     settings = LoopSettings(
         k=3,
-        max_changes=3,
         cooldown_s=step_s,
         window_s=METRIC_WINDOW_S,
         objective=insight_objective(scenario),
