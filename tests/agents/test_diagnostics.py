@@ -69,20 +69,20 @@ def test_diagnostic_values_are_the_documented_ratios_and_skip_empty_denominators
 def test_loop_sends_incumbent_diagnostics_then_primary_readings_then_experiment_diagnostics() -> None:
     loop = AgentLoop(OfflineBrain(), OnlineAgent(OnlinePolicy(surface="home")), LoopSettings())
     arms = {
-        "home-round1.t0": totals("home-round1.t0", requests=10, impressions=100, clicks=5, near_duplicates=1),
+        "home-round1.t1": totals("home-round1.t1", requests=10, impressions=100, clicks=5, near_duplicates=1),
         "control": totals("control", requests=10, impressions=100, clicks=4, near_duplicates=30),
-        "home-round1.pre.t0": totals("home-round1.pre.t0", requests=10, impressions=100, clicks=4),  # A/A arm
+        "home-round1.pre.t1": totals("home-round1.pre.t1", requests=10, impressions=100, clicks=4),  # A/A arm
     }
     out = loop.metrics(LoopInput(totals=arms, serving=ServingState(), now_ms=0))
     assert all(".pre." not in r.arm for r in out)  # A/A pre-period arms serve the incumbent: left out
     head = [(r.name, r.arm, r.value) for r in out[:4]]
     assert all(arm == "control" for _, arm, _ in head) and ("near_duplicate_share", "control", 0.3) in head
     primary = [r for r in out[4:6]]
-    assert [(r.name, r.arm) for r in primary] == [("ctr", "control"), ("ctr", "home-round1.t0")]
+    assert [(r.name, r.arm) for r in primary] == [("ctr", "control"), ("ctr", "home-round1.t1")]
     assert all(r.lower is not None and r.upper is not None and r.lower <= r.value <= r.upper for r in primary)
     conversions = [(r.name, r.arm) for r in out[6:8]]  # the conversion guardrail's ratio, for the brain's guard model
-    assert conversions == [("conversion_rate", "control"), ("conversion_rate", "home-round1.t0")]
-    assert ("near_duplicate_share", "home-round1.t0", 0.01) in [(r.name, r.arm, r.value) for r in out[8:]]
+    assert conversions == [("conversion_rate", "control"), ("conversion_rate", "home-round1.t1")]
+    assert ("near_duplicate_share", "home-round1.t1", 0.01) in [(r.name, r.arm, r.value) for r in out[8:]]
     assert all(math.isfinite(r.value) for r in out)  # empty denominators (fresh etc. are 0/100, fine; none NaN)
 
 
@@ -234,7 +234,7 @@ def test_parameters_outside_the_allow_list_are_not_proposed() -> None:
         readings(near_duplicate_share=math.nan),
         readings(near_duplicate_share=math.inf),
         readings(),  # missing
-        readings(arm="home-round1.t0", near_duplicate_share=0.31),  # not the incumbent's
+        readings(arm="home-round1.t1", near_duplicate_share=0.31),  # not the incumbent's
         readings(cohort="young", near_duplicate_share=0.31),  # another cohort
     ],
 )
