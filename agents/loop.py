@@ -154,8 +154,8 @@ class LoopSettings:
     (4: a joint move of four parameters is larger than one of three, so a
     read resolves it more often, and it teaches the Actor's lift model about
     more parameters per arm; on the tuning bench's worlds, agents only, 3 → 4
-    cut the seasonal world's regret by 9% over 30 seeds and left core and
-    thin within 1%; BENCHMARKS.md); `cooldown_s` between rounds; `window_s` the
+    cut the seasonal world's regret by 9% over 30 seeds and left core's and
+    thin's within 2%; BENCHMARKS.md); `cooldown_s` between rounds; `window_s` the
     metric window length (baseline duration = windows × window_s);
     `min_baseline_requests` of incumbent traffic before proposing;
     `pre_period_s` > 0 runs an A/A pre-period first (see `pre_period_arm`).
