@@ -14,6 +14,12 @@ expectation, never shown to the methods) and the oracle's best config:
   world too);
 - `regressions_shipped`: promotions whose new config's true value at the
   promotion time is below the replaced incumbent's;
+- `null_arms`, `null_arms_promoted`: treatment arms (any served arm but
+  the step's incumbent, with a config other than the incumbent's) whose true
+  value in the week they were first served was not above that incumbent's,
+  and how many of those configs were later promoted: the false-positive rate
+  the test's α bounds, which `regressions_shipped` per promotion does not
+  (it also depends on how many arms were good);
 - `guardrail_breaches`: distinct served arms (`ServedArm.key`) that at any
   step had a true latency p99 above the SLO, or true conversions per request
   below (1 − margin) × the step's incumbent's.
@@ -101,6 +107,8 @@ class Score:
     guardrail_breaches: int
     final_value: float
     requests: float
+    null_arms: int = 0
+    null_arms_promoted: int = 0
 
 
 TruthFn = Callable[[CascadeConfig, float], Truth]
@@ -110,6 +118,22 @@ def step_regret(step: Step, truth: TruthFn, best: CascadeConfig) -> float:
     """Requests of `step` × (oracle best − true value of the traffic-weighted mix it served)."""
     served_value = sum(arm.share * truth(arm.config, step.start_s).value for arm in step.served)
     return step.requests * (truth(best, step.start_s).value - served_value)
+
+
+def null_arm_promotions(trace: MethodTrace, truth: TruthFn) -> tuple[int, int]:
+    """(treatment arms not better than their incumbent when first served, how many of their configs were promoted).
+
+    Called by `score`; an arm serving the incumbent's own config (a control
+    or an A/A pre-period arm) is no treatment and is left out.
+    """
+    first: dict[str, tuple[CascadeConfig, CascadeConfig, float]] = {}
+    for step in trace.steps:
+        for arm in step.served[1:]:
+            if arm.share > 0.0 and arm.key not in first and arm.config != step.incumbent:
+                first[arm.key] = (arm.config, step.incumbent, step.start_s)
+    promoted = [p.new for p in trace.promotions]
+    nulls = [config for config, control, at in first.values() if truth(config, at).value <= truth(control, at).value]
+    return len(nulls), sum(config in promoted for config in nulls)
 
 
 def _share_of_lift(final: float, start: float, best: float) -> float:
@@ -151,6 +175,7 @@ def score(
     regressions = sum(truth(p.new, p.at_s).value < truth(p.old, p.at_s).value for p in trace.promotions)
     start = truth(trace.start, value_at_s).value
     final = truth(trace.final, value_at_s).value
+    null_arms, null_promoted = null_arm_promotions(trace, truth)
     return Score(
         oracle_share=_share_of_lift(final, start, truth(best, value_at_s).value),
         cum_regret=regret,
@@ -161,6 +186,8 @@ def score(
         guardrail_breaches=len(breached),
         final_value=final,
         requests=requests,
+        null_arms=null_arms,
+        null_arms_promoted=null_promoted,
     )
 
 

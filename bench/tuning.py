@@ -239,10 +239,15 @@ def summarise(results: Sequence[RunResult]) -> dict[str, Any]:
         agentic, tpe, rand = (block[m]["cum_regret"] for m in ("agentic", "tpe", "random"))
         promotions = sum(r.scores["agentic"].promotions for r in runs)
         regressions = sum(r.scores["agentic"].regressions_shipped for r in runs)
+        nulls = sum(r.scores["agentic"].null_arms for r in runs)
+        nulls_promoted = sum(r.scores["agentic"].null_arms_promoted for r in runs)
         ratios = {
             "regret_agentic_over_tpe": agentic / tpe if tpe > 0 else math.nan,
             "regret_agentic_over_random": agentic / rand if rand > 0 else math.nan,
             "agentic_regression_rate": regressions / promotions if promotions else 0.0,
+            # what alpha bounds: promotions among arms that were not better (reported, not a target)
+            "agentic_null_arms": nulls,
+            "agentic_null_arm_promotion_rate": nulls_promoted / nulls if nulls else 0.0,
         }
         block["ratios"] = ratios
         block["targets"] = {
@@ -276,7 +281,8 @@ def print_table(summary: dict[str, Any], results: Sequence[RunResult]) -> None:
         print(
             f"   agentic regret / tpe {r['regret_agentic_over_tpe']:.3g} (target <= 0.667), / random "
             f"{r['regret_agentic_over_random']:.3g} (target <= 0.333); regression rate "
-            f"{r['agentic_regression_rate']:.3g} (target <= {ALPHA}); targets {block['targets']}"
+            f"{r['agentic_regression_rate']:.3g} (target <= {ALPHA}); promoted among {r['agentic_null_arms']} arms "
+            f"not better than their incumbent {r['agentic_null_arm_promotion_rate']:.3g}; targets {block['targets']}"
         )
         for run in runs:
             secs = ", ".join(f"{k} {v:.0f}s" for k, v in run.seconds.items())

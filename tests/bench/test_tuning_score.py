@@ -93,6 +93,9 @@ def test_mixed_steps_promotions_regressions_and_breaches() -> None:
     assert s.cum_regret == pytest.approx(expected)
     assert s.oracle_share == pytest.approx(0.5)  # (0.11 - 0.10) / (0.12 - 0.10)
     assert s.regressions_shipped == 1  # GOOD -> BAD shipped a worse config
+    # e1.t1 (BAD, 0.09 < START's 0.10) is the one arm not better than its incumbent, and BAD was promoted;
+    # the controls serve their incumbent's config and are no treatment arms
+    assert (s.null_arms, s.null_arms_promoted) == (1, 1)
     assert s.guardrail_breaches == 3  # e1.t1 (conversions), e2.t2 and e3.t1 (latency)
     assert (s.experiments, s.promotions, s.rollbacks) == (3, 2, 1)
 
@@ -108,6 +111,22 @@ def test_looser_margin_and_slo_count_fewer_breaches() -> None:
         ),
     )
     assert score(trace).guardrail_breaches == 2
+
+
+def test_null_arms_are_judged_in_the_week_they_start_and_aa_arms_are_left_out() -> None:
+    """GOOD is worth more than START at any time; BAD never; an A/A arm serving START is no treatment."""
+    trace = ts.MethodTrace(
+        method="m",
+        start=START,
+        final=START,
+        steps=(
+            step(0.0, 10.0, ("inc", START, 0.8), ("e1.pre.t1", START, 0.1), ("e1.t2", BAD, 0.1)),
+            step(90_000.0, 10.0, ("inc", START, 0.8), ("e2.t1", GOOD, 0.1), ("e1.t2", BAD, 0.1)),
+        ),
+        promotions=(ts.Promotion(90_000.0, START, GOOD),),
+    )
+    s = score(trace)
+    assert (s.null_arms, s.null_arms_promoted) == (1, 0)  # e1.t2 only, counted once; GOOD's promotion is no null's
     assert score(trace, conversion_margin=0.2, latency_slo_ms=100.0).guardrail_breaches == 0
 
 
