@@ -105,7 +105,8 @@ def arm_rows(steps: Iterable[SimStep], ended: Endings) -> list[ArmRow]:
     arm_end, exp_end, _ = ended
     rows = []
     for arm_id, (version, control, start_s) in first_arms(steps).items():
-        experiment = arm_id.rsplit(".", 1)[0]
+        name = parse_arm_id(arm_id)
+        experiment = arm_id if name is None else name.experiment  # first_arms keeps only parsed arms
         ending = arm_end.get(arm_id) or exp_end.get(experiment) or "still running at the end of the budget"
         rows.append(ArmRow(experiment, arm_id, version, control, start_s, ending))
     return rows
@@ -166,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{experiment} ({when}; planned MDE {'n/a' if planned is None else f'{100 * planned:.1f}%'})")
         lift = true_lift(row, value)
         lifts.append((lift, row.ending))
-        print(f"  {row.arm_id.rsplit('.', 1)[1]:<4} true {100 * lift:+6.2f}%  {row.ending[:150]}")
+        print(f"  {row.arm_id.removeprefix(row.experiment_id + '.'):<4} true {100 * lift:+6.2f}%  {row.ending[:150]}")
     good = summary(lifts)
     print(f"\n{len(lifts)} treatment arms; with a true lift above +{100 * GOOD_LIFT:g}%: {dict(good) or 'none'}")
     for promotion in sim.promotions:
