@@ -138,7 +138,9 @@ class GuardrailSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     - `latency_p99_slo_ms`: the arm's p99 (from its latency histogram, accurate
       to one bin, ~12%) must stay at or below it once `min_latency_requests`
-      requests are in the histogram;
+      requests are in the histogram; breach when the always-valid exceedance
+      test shows more than 1% of its requests at or over it (a p99 that only
+      reads over it holds the arm back from promotion);
     - `conversion_margin`, `revenue_margin`: relative non-inferiority margins
       m (0.02 = 2%); breach when the always-valid upper bound on the lift vs
       control is below −m;
@@ -431,7 +433,11 @@ class ArmRead(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 class GuardrailRead(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One guardrail of one arm at one step: the observed value, the always-valid bound used, the threshold.
 
-    Latency: `value` is the arm's p99 in ms (no bound).  Conversion/revenue:
+    Latency: `value` is the arm's p99 in ms, `bound` the share of its
+    requests at or over the SLO (the first histogram edge at or above it),
+    `breached` the always-valid exceedance test (`agents.stats.exceedance`)
+    at the guardrails' alpha; a p99 read over the SLO without a breach holds
+    the arm back from promotion.  Conversion/revenue:
     `value` is the lift vs control, `bound` the upper end of its confidence
     sequence, `threshold` −margin.  Diversity: `value` the mean distinct
     categories per list, `bound` its upper confidence-sequence end.

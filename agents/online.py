@@ -28,7 +28,11 @@ One `step`, in this order (the first that ends the experiment wins):
    or aggregated under the previous allocation is not judged against the
    new one.  p < 0.001 → halt: everyone back to control, alert `srm`.
 2. **Guardrails**, per active treatment arm: latency p99 from its histogram
-   against the SLO; conversion and revenue non-inferiority (the always-valid
+   against the SLO, breached when the always-valid exceedance test
+   (`agents.stats.exceedance`, at the guardrails' alpha) shows more than 1%
+   of the arm's requests at or over it — a p99 that only reads over the SLO
+   holds the arm back from promotion that step (`latency_holds`) but does
+   not roll it back; conversion and revenue non-inferiority (the always-valid
    confidence sequence on the log ratio vs control: its upper end below
    log(1 − margin) → breach); diversity floor (the confidence sequence on
    the arm's mean distinct categories per list entirely below the floor).
@@ -67,7 +71,8 @@ in time while the shares ramp biases the comparison (Simpson); the SRM
 check is repeated at every step against a fixed 0.001 threshold (not a
 sequential SRM test); guardrail tests are not corrected across arms or
 metrics (more rollbacks, never fewer); the latency p99 is accurate to one
-histogram bin (~12%).  Pure: numpy and `agents.stats` only.
+histogram bin (~12%), and its test counts requests from the first bin edge
+at or above the SLO (50.12 ms for a 50 ms SLO).  Pure: numpy and `agents.stats` only.
 
 Layout: this module keeps `OnlineAgent` (plan, approve, step) and re-exports
 the public names of its parts — `agents.online_policy` (inputs, policy),
@@ -92,7 +97,7 @@ from agents.experiment import (
     ExperimentError,
     ExperimentState,
 )
-from agents.online_guard import _guardrails, _srm
+from agents.online_guard import _guardrails, _srm, latency_holds
 from agents.online_plan import _gate, _launch, _plan_figures, _plan_struct, _refused, power_plan
 from agents.online_policy import (
     Baseline,
@@ -338,8 +343,8 @@ class OnlineAgent:
         # 3. primary read, Holm, losers and futility
         state, reads, winners = _read(state, data, log, now_ms, guard_reads)
 
-        # 4. stage logic
-        state = _advance(state, data, log, now_ms, winners, reads)
+        # 4. stage logic (an arm whose p99 reads over the SLO is not promoted this step)
+        state = _advance(state, data, log, now_ms, winners, reads, held=latency_holds(guard_reads))
         return msgspec.structs.replace(state, seq=log.seq), log.out
 
 

@@ -7,6 +7,9 @@ Called by `agents.online.OnlineAgent.step` (and `_reallocate` by `agents.online_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Final
+
 import msgspec
 import numpy as np
 
@@ -29,8 +32,12 @@ from agents.online_reads import (
     _readable,
     _spec,
 )
+from agents.stats.exceedance import exceedance_test
 from agents.stats.srm import SrmResult, srm_buckets
-from schemas.metrics import latency_quantile
+from schemas.metrics import latency_at_or_above, latency_quantile
+
+#: The share of requests a p99 SLO allows at or over it.
+_P99_ALLOWED: Final = 0.01
 
 # ---- 1. SRM
 
@@ -153,10 +160,31 @@ def _guardrails(
     return state, reads
 
 
+def latency_holds(reads: Sequence[GuardrailRead]) -> set[str]:
+    """Arms whose p99 reads over the SLO this step, without a breach shown yet: not promotable now.
+
+    Called by `agents.online.OnlineAgent.step` before the stage logic: a
+    rollback needs evidence of a breach, a promotion needs no sign of one.
+    """
+    return {
+        r.arm_id
+        for r in reads
+        if r.guardrail == "latency_p99" and not r.breached and r.value is not None and r.value > r.threshold
+    }
+
+
 def _latency(
     state: ExperimentState, data: _Arrays, arm_id: str, slo: float, reads: list[GuardrailRead]
 ) -> list[GuardrailRead]:
-    """p99 of the arm since the SRM window opened (the current load), else since the start."""
+    """The arm's p99 against the SLO since the SRM window opened (the current load), else since the start.
+
+    Breached only when the always-valid exceedance test
+    (`agents.stats.exceedance`) at the guardrails' alpha shows more than 1%
+    of the window's requests at or over the SLO (the first histogram edge at
+    or above it); a p99 that merely reads over the SLO is reported
+    (`value`), and holds the arm back from promotion (`latency_holds`), but
+    does not roll it back.
+    """
     g = state.plan.guardrails
     hist = data.hist[arm_id]
     scope = "since start"
@@ -168,9 +196,17 @@ def _latency(
         return []
     p99 = latency_quantile(hist, 0.99)
     control = latency_quantile(data.hist[state.plan.control.arm_id], 0.99)
-    note = f"{scope}, {int(hist.sum())} requests; control p99 {control:.1f} ms"
+    over, edge_ms = latency_at_or_above(hist, slo)
+    test = exceedance_test(int(hist.sum()), over, allowed=_P99_ALLOWED, alpha=g.alpha)
+    note = f"{scope}: {test.describe()} at {edge_ms:.4g} ms; control p99 {control:.1f} ms"
     read = GuardrailRead(
-        arm_id=arm_id, guardrail="latency_p99", value=p99, bound=None, threshold=slo, breached=p99 > slo, note=note
+        arm_id=arm_id,
+        guardrail="latency_p99",
+        value=p99,
+        bound=test.share,
+        threshold=slo,
+        breached=test.breached,
+        note=note,
     )
     reads.append(read)
     return [read] if read.breached else []

@@ -34,7 +34,10 @@ def _advance(
     now_ms: int,
     winners: list[str],
     reads: list[ArmRead],
+    *,
+    held: frozenset[str] | set[str] = frozenset(),
 ) -> ExperimentState:
+    """Promote, end at the horizon, or ramp; arms in `held` (p99 reading over the SLO) are not promoted this step."""
     plan = state.plan
     active = [a for a in state.arms if a.status == "active"]
     if not active:
@@ -48,14 +51,14 @@ def _advance(
         data.requests(a.arm_id) - state.stage_start_requests[plan.arm_ids.index(a.arm_id)] for a in active
     )
     samples_ok = stage_requests >= plan.min_stage_requests[state.stage]
-    live_winners = [w for w in winners if state.arm(w).status == "active"]
+    live_winners = [w for w in winners if state.arm(w).status == "active" and w not in held]
     if state.stage == plan.final_stage and live_winners and dwell_ok and samples_ok:
         by_id = {r.arm_id: r for r in reads}
         best = max(live_winners, key=lambda a: (by_id[a].difference, by_id[a].lower or -math.inf))
         return _promote(state, log, now_ms, best, by_id[best], live_winners)
     horizon_ms = (state.started_ms or 0) + plan.horizon_s * 1000.0
     if now_ms >= horizon_ms and state.stage == plan.final_stage and not live_winners and samples_ok:
-        final = _final_look(state, reads)
+        final = {a: p for a, p in _final_look(state, reads).items() if a not in held}
         if final:
             by_id = {r.arm_id: r for r in reads}
             best = max(final, key=lambda a: by_id[a].difference)

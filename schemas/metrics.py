@@ -13,6 +13,7 @@ Pure: numpy, no I/O.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Annotated, Final
@@ -83,6 +84,23 @@ def latency_quantile(hist: npt.ArrayLike, q: float) -> float:
     if index >= N_LATENCY_BINS - 1:
         return float(LATENCY_EDGES_MS[-1])
     return float(np.sqrt(LATENCY_EDGES_MS[index - 1] * LATENCY_EDGES_MS[index]))
+
+
+def latency_at_or_above(hist: npt.ArrayLike, threshold_ms: float) -> tuple[int, float]:
+    """(requests certainly at or above `threshold_ms`, the bin edge they start at) in a fixed-layout histogram.
+
+    Counts the bins whose lower edge is at or above the threshold: the first
+    edge >= `threshold_ms` (a 50 ms SLO: 50.12 ms), since the histogram cannot
+    place a request inside its bin.  A p99 read above the threshold
+    (`latency_quantile`) is the same event as more than 1% of the requests
+    counted here.  Used by the latency guardrail's test
+    (`agents.online_guard`).
+    """
+    counts = np.asarray(hist, dtype=np.int64)
+    first = int(np.searchsorted(LATENCY_EDGES_MS, threshold_ms, side="left"))
+    if first >= len(LATENCY_EDGES_MS):  # above the layout's last edge: no request can be placed above it
+        return 0, math.inf
+    return int(counts[first + 1 :].sum()), float(LATENCY_EDGES_MS[first])
 
 
 class MetricWindow(

@@ -26,6 +26,7 @@ from schemas.metrics import (
     N_FIELDS,
     N_LATENCY_BINS,
     MetricWindow,
+    latency_at_or_above,
     latency_bins,
     latency_quantile,
     merge_by_arm,
@@ -136,6 +137,26 @@ def test_quantile_reports_the_bins_geometric_middle() -> None:
     hist = _hist(np.concatenate([np.full(60, 10.0), np.full(40, 1000.0)]))
     assert 10.0 / ONE_BIN <= latency_quantile(hist, 0.5) <= 10.0 * ONE_BIN
     assert 1000.0 / ONE_BIN <= latency_quantile(hist, 0.99) <= 1000.0 * ONE_BIN
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sample=hnp.arrays(np.float64, st.integers(1, 400), elements=st.floats(min_value=0.2, max_value=5_000.0)),
+    threshold_ms=st.floats(min_value=0.2, max_value=5_000.0),
+)
+def test_at_or_above_counts_only_requests_certainly_over_the_threshold(sample: np.ndarray, threshold_ms: float) -> None:
+    count, edge = latency_at_or_above(_hist(sample), threshold_ms)
+    assert edge >= threshold_ms and edge / threshold_ms < ONE_BIN  # the first edge at or above it
+    assert count == int((sample >= edge).sum())  # exactly the requests at or over that edge
+    assert count <= int((sample >= threshold_ms).sum())
+
+
+def test_a_p99_reading_over_the_threshold_is_more_than_one_percent_at_or_above_it() -> None:
+    under = _hist(np.concatenate([np.full(990, 20.0), np.full(10, 52.0)]))  # exactly 1% over 50.12 ms
+    over = _hist(np.concatenate([np.full(989, 20.0), np.full(11, 52.0)]))
+    assert latency_quantile(under, 0.99) < 50.0 and latency_at_or_above(under, 50.0)[0] == 10
+    assert latency_quantile(over, 0.99) > 50.0 and latency_at_or_above(over, 50.0)[0] == 11
+    assert latency_at_or_above(over, 1e9) == (0, math.inf)  # past the layout: nothing can be placed above it
 
 
 def test_quantile_of_an_empty_histogram_is_nan() -> None:
