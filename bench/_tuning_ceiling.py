@@ -12,7 +12,12 @@ a method: it reads `World.expected`, which no agent sees.
 
 How it proposes, on each call: every one-trust-step move of every tunable
 the context allows (`agents.diagnostics.step_toward`, the move the offline
-brain's ascent makes) is scored by the oracle; the candidate sets are built
+brain's ascent makes) is scored by the oracle; a config whose true p99
+breaks the latency SLO is never proposed (`simulator.oracle.meets_slo`, the
+rule the oracle's own search applies: a perfect Actor knows the true
+latency, and such a config would only be rejected by the Critic or rolled
+back, and then, never proposed again, block the greedy sets that contain
+it); the candidate sets are built
 greedily — add the move that raises the oracle's value of the set most, up
 to `context.max_changes`, while it still raises it (moves interact: a
 combination is scored as a whole) — and each set after the first uses
@@ -26,6 +31,7 @@ Called by `bench/tuning.py --ceiling` (method `ceiling`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +54,8 @@ from agents.diagnostics import step_toward
 from agents.offline_brain import OfflineBrain
 from schemas.config import CascadeConfig
 from schemas.errors import SchemaError
+from simulator.oracle import meets_slo
+from simulator.world import World
 
 #: How many of the best single moves the greedy set search considers (the rest rarely help a set).
 SHORTLIST = 12
@@ -64,15 +72,20 @@ class _Move:
 class OracleGuidedBrain(OfflineBrain):
     """An `OfflineBrain` whose proposals come from the oracle (module docstring); critique and insight as before.
 
-    `value_of(config)` is the oracle's expected north star of a config (the
-    benchmark passes `World.expected(config, at_s=0).north_star`, the value
-    the shares are scored on).
+    `view(config)` is the oracle's (expected north star, whether the config
+    meets the latency SLO) — `oracle_view(world)`, at the time the shares
+    are scored at.
     """
 
-    def __init__(self, value_of: Callable[[CascadeConfig], float], **kwargs: Any) -> None:
+    def __init__(self, view: Callable[[CascadeConfig], tuple[float, bool]], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._value_of = value_of
+        self._view = view
         self._proposed: set[bytes] = set()
+
+    def _value_of(self, config: CascadeConfig) -> float:
+        """The oracle's north star of a config that meets the SLO, else -inf (never a gain)."""
+        value, feasible = self._view(config)
+        return value if feasible else -math.inf
 
     def _config(self, incumbent: CascadeConfig, moves: Sequence[_Move]) -> CascadeConfig | None:
         """`incumbent` with `moves` applied together; None when they break a config rule."""
@@ -122,7 +135,7 @@ class OracleGuidedBrain(OfflineBrain):
 
     def propose_sync(self, context: ProposalContext) -> list[Proposal]:
         """Up to `context.k` oracle-ranked candidates (see the module docstring)."""
-        base = self._value_of(context.incumbent)
+        base = self._view(context.incumbent)[0]  # the incumbent's own value, even if its true p99 is over the SLO
         moves = self._single_moves(context, base)
         used: set[str] = set()
         proposals: list[Proposal] = []
@@ -146,3 +159,16 @@ class OracleGuidedBrain(OfflineBrain):
             self.register_arm(proposal.proposal_id, config)
             proposals.append(proposal)
         return proposals
+
+
+def oracle_view(world: World, at_s: float = 0.0) -> Callable[[CascadeConfig], tuple[float, bool]]:
+    """`OracleGuidedBrain`'s view of `world` at `at_s`: a config's expected north star and whether it meets the SLO.
+
+    Called by `bench/tuning.py --ceiling` and `bench/arm_trace.py --ceiling`.
+    """
+
+    def view(config: CascadeConfig) -> tuple[float, bool]:
+        expected = world.expected(config, at_s=at_s)
+        return expected.north_star, meets_slo(world, expected)
+
+    return view

@@ -143,10 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         preset = dataclasses.replace(preset, policy=policy)
     brain = None
     if args.ceiling:
-        from _tuning_ceiling import OracleGuidedBrain
+        from _tuning_ceiling import OracleGuidedBrain, oracle_view
 
         kwargs = offline_brain_kwargs(preset.policy, preset.settings.rules, seed=args.seed)
-        brain = OracleGuidedBrain(lambda config: world.expected(config, at_s=0.0).north_star, **kwargs)
+        brain = OracleGuidedBrain(oracle_view(world), **kwargs)
     sim = asyncio.run(
         run_simloop(world, budget_s=budget_s, seed=args.seed, preset=preset, start=default_config(), brain=brain)
     )

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-from _tuning_ceiling import OracleGuidedBrain
+from _tuning_ceiling import OracleGuidedBrain, oracle_view
 from _tuning_methods import RandomSearch, TpeSearch, config_key, run_ab_search, run_static, trace_from_sim
 from _tuning_score import MethodTrace, Score, Truth, incumbent_path, mean_sd, regret_path, score
 
@@ -188,7 +188,7 @@ def run_one(
     if ceiling:
         clock = time.perf_counter()
         guided = OracleGuidedBrain(
-            lambda config: world.expected(config, at_s=0.0).north_star,
+            oracle_view(world),
             **offline_brain_kwargs(preset.policy, preset.settings.rules, seed=seed),
         )
         guided_sim = asyncio.run(

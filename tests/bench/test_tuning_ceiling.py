@@ -27,8 +27,13 @@ def value(config: CascadeConfig) -> float:
     return 1.0 + gain
 
 
+def view(config: CascadeConfig) -> tuple[float, bool]:
+    """`value`, every config within the SLO."""
+    return value(config), True
+
+
 def brain() -> Any:
-    return tc.OracleGuidedBrain(value, seed=0, rules=CriticRules())
+    return tc.OracleGuidedBrain(view, seed=0, rules=CriticRules())
 
 
 def moved(proposal: Any) -> set[str]:
@@ -58,3 +63,24 @@ def test_max_changes_allow_list_and_no_repeat() -> None:
     assert b.propose_sync(context) == []  # each was proposed once; nothing else helps
     only = ProposalContext(surface="home", incumbent=START, k=3, max_changes=3, parameters=("re_rank.mmr_lambda",))
     assert [moved(p) for p in brain().propose_sync(only)] == [{"re_rank.mmr_lambda"}]
+
+
+def test_a_config_over_the_slo_is_never_proposed_and_does_not_block_the_others() -> None:
+    def slow_duplicates(config: CascadeConfig) -> tuple[float, bool]:
+        # lowering the near-duplicate threshold is the best move but breaks the latency SLO in this world
+        return value(config), not config.re_rank.near_duplicate_threshold < START.re_rank.near_duplicate_threshold
+
+    b = tc.OracleGuidedBrain(slow_duplicates, seed=0, rules=CriticRules())
+    proposals = b.propose_sync(ProposalContext(surface="home", incumbent=START, k=3, max_changes=3))
+    assert [moved(p) for p in proposals] == [{"re_rank.max_per_category", "re_rank.mmr_lambda"}]
+
+
+def test_the_oracle_view_reads_the_north_star_and_the_slo_from_the_world() -> None:
+    from simulator.scenario import load_scenario
+    from simulator.world import World
+
+    world = World(load_scenario("apparel_thin"), seed=0)
+    north_star, feasible = tc.oracle_view(world)(START)
+    expected = world.expected(START, at_s=0.0)
+    assert north_star == expected.north_star
+    assert feasible == (expected.latency_p99_ms <= world.scenario.latency_slo_ms)
