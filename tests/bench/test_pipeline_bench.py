@@ -137,8 +137,8 @@ def test_quick_run_with_two_workers_covers_every_event_and_splits_the_partitions
     assert summary["peak_rss_mb"] >= summary["peak_rss_per_process_max_mb"] > 0
     assert summary["target_batched_rate_met"] == (summary["batched_events_per_s"] >= 250_000)
     assert summary["target_peak_rss_met"] == (summary["peak_rss_mb"] <= 600)
-    assert summary["batched_vs_ceiling"] == pytest.approx(
-        summary["batched_events_per_s"] / summary["ceiling_events_per_s"], rel=1e-2
+    assert summary["batched_vs_ceiling"] == pytest.approx(  # the summary rounds it to 3 decimals
+        summary["batched_events_per_s"] / summary["ceiling_events_per_s"], rel=1e-2, abs=5e-4
     )
     split = [line for line in lines if line.strip().startswith(("batched:", "ceiling:"))]
     assert len(split) == 2, proc.stdout[-3000:]
