@@ -69,6 +69,12 @@ def _advance(
             if live_winners
             else []
         )
+        held_winners = [w for w in winners if w in held and state.arm(w).status == "active"]
+        if held_winners:
+            extra.append(
+                f"winner(s) {', '.join(held_winners)} not promoted: p99 reads over the latency SLO "
+                "(no breach shown, so not rolled back)"
+            )
         return _end(
             state,
             log,

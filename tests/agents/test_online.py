@@ -431,6 +431,13 @@ def test_a_p99_reading_just_over_the_slo_holds_a_winner_back_without_rolling_it_
     assert slow.arms[0].primary is not None and slow.arms[0].primary.rejected  # the winner it would have promoted
 
 
+def test_a_winner_held_back_by_its_p99_until_the_horizon_ends_the_experiment_saying_why() -> None:
+    state, steps = _latency_run(126.0, 7 * 24 + 1)
+    assert state.status == "stopped_horizon"
+    stop = steps[-1][-1]
+    assert stop.kind == "stop" and any("p99 reads over the latency SLO" in r for r in stop.reasons)
+
+
 def test_latency_holds_names_arms_reading_over_without_a_breach() -> None:
     def read(arm_id: str, value: float, breached: bool) -> GuardrailRead:
         return GuardrailRead(
