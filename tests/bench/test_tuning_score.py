@@ -111,6 +111,7 @@ def test_looser_margin_and_slo_count_fewer_breaches() -> None:
         ),
     )
     assert score(trace).guardrail_breaches == 2
+    assert score(trace, conversion_margin=0.2, latency_slo_ms=100.0).guardrail_breaches == 0
 
 
 def test_null_arms_are_judged_in_the_week_they_start_and_aa_arms_are_left_out() -> None:
@@ -127,7 +128,6 @@ def test_null_arms_are_judged_in_the_week_they_start_and_aa_arms_are_left_out() 
     )
     s = score(trace)
     assert (s.null_arms, s.null_arms_promoted) == (1, 0)  # e1.t2 only, counted once; GOOD's promotion is no null's
-    assert score(trace, conversion_margin=0.2, latency_slo_ms=100.0).guardrail_breaches == 0
 
 
 def test_no_oracle_lift_gives_nan_share_and_bad_inputs_are_refused() -> None:
