@@ -8,6 +8,7 @@ Called by `agents.online.OnlineAgent.step`.
 from __future__ import annotations
 
 import math
+from collections.abc import Set as AbstractSet
 
 import msgspec
 
@@ -35,7 +36,7 @@ def _advance(
     winners: list[str],
     reads: list[ArmRead],
     *,
-    held: frozenset[str] | set[str] = frozenset(),
+    held: AbstractSet[str] = frozenset(),
 ) -> ExperimentState:
     """Promote, end at the horizon, or ramp; arms in `held` (p99 reading over the SLO) are not promoted this step."""
     plan = state.plan
@@ -51,7 +52,8 @@ def _advance(
         data.requests(a.arm_id) - state.stage_start_requests[plan.arm_ids.index(a.arm_id)] for a in active
     )
     samples_ok = stage_requests >= plan.min_stage_requests[state.stage]
-    live_winners = [w for w in winners if state.arm(w).status == "active" and w not in held]
+    active_winners = [w for w in winners if state.arm(w).status == "active"]
+    live_winners = [w for w in active_winners if w not in held]
     if state.stage == plan.final_stage and live_winners and dwell_ok and samples_ok:
         by_id = {r.arm_id: r for r in reads}
         best = max(live_winners, key=lambda a: (by_id[a].difference, by_id[a].lower or -math.inf))
@@ -69,7 +71,7 @@ def _advance(
             if live_winners
             else []
         )
-        held_winners = [w for w in winners if w in held and state.arm(w).status == "active"]
+        held_winners = [w for w in active_winners if w in held]
         if held_winners:
             extra.append(
                 f"winner(s) {', '.join(held_winners)} not promoted: p99 reads over the latency SLO "

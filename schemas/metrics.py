@@ -91,9 +91,11 @@ def latency_at_or_above(hist: npt.ArrayLike, threshold_ms: float) -> tuple[int, 
 
     Counts the bins whose lower edge is at or above the threshold: the first
     edge >= `threshold_ms` (a 50 ms SLO: 50.12 ms), since the histogram cannot
-    place a request inside its bin.  A p99 read above the threshold
+    place a request inside its bin.  For a threshold above the geometric
+    middle of the bin it falls in (50 ms is), a p99 read above it
     (`latency_quantile`) is the same event as more than 1% of the requests
-    counted here.  Used by the latency guardrail's test
+    counted here; for a lower one, a p99 read in that bin is over the
+    threshold while this count is not.  Used by the latency guardrail's test
     (`agents.online_guard`).
     """
     counts = np.asarray(hist, dtype=np.int64)
