@@ -151,6 +151,10 @@ class Surface:
         exp = await self.experiment()
         return exp is not None and exp.status == "running" and exp.stage == stage
 
+    async def snapshot_taken(self, stage: int) -> bool:
+        exp = await self.experiment()
+        return exp is not None and exp.stage == stage and exp.snapshot is not None
+
     async def leader(self) -> str:
         raw = await self.redis.get(lease_key(self.surface))
         return "" if raw is None else raw.decode().split(":")[0]
@@ -185,7 +189,10 @@ async def test_killed_with_sigkill_mid_experiment_resumes_without_repeating(
         assert exp0 is not None
         await s.publish(exp0)
         await wait_for(lambda: s.at_stage(1), "the ramp to stage 2", s.procs)
-        await asyncio.sleep(1.0)  # a few idle ticks of the leader at stage 2
+        # the leader's first tick at stage 2 takes the SRM snapshot (settle_s is 0); a loaded machine can take
+        # over a second to get there, and b would then take it instead, changing the state this test compares
+        await wait_for(lambda: s.snapshot_taken(1), "the SRM snapshot of stage 2", s.procs)
+        await asyncio.sleep(0.5)  # a few idle ticks of the leader at stage 2
         a.kill()  # SIGKILL
         killed_raw = await s.redis.get(state_key(s.surface))
         killed = LoopState.from_bytes(killed_raw)
