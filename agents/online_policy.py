@@ -175,10 +175,16 @@ class OnlinePolicy:
             bad.append(f"final_alpha={self.final_alpha}: in [0, alpha={self.alpha})")
         if not 0.0 <= self.futility_fraction <= 1.0:
             bad.append(f"futility_fraction={self.futility_fraction}: in [0, 1]")
-        if not (self.target_mde > 0.0 and self.horizon_s > 0.0 and self.max_treatments >= 1):
-            bad.append("target_mde > 0, horizon_s > 0, max_treatments >= 1")
-        if not (0.0 <= self.min_read_bucket_fraction <= 1.0 and self.max_history >= 0 and self.settle_s >= 0.0):
-            bad.append("min_read_bucket_fraction in [0, 1], max_history >= 0, settle_s >= 0")
+        rules = (
+            ("target_mde", self.target_mde > 0.0, "> 0"),
+            ("horizon_s", self.horizon_s > 0.0, "> 0"),
+            ("max_treatments", self.max_treatments >= 1, ">= 1"),
+            ("min_read_bucket_fraction", 0.0 <= self.min_read_bucket_fraction <= 1.0, "in [0, 1]"),
+            ("max_history", self.max_history >= 0, ">= 0"),
+            ("settle_s", self.settle_s >= 0.0, ">= 0"),
+        )
+        # `not ok` also catches NaN, which every comparison above rejects
+        bad.extend(f"{name}={getattr(self, name)!r}: {rule}" for name, ok, rule in rules if not ok)
         if bad:
             msg = f"OnlinePolicy: invalid {'; '.join(bad)}"
             raise ExperimentError(msg)

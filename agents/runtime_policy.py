@@ -21,6 +21,7 @@ from typing import Any, Final
 import msgspec
 
 from agents.experiment import ExperimentError
+from agents.insight_metrics import METRICS, insight_objective_for
 from agents.loop import LoopSettings
 from agents.online import OnlinePolicy
 
@@ -29,7 +30,8 @@ class PolicyError(ValueError):
     """A policy file breaks a rule; the message names the field (`policy.online.stages`) and the rule."""
 
 
-#: `LoopSettings` fields a policy file may set (the Critic's rules and latency model stay in code).
+#: `LoopSettings` fields a policy file may set (the Critic's rules and latency model stay in code; its latency
+#: budget is the online guardrail's p99 SLO when the policy sets one).
 LOOP_FIELDS: Final = (
     "k",
     "max_changes",
@@ -72,9 +74,11 @@ def parse_policy(data: bytes, surface: str, *, window_s: float = 60.0) -> tuple[
 
     Called by `rectune agents --policy PATH` (through `load_policy`) and the
     tests.  Every key is optional (defaults of `OnlinePolicy` and
-    `LoopSettings`; the loop's `window_s` defaults to the worker's window);
-    an unknown key, a wrong type or a value outside its rule raises
-    `PolicyError` naming the field and the rule.
+    `LoopSettings`; the loop's `window_s` defaults to the worker's window and
+    its `objective` to the primary metric's Insight name); an unknown key, a
+    wrong type, an unknown objective or a value outside its rule raises
+    `PolicyError` naming the field and the rule.  The Critic's latency budget
+    becomes the guardrails' p99 SLO when one is set.
     """
     try:
         doc = msgspec.json.decode(data)
@@ -91,7 +95,9 @@ def parse_policy(data: bytes, surface: str, *, window_s: float = 60.0) -> tuple[
     online = _section(doc, "online", ONLINE_FIELDS)
     loop = _section(doc, "loop", LOOP_FIELDS)
     policy: OnlinePolicy = _convert("online", {**online, "surface": surface}, OnlinePolicy)
-    settings: LoopSettings = _convert("loop", {"window_s": window_s, **loop}, LoopSettings)
+    # Insight and the Skillhub learn on the objective; unset, it follows the primary metric (not a fixed "ctr")
+    objective = loop.get("objective", insight_objective_for(policy.primary.name))
+    settings: LoopSettings = _convert("loop", {"window_s": window_s, **loop, "objective": objective}, LoopSettings)
     rules = (
         ("k", settings.k >= 1, ">= 1"),
         ("max_changes", settings.max_changes >= 1, ">= 1"),
@@ -99,13 +105,26 @@ def parse_policy(data: bytes, surface: str, *, window_s: float = 60.0) -> tuple[
         ("window_s", settings.window_s > 0.0, "> 0"),
         ("min_baseline_requests", settings.min_baseline_requests >= 0.0, ">= 0"),
         ("pre_period_s", 0.0 <= settings.pre_period_s < policy.horizon_s, "in [0, online.horizon_s)"),
-        ("objective", bool(settings.objective), "a metric name"),
+        ("objective", settings.objective in METRICS, f"one of {', '.join(sorted(METRICS))}"),
     )
     for name, ok, rule in rules:
         if not ok:
             msg = f"policy.loop.{name}: must be {rule}, got {getattr(settings, name)!r}"
             raise PolicyError(msg)
-    return policy, settings
+    return policy, _with_latency_budget(policy, settings)
+
+
+def _with_latency_budget(policy: OnlinePolicy, settings: LoopSettings) -> LoopSettings:
+    """The Critic's latency budget is the policy's p99 SLO when it sets one (the guardrail the arm must hold).
+
+    The Critic refuses a candidate whose predicted p99 is over its budget
+    before any traffic; with the code default (250 ms) a surface whose SLO is
+    50 ms would launch arms the guardrail can only roll back afterwards.
+    """
+    slo_ms = policy.guardrails.latency_p99_slo_ms
+    if slo_ms is None:
+        return settings
+    return dataclasses.replace(settings, rules=dataclasses.replace(settings.rules, latency_budget_ms=float(slo_ms)))
 
 
 def load_policy(path: Path, surface: str, *, window_s: float = 60.0) -> tuple[OnlinePolicy, LoopSettings]:

@@ -12,9 +12,11 @@ comparison: `rectune traffic` keeps a holdout — a fixed share of users,
 chosen by a salted hash independent of the experiment assignment and of the
 metric buckets — on the starting config for the whole run, on a surface the
 agents never read.  The incumbent side is every partial of the tuned surface
-whose served configs all equal the final incumbent's config (the control arm
-after the last promotion, and the winning arm before it), the holdout side
-the holdout partials of the same windows.  The two sides are concurrent
+that starts after the final incumbent last became the control and whose
+served configs all equal its config (not the winning arm's windows before
+the promotion: it was promoted because that read was high, so counting it
+would inflate the lift), the holdout side the holdout partials of the same
+windows.  The two sides are concurrent
 and hold disjoint randomised users, so the ratio of their north stars is a
 fair lift; its variance is the delta method over user buckets
 (`agents.stats.ratio`), a fixed-sample interval for this single final read.

@@ -1,7 +1,7 @@
 """The report's headline number: the lift of the final incumbent over the starting config, with a 95% interval.
 
-What lives here: `final_lift` (the incumbent side against the holdout side
-of the same windows, on the north star and the `SECONDARY` ratios, delta
+What lives here: `final_lift` (the incumbent side, since it last became
+the control, against the holdout side of the same windows, on the north star and the `SECONDARY` ratios, delta
 method over user buckets; the comparison is explained in `rectune.report`'s
 docstring), the `Lift` it returns, and `Z95`, the normal quantile the
 report's per-arm intervals use.  Pure: `RunRecords` in, numbers out.
@@ -28,7 +28,7 @@ from rectune.report_records import RunRecords
 from schemas.config import CascadeConfig
 from schemas.metrics import FIELD_INDEX, window_arrays
 
-__all__ = ["SECONDARY", "Z95", "Lift", "final_lift"]
+__all__ = ["SECONDARY", "Z95", "Lift", "final_lift", "incumbent_since_ms"]
 
 #: Other ratios the report compares besides the north star (name, numerator, denominator).
 SECONDARY: Final = (
@@ -48,6 +48,7 @@ class Lift:
     start_version: int
     final_version: int
     same_config: bool
+    since_ms: int
     windows: int
     incumbent_requests: float
     holdout_requests: float
@@ -57,6 +58,23 @@ class Lift:
     def interval(self) -> tuple[float, float]:
         """95% interval of the relative lift (exp of the log-ratio interval, minus one)."""
         return self.north_star.lift_interval(0.95)
+
+
+def incumbent_since_ms(records: RunRecords, config: CascadeConfig) -> int:
+    """When `config` last became the incumbent (the control) on the config log; `records.started_ms` if never.
+
+    `final_lift` reads only windows from then on: before it, the final
+    incumbent served as a treatment arm that was promoted *because* its read
+    was high, and counting that read would carry the winner's curse into the
+    headline.
+    """
+    since_ms: int | None = None
+    for point in records.config:
+        if point.state.configs.get(point.state.control_version) == config:
+            since_ms = point.at_ms if since_ms is None else since_ms
+        else:
+            since_ms = None
+    return records.started_ms if since_ms is None else since_ms
 
 
 def final_lift(records: RunRecords) -> tuple[Lift | None, str]:
@@ -71,10 +89,12 @@ def final_lift(records: RunRecords) -> tuple[Lift | None, str]:
     if final_config is None or start_config is None:
         return None, "the final or the starting config is missing from the config log"
     configs: Mapping[int, CascadeConfig] = final_state.configs
+    since_ms = incumbent_since_ms(records, final_config)
     incumbent = [
         w
         for w in records.partials
         if w.surface == records.surface
+        and w.window_start_ms >= since_ms
         and w.config_versions
         and all(configs.get(v) == final_config for v in w.config_versions)
     ]
@@ -83,7 +103,7 @@ def final_lift(records: RunRecords) -> tuple[Lift | None, str]:
         w for w in records.partials if w.surface == holdout_surface(records.surface) and w.window_start_ms in windows
     ]
     if not incumbent or not holdout:
-        return None, "no window holds both the final incumbent's traffic and the holdout's"
+        return None, "no window since the final incumbent took over holds both its traffic and the holdout's"
     inc_sums = np.sum([window_arrays(w)[0] for w in incumbent], axis=0)
     hold_sums = np.sum([window_arrays(w)[0] for w in holdout], axis=0)
     num, den = records.north_star
@@ -105,6 +125,7 @@ def final_lift(records: RunRecords) -> tuple[Lift | None, str]:
             start_version=start_version,
             final_version=final_version,
             same_config=final_config == start_config,
+            since_ms=since_ms,
             windows=len(windows),
             incumbent_requests=float(inc_sums[req].sum()),
             holdout_requests=float(hold_sums[req].sum()),

@@ -106,8 +106,11 @@ def _lift_section(records: RunRecords, lift: Lift | None, why: str) -> list[str]
         "Which comparison: a holdout of "
         f"{100 * records.holdout_share:.0f}% of users (salted hash, independent of the experiment assignment and "
         "of the metric buckets) stayed on the starting config for the whole run, on a surface the agents never "
-        "read. The incumbent side is every partial of the tuned surface whose served configs all equal the final "
-        "incumbent's config; the holdout side is the holdout's partials of the same windows. Both sides are "
+        "read. The incumbent side is every partial of the tuned surface, from the moment the final incumbent last "
+        f"became the control ({_offset(records, lift.since_ms) if lift is not None else 'n/a'}), whose served "
+        "configs all equal its config: the winning arm's reads before its promotion are left out, since it was "
+        "promoted because they were high. The holdout side is the holdout's partials of the same windows. Both "
+        "sides are "
         "concurrent and randomised, so their ratio is a fair lift. Interval: delta method over user buckets, "
         "fixed-sample (one final read), on the log ratio.",
         "",

@@ -109,8 +109,14 @@ def partial(
     )
 
 
-def traffic(*, promote: bool, lift: float, seed: int = 3, holdout: bool = True) -> tuple[MetricWindow, ...]:
-    """120 s of windows: control until 20 s, E1 (80/20) until 60 s, then control on v4 (promoted) or v1."""
+def traffic(
+    *, promote: bool, lift: float, seed: int = 3, holdout: bool = True, read_lift: float | None = None
+) -> tuple[MetricWindow, ...]:
+    """120 s of windows: control until 20 s, E1 (80/20) until 60 s, then control on v4 (promoted) or v1.
+
+    `read_lift` is the treatment arm's lift during E1 (the read it was promoted on; `lift` by default).
+    """
+    during = lift if read_lift is None else read_lift
     rng = np.random.default_rng(seed)
     base = 0.30
     out = []
@@ -160,7 +166,7 @@ def traffic(*, promote: bool, lift: float, seed: int = 3, holdout: bool = True) 
                     start_ms=start,
                     versions=(2,),
                     requests=1080,
-                    clicks_per_request=base * (1 + lift),
+                    clicks_per_request=base * (1 + during),
                 )
             )
         else:
@@ -272,7 +278,9 @@ def decisions() -> tuple[dict[str, Any], ...]:
     )
 
 
-def records(*, promote: bool = True, lift: float = 0.2, holdout: bool = True, **kw: Any) -> RunRecords:
+def records(
+    *, promote: bool = True, lift: float = 0.2, holdout: bool = True, read_lift: float | None = None, **kw: Any
+) -> RunRecords:
     alert = Alert(
         schema_version=1,
         kind="slo_breach",
@@ -292,7 +300,7 @@ def records(*, promote: bool = True, lift: float = 0.2, holdout: bool = True, **
         ended_ms=T0 + 125_000,
         window_s=5.0,
         brain="offline",
-        partials=traffic(promote=promote, lift=lift, holdout=holdout),
+        partials=traffic(promote=promote, lift=lift, holdout=holdout, read_lift=read_lift),
         decisions=decisions(),
         alerts=(alert,),
         config=config_log(promote=promote),
@@ -315,14 +323,24 @@ def test_the_lift_of_the_final_incumbent_is_read_against_the_holdout_with_an_int
     lift, why = final_lift(records(promote=True, lift=0.2))
     assert lift is not None, why
     assert (lift.start_version, lift.final_version, lift.same_config) == (1, 4, False)
-    # Incumbent side: the treatment arm on v2 (20-60 s, 8 windows) and control on v4 (60-120 s, 12 windows).
-    assert lift.windows == 20
+    # Incumbent side: control on v4 since the promotion (60-120 s, 12 windows), not the winning arm on v2 before it.
+    assert (lift.since_ms, lift.windows) == (T0 + 60_000, 12)
     low, high = lift.interval()
     se = lift.north_star.lift_se
     assert 0.0 < low < 0.2 < high, (low, high)
     assert abs(lift.north_star.lift - 0.2) < 4 * se
     assert high - low == pytest.approx(2 * 1.96 * se, rel=0.15)  # log-scale interval, about symmetric here
-    assert lift.holdout_requests == pytest.approx(20 * 600, rel=0.1)
+    assert lift.holdout_requests == pytest.approx(12 * 600, rel=0.1)
+
+
+def test_the_winning_arms_read_before_its_promotion_does_not_inflate_the_lift() -> None:
+    # promoted on a read far above its worth (+200%); it is worth +20%, which is all the headline may say
+    # (counting the arm's 8 windows at 20% of traffic would put the lift at about +41%)
+    lift, why = final_lift(records(promote=True, lift=0.2, read_lift=2.0))
+    assert lift is not None, why
+    assert abs(lift.north_star.lift - 0.2) < 3 * lift.north_star.lift_se
+    report = build_report(records(promote=True, lift=0.2, read_lift=2.0))
+    assert "last became the control (1:00)" in report.markdown
 
 
 def test_without_a_promotion_the_comparison_is_an_a_a_check() -> None:
