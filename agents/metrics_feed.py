@@ -6,7 +6,9 @@ own complete view), deduplicates partials by `partial_id` (a partial
 republished after a crash replaces its earlier copy, as `rectune metrics`
 does) and merges them per arm with `schemas.metrics.merge_by_arm`.  `poll()`
 reads everything published before it (see `poll`); `totals()` implements
-`agents.loop.MetricsSource`.
+`agents.loop.MetricsSource`.  A record that is no metric window (undecodable,
+or a tombstone) is refused: counted in `refused` and logged, one warning per
+`poll` naming the first such record's partition, offset and reason.
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ class MetricsFeed:
         self.partials: dict[str, MetricWindow] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._cache: dict[str, ArmTotals] | None = None
-        self.refused = 0
+        self._refused = 0
+        self._first_refusal: tuple[int, int, str] | None = None  # (partition, offset, reason) in this poll
+
+    @property
+    def refused(self) -> int:
+        """Records refused so far (not a metric window), for the caller to report next to the totals."""
+        return self._refused
 
     async def start(self) -> None:
         """Assign every partition of the topic and seek to the beginning."""
@@ -68,27 +76,48 @@ class MetricsFeed:
         tps = list(consumer.assignment())
         ends = await consumer.end_offsets(tps) if tps else {}
         read = 0
+        refused_before = self._refused
+        self._first_refusal = None
         while True:
             batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=10_000)
-            for records in batch.values():
+            for tp, records in batch.items():
                 for record in records:
-                    read += self._take(record.value)
+                    read += self._take(tp.partition, record.offset, record.value)
             if not batch and all([await consumer.position(tp) >= end for tp, end in ends.items()]):
-                return read
+                break
+        if self._first_refusal is not None:
+            partition, offset, reason = self._first_refusal
+            log.warning(
+                "refused %d record(s) that are no metric window in this poll (%d in all); first at %s[%d]@%d: %s",
+                self._refused - refused_before,
+                self._refused,
+                self.topic,
+                partition,
+                offset,
+                reason,
+            )
+        return read
 
-    def _take(self, value: bytes | None) -> int:
+    def _take(self, partition: int, offset: int, value: bytes | None) -> int:
+        """Keep one record's window if it is of this surface (1), else 0; refused records are counted."""
         if value is None:
-            return 0
+            return self._refuse(partition, offset, "a null record (tombstone) is not a metric window")
         try:
             window = _decoder.decode(value)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            self.refused += 1
-            return 0
+        except msgspec.DecodeError as err:  # ValidationError included
+            return self._refuse(partition, offset, str(err))
         if window.surface != self.surface:
             return 0
         self.partials[window.partial_id] = window
         self._cache = None
         return 1
+
+    def _refuse(self, partition: int, offset: int, reason: str) -> int:
+        self._refused += 1
+        if self._first_refusal is None:
+            self._first_refusal = (partition, offset, reason)
+        log.debug("%s[%d]@%d refused: %s", self.topic, partition, offset, reason)
+        return 0
 
     async def totals(self) -> Mapping[str, ArmTotals]:
         """arm id → cumulative merged totals of this surface."""

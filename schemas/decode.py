@@ -31,6 +31,9 @@ from schemas.limits import MAX_EVENTS_PER_BATCH, MAX_MESSAGE_BYTES
 _HINT: Final = "see schemas/events.py for the wire contract"
 _ROOT: Final = "$"
 _TOO_DEEP: Final = "must not nest deeper than the schema"
+_NULL_RULE: Final = "a null record (tombstone) is not an event"
+_EMPTY_RULE: Final = "an empty record is not an event"
+_NO_VALUE_HINT: Final = "rectune.events is a delete-policy log: produce events, never tombstones or empty values"
 _PATH = re.compile(r"^(?P<rule>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 # msgspec names a missing or unknown key in its text, not its path: move it to the path.
 _KEYED = re.compile(r"^Object (?P<what>missing required|contains unknown) field `(?P<key>[^`]*)`$")
@@ -118,13 +121,18 @@ def decode_event(payload: bytes | msgspec.Raw, prefix: str = "") -> Event:
     return event
 
 
-def decode_message(payload: bytes) -> DecodedMessage:
+def decode_message(payload: bytes | None) -> DecodedMessage:
     """Decode one Kafka message value (envelope or bare event).
 
     Called by the stream worker per message.  Raises `DecodeError` when the
-    message as a whole is unusable (oversize, not JSON, bad envelope); returns
-    the good events plus per-event rejections otherwise.
+    message as a whole is unusable (a null value, i.e. a tombstone, or an
+    empty one; oversize, not JSON, bad envelope), so the worker dead-letters
+    it like any other malformed message; returns the good events plus
+    per-event rejections otherwise.
     """
+    if not payload:
+        rule = _NULL_RULE if payload is None else _EMPTY_RULE
+        raise DecodeError(_ROOT, rule, hint=_NO_VALUE_HINT)
     if len(payload) > MAX_MESSAGE_BYTES:
         rule = f"payload must be at most {MAX_MESSAGE_BYTES} bytes, got {len(payload)}"
         raise DecodeError(_ROOT, rule, hint=_HINT)

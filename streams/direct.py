@@ -133,8 +133,8 @@ async def run_direct(
             now = loop.time()
             for tp, records in batch.items():
                 for record in records:
-                    if record.value is not None:
-                        await on_message(tp.partition, record.offset, record.value, record.timestamp, now)
+                    # A tombstone (value None) goes on too: it is dead-lettered, as under Faust.
+                    await on_message(tp.partition, record.offset, record.value, record.timestamp, now)
     finally:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):

@@ -135,8 +135,14 @@ class StreamProcessor:
 
     # -- the hot path ----------------------------------------------------------
 
-    async def on_message(self, partition: int, offset: int, payload: bytes, timestamp_ms: int, now_s: float) -> None:
-        """Handle one source message (called by the Faust agent, in offset order per partition)."""
+    async def on_message(
+        self, partition: int, offset: int, payload: bytes | None, timestamp_ms: int, now_s: float
+    ) -> None:
+        """Handle one source message (called by both engines, in offset order per partition).
+
+        `payload` is the record's value as read, None for a tombstone: the
+        decoder refuses it and it is dead-lettered like any malformed message.
+        """
         slot = self._slots.get(partition)
         if slot is None:
             loading = self._loading.get(partition)
@@ -175,10 +181,11 @@ class StreamProcessor:
         slot.seen_since_assign = True
         slot.last_seen_s = now_s
         slot.dirty = True
+        body = payload or b""  # what a dead letter keeps: nothing, for a tombstone
         try:
             decoded = decode_message(payload)
         except DecodeError as err:
-            agg.reject(offset=offset, event_index=None, error=err, payload=payload, seen_ms=timestamp_ms)
+            agg.reject(offset=offset, event_index=None, error=err, payload=body, seen_ms=timestamp_ms)
             return
         if (
             decoded.source_id is not None
@@ -190,7 +197,7 @@ class StreamProcessor:
         agg.add_message(offset, decoded.events)
         for rejected in decoded.rejected:
             agg.reject(
-                offset=offset, event_index=rejected.index, error=rejected.error, payload=payload, seen_ms=timestamp_ms
+                offset=offset, event_index=rejected.index, error=rejected.error, payload=body, seen_ms=timestamp_ms
             )
         # Closed windows wait in the outbox for the next tick's checkpoint (at most
         # checkpoint_interval_s): checkpointing inline stalled the stream ~100 ms per close.

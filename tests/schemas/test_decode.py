@@ -73,7 +73,7 @@ def _dumps(value: Any) -> bytes:
     return text.replace(json.dumps(HUGE), "1e999").encode()
 
 
-def _refusal(payload: bytes) -> DecodeError:
+def _refusal(payload: bytes | None) -> DecodeError:
     with pytest.raises(DecodeError) as info:
         decode_message(payload)
     err = info.value
@@ -195,7 +195,7 @@ eventish = st.builds(
 )
 
 
-def _assert_only_decode_errors(payload: bytes) -> DecodedMessage | None:
+def _assert_only_decode_errors(payload: bytes | None) -> DecodedMessage | None:
     try:
         decoded = decode_message(payload)
     except DecodeError as err:
@@ -210,8 +210,8 @@ def _assert_only_decode_errors(payload: bytes) -> DecodedMessage | None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(payload=st.binary(max_size=512))
-def test_any_bytes_decode_or_raise_decode_error(payload: bytes) -> None:
+@given(payload=st.none() | st.binary(max_size=512))
+def test_any_bytes_decode_or_raise_decode_error(payload: bytes | None) -> None:
     _assert_only_decode_errors(payload)
 
 
@@ -479,6 +479,18 @@ def test_payload_at_the_size_limit_is_accepted_and_one_byte_more_refused() -> No
     assert err.field == "$"
     assert str(MAX_MESSAGE_BYTES) in err.rule
     assert "bytes" in err.rule
+
+
+@pytest.mark.parametrize(
+    ("payload", "rule"),
+    [(None, "a null record (tombstone) is not an event"), (b"", "an empty record is not an event")],
+    ids=["tombstone", "empty"],
+)
+def test_a_record_without_a_value_is_refused_whole_naming_why(payload: bytes | None, rule: str) -> None:
+    err = _refusal(payload)
+    assert (err.field, err.rule) == ("$", rule)
+    assert "tombstone" in err.hint
+    assert str(err).startswith(f"$: {rule} (hint: ")
 
 
 def test_oversize_envelope_of_valid_events_is_refused_whole() -> None:

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.dlq import DeadLetter
 from schemas.encode import encode_batch
 from schemas.events import Event
 from schemas.metrics import MetricWindow, merge_by_arm
@@ -35,7 +36,7 @@ class Crash(Exception):
 class MemoryLog:
     """Durable broker state shared by successive processor incarnations."""
 
-    def __init__(self, partitions: list[list[bytes]]) -> None:
+    def __init__(self, partitions: list[list[bytes | None]]) -> None:
         self.source = partitions
         self.state: dict[int, list[bytes]] = {}
         self.out: list[OutRecord] = []
@@ -140,7 +141,7 @@ async def run_until_done(log: MemoryLog, config: StreamConfig, rng: random.Rando
 def make_log(seed: int, partitions: int, requests: int) -> tuple[MemoryLog, list[Event]]:
     gen = TrafficGenerator(TrafficSpec(arms=("a", "b", "c")), seed=seed)
     events = list(gen.stream(1_700_000_000_000, requests, requests_per_s=20.0))
-    source: list[list[bytes]] = [[] for _ in range(partitions)]
+    source: list[list[bytes | None]] = [[] for _ in range(partitions)]
     for seq, envelope in enumerate(pack(events, 60)):
         source[seq % partitions].append(encode_batch("t", seq, envelope))
     return MemoryLog(source), events
@@ -173,6 +174,24 @@ async def test_bad_messages_are_dead_lettered_once_per_key_and_skipped() -> None
     await run_until_done(log, config, random.Random(2), crashes=3)
     letters = {r.key: r for r in log.out if r.topic == DLQ.name}
     assert sorted(letters) == [f"{TOPIC}:0:2:None".encode(), f"{TOPIC}:0:4:None".encode()]
+    assert merged(log) == exact_totals(events)
+
+
+@pytest.mark.parametrize("where", [0, 3, -1], ids=["first", "middle", "last"])
+async def test_a_tombstone_is_dead_lettered_with_its_coordinates_and_reason(where: int) -> None:
+    log, events = make_log(17, 1, requests=50)
+    offset = where if where >= 0 else len(log.source[0])
+    log.source[0].insert(offset, None)
+    config = StreamConfig(TOPIC, WindowSpec(width_ms=5_000, allowed_lateness_ms=1_000, buckets=16), idle_close_s=1.0)
+    await run_until_done(log, config, random.Random(5), crashes=2)
+    letters = {r.key: msgspec.json.decode(r.value, type=DeadLetter) for r in log.out if r.topic == DLQ.name}
+    assert list(letters) == [f"{TOPIC}:0:{offset}:None".encode()]
+    (letter,) = letters.values()
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == (TOPIC, 0, offset)
+    assert (letter.event_index, letter.field) == (None, "$")
+    assert letter.rule == "a null record (tombstone) is not an event"
+    assert (letter.payload_b64, letter.payload_bytes) == ("", 0)
+    assert log.committed[0] == len(log.source[0])  # the tombstone's offset is consumed, not replayed forever
     assert merged(log) == exact_totals(events)
 
 

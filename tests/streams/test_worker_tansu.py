@@ -1,4 +1,4 @@
-"""The Faust worker end to end on the embedded broker: totals, dead letters, restart."""
+"""Both worker engines end to end on the embedded broker: totals, dead letters (tombstones too), restart."""
 
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ async def test_worker_aggregates_dead_letters_and_resumes(tansu_broker: str, tmp
         try:
             await producer.send_and_wait("rectune.events", b"\xff not json at all")
             await producer.send_and_wait("rectune.events", b'{"type":"click","schema_version":1,"event_id":"x"}')
+            await producer.send_and_wait("rectune.events", None, key=b"tombstone")
         finally:
             await producer.stop()
         got = await wait_totals(tansu_broker, exact(first), timeout_s=90)
@@ -98,4 +99,6 @@ async def test_worker_aggregates_dead_letters_and_resumes(tansu_broker: str, tmp
     rules = {(d.field, d.event_index) for d in letters}
     assert ("$", None) in rules
     assert ("event_time_ms", None) in rules
+    tombstones = [d for d in letters if d.rule == "a null record (tombstone) is not an event"]
+    assert len(tombstones) == 1 and tombstones[0].payload_bytes == 0, letters
     assert all(d.rule and d.source_topic == "rectune.events" and d.source_offset >= 0 for d in letters)
