@@ -36,7 +36,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -54,6 +54,7 @@ from agents.runtime_policy import LOOP_FIELDS, ONLINE_FIELDS, PolicyError, load_
 from agents.runtime_records import ConfigLogView, action_id_of, decision_line, decode_record, fold_config_log
 from agents.skillhub import RedisSkillStore
 from agents.state_store import RedisApprovals, RedisStateStore
+from schemas.config import ConfigError
 from schemas.config_log import Keyring
 from schemas.guardrails import Guardrails
 from schemas.topics import ALERTS, CONFIG, DECISIONS, METRICS, TopicSpec
@@ -81,6 +82,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Where `RuntimeSettings.keyring` reads the signing keys when the settings leave them empty.
+KEYS_ENV: Final = "RECTUNE_CONFIG_KEYS"
+KEY_ID_ENV: Final = "RECTUNE_CONFIG_KEY_ID"
+
 
 # --------------------------------------------------------------------------- settings
 
@@ -103,14 +108,33 @@ class RuntimeSettings:
     guardrails: Guardrails = field(default_factory=Guardrails)
 
     def keyring(self) -> Keyring:
-        """The signing keyring (settings, else RECTUNE_CONFIG_KEYS / RECTUNE_CONFIG_KEY_ID)."""
-        keys = self.config_keys or os.environ.get("RECTUNE_CONFIG_KEYS", "")
-        key_id = self.config_key_id or os.environ.get("RECTUNE_CONFIG_KEY_ID", "")
-        return Keyring.parse(keys, key_id)
+        """The signing keyring (settings, else RECTUNE_CONFIG_KEYS / RECTUNE_CONFIG_KEY_ID).
+
+        Called by `AgentRuntime.__init__`, before any I/O.  Raises `ConfigError`
+        whose field names the environment variable (and the bad entry) and the rule.
+        """
+        keys = self.config_keys or os.environ.get(KEYS_ENV, "")
+        key_id = self.config_key_id or os.environ.get(KEY_ID_ENV, "")
+        hint = f'export {KEYS_ENV}="id:hex,..." (secrets of >= 16 bytes) and {KEY_ID_ENV}=one of those ids'
+        if not keys.strip():
+            raise ConfigError(
+                KEYS_ENV, "must hold at least one signing key id:hexsecret, it is unset or empty", hint=hint
+            )
+        try:
+            return Keyring.parse(keys, key_id)
+        except ConfigError as err:
+            var = KEYS_ENV if err.field.startswith("keys") else KEY_ID_ENV
+            field_path = f"{var} ({err.field})"
+            raise ConfigError(field_path, err.rule, hint=hint) from err
 
 
 def make_brain(settings: RuntimeSettings) -> Brain:
-    """The configured brain: offline by default; Gemini when chosen and GEMINI_API_KEY is set."""
+    """The configured brain: offline by default; Gemini when chosen and GEMINI_API_KEY is set.
+
+    Called by `AgentRuntime.__init__` (no I/O); raises `ValueError` naming
+    GEMINI_API_KEY when the Gemini brain is chosen without it (the CLI checks
+    that first, `rectune.agents_cli.require_brain_key`).
+    """
     if settings.brain == "gemini":
         from agents.gemini_brain import gemini_brain_from_env
 
@@ -141,8 +165,9 @@ class AgentRuntime:
     """One agents process for one surface (see the module docstring)."""
 
     def __init__(self, settings: RuntimeSettings, brain: Brain | None = None) -> None:
-        """Build nothing that does I/O until `run`."""
+        """Build nothing that does I/O until `run`; refuse missing signing keys or brain key here, before any."""
         self.settings = settings
+        self.keyring = settings.keyring()
         self.brain = brain if brain is not None else make_brain(settings)
         self.lease: Lease | None = None
         self.ticks = 0
@@ -150,8 +175,7 @@ class AgentRuntime:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; releases the lease on the way out (a standby takes over at once)."""
-        s = self.settings
-        keyring = s.keyring()
+        s, keyring = self.settings, self.keyring
         await ensure_topics(s.bootstrap, [CONFIG, DECISIONS, ALERTS, METRICS])
         client = aioredis.from_url(s.redis_url)
         lease = self.lease = Lease(client, s.surface, s.owner, ttl_ms=s.lease_ttl_ms)

@@ -7,8 +7,10 @@ script, so a deposed leader can never overwrite its successor's state.
 
 Approvals (`rectune approve EXPERIMENT` → `approve`): an approval is recorded
 only for an experiment some surface's loop is holding *now*
-(`pending_approval`), and it names that instance — surface, cycle and
-experiment id — in the Redis hash `approvals_key()`.  `RedisApprovals` (the
+(`pending_approval`) because its plan requires approval (one waiting only
+for its A/A pre-period is refused: the loop releases it by itself), and it
+names that instance — surface, cycle and experiment id — in the Redis hash
+`approvals_key()`.  `RedisApprovals` (the
 loop's `ApprovalSource`) reports an approval only while the surface's loop
 is still holding that very instance, and deletes every approval of its
 surface that no longer matches (released, ended, or written for another
@@ -96,14 +98,31 @@ class Held:
     experiment_id: str
 
 
-def held_instance(state: LoopState | None) -> Held | None:
-    """The instance a loop state holds for approval, if any (pure)."""
+def waiting_instance(state: LoopState | None) -> tuple[Held, bool] | None:
+    """The instance a loop state is holding back, and whether its plan requires approval (pure).
+
+    A loop holds an experiment in phase `pending_approval` for two reasons:
+    its plan requires a human approval, or (whether or not it does) the A/A
+    pre-period is still running.  Only the first can be approved; `approve`
+    uses the flag to say which one an id is waiting for.
+    """
     if state is None or state.phase != "pending_approval":
         return None
     exp = state.experiment_state()
     if exp is None or exp.status != "pending_approval":
         return None
-    return Held(state.surface, state.cycle, exp.experiment_id)
+    return Held(state.surface, state.cycle, exp.experiment_id), exp.plan.approval_required
+
+
+def held_instance(state: LoopState | None) -> Held | None:
+    """The instance a loop state holds *for approval* (its plan requires one), if any (pure).
+
+    Called by `held_experiments` (what `rectune approve` may approve) and by
+    `RedisApprovals.approved` (which approval the loop may act on).  An
+    experiment waiting only for its A/A pre-period is not held for approval.
+    """
+    waiting = waiting_instance(state)
+    return waiting[0] if waiting is not None and waiting[1] else None
 
 
 def _decode_state(raw: object) -> LoopState | None:
@@ -115,22 +134,41 @@ def _decode_state(raw: object) -> LoopState | None:
         return None
 
 
-async def held_experiments(client: aioredis.Redis, prefix: str = PREFIX) -> list[Held]:
-    """Every experiment held for approval now, over all surfaces' stored loop states."""
-    out: list[Held] = []
+async def waiting_experiments(client: aioredis.Redis, prefix: str = PREFIX) -> list[tuple[Held, bool]]:
+    """Every experiment a loop is holding back now, with whether it requires approval, over all surfaces."""
+    out: list[tuple[Held, bool]] = []
     async for key in client.scan_iter(match=f"{prefix}:*:state", count=100):
-        held = held_instance(_decode_state(await client.get(key)))
-        if held is not None:
-            out.append(held)
-    return sorted(out, key=lambda h: (h.surface, h.experiment_id))
+        waiting = waiting_instance(_decode_state(await client.get(key)))
+        if waiting is not None:
+            out.append(waiting)
+    return sorted(out, key=lambda w: (w[0].surface, w[0].experiment_id))
+
+
+async def held_experiments(client: aioredis.Redis, prefix: str = PREFIX) -> list[Held]:
+    """Every experiment held for approval now (its plan requires one), over all surfaces' stored loop states."""
+    return [h for h, required in await waiting_experiments(client, prefix) if required]
 
 
 async def approve(redis_url: str, experiment_id: str, *, now_ms: int, by: str = "", prefix: str = PREFIX) -> Approval:
-    """Approve the held instance of `experiment_id` (what `rectune approve` calls); `ApprovalError` if none is held."""
+    """Approve the held instance of `experiment_id` (what `rectune approve` calls); `ApprovalError` if none is held.
+
+    Refused too when the experiment is waiting only for its A/A pre-period
+    and its plan does not require approval: the loop releases it by itself.
+    """
     client = aioredis.from_url(redis_url)
     try:
-        held = await held_experiments(client, prefix)
+        waiting = await waiting_experiments(client, prefix)
+        held = [h for h, required in waiting if required]
         match = [h for h in held if h.experiment_id == experiment_id]
+        unrequired = [h for h, required in waiting if not required and h.experiment_id == experiment_id]
+        if not match and unrequired:
+            u = unrequired[0]
+            msg = (
+                f"experiment {experiment_id!r} ({u.surface}): is not held for approval, its plan does not require "
+                "approval (approval_required=false); it is waiting only for its A/A pre-period, "
+                "which releases it by itself when it ends"
+            )
+            raise ApprovalError(msg)
         if not match:
             now = ", ".join(f"{h.experiment_id} ({h.surface})" for h in held) or "none"
             msg = (

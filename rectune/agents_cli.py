@@ -13,15 +13,20 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from agents.loop import LoopSettings
 from agents.runtime import AgentRuntime, PolicyError, RuntimeSettings, load_policy
 from agents.state_store import ApprovalError, approve
-from rectune.errors import RectuneError, SettingsError
+from rectune.config_cli import keyring_from_settings
+from rectune.errors import RectuneError, SettingsError, redis_unavailable
 from rectune.settings import ENV_VARS, Settings
 
 _AGENTS_HELP = """\
@@ -84,8 +89,29 @@ def runtime_settings(args: argparse.Namespace, settings: Settings) -> RuntimeSet
     )
 
 
+def require_brain_key(brain: str, *, flag: str = "--brain", env: Mapping[str, str] | None = None) -> None:
+    """Refuse the Gemini brain without GEMINI_API_KEY, naming `flag`, the variable and the rule.
+
+    Called by `rectune agents` and `rectune demo` before anything starts, so
+    a missing key is one clear line instead of a traceback from a child
+    process that has already connected to the broker.
+    """
+    if brain != "gemini":
+        return
+    from agents.gemini_brain import API_KEY_ENV  # google-genai loads only when Gemini is chosen
+
+    source = os.environ if env is None else env
+    if not source.get(API_KEY_ENV, "").strip():
+        msg = f"{flag} gemini: needs {API_KEY_ENV} set to a Gemini API key, and it is unset or empty"
+        raise SettingsError(msg, hint=f"export {API_KEY_ENV}=<your key>, or use {flag} offline")
+
+
 def _cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
-    runtime = AgentRuntime(runtime_settings(args, settings))
+    # Everything that can be refused is checked here, before the runtime touches the broker or Redis.
+    runtime_config = runtime_settings(args, settings)
+    keyring_from_settings(settings)
+    require_brain_key(args.brain)
+    runtime = AgentRuntime(runtime_config)
     if logging.getLogger().getEffectiveLevel() >= logging.INFO:  # keep stderr to one line per decision
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
@@ -107,6 +133,9 @@ def _cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     except ApprovalError as err:
         hint = "approve the id a hold_for_approval decision names, while it is held"
         raise RectuneError(str(err), hint=hint) from err
+    except RedisError as err:
+        what = f"cannot record the approval of {args.experiment!r} in"
+        raise redis_unavailable(what, settings.redis_url, err) from err
     print(f"approved {approval.experiment_id} (surface {approval.surface}, cycle {approval.cycle})")
     return 0
 

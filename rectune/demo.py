@@ -43,10 +43,19 @@ import redis.asyncio as aioredis
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from rectune.agents_cli import require_brain_key
 from rectune.demo_console import Console, Interrupted, SignalLatch
 from rectune.demo_feed import Capture, finite_or_none, open_consumer, read_topics
 from rectune.demo_run import HEARTBEAT_COUNT_KEY, HEARTBEAT_KEY, Run, print_summary, records_of, write_run_report
-from rectune.demo_services import DemoPlan, Services, StartContext, dead_child, demo_policy, start_services
+from rectune.demo_services import (
+    DemoPlan,
+    Services,
+    StartContext,
+    dead_child,
+    demo_policy,
+    demo_traffic_plan,
+    start_services,
+)
 from rectune.demo_view import HOLDOUT, LoopStatus, PanelArm, format_loop_status, panel, window_line
 from rectune.embedded import ManagedProcess
 from rectune.errors import RectuneError
@@ -310,6 +319,21 @@ def check_policy(plan: DemoPlan, duration_s: float, slo_ms: float, north_star: t
         raise RectuneError(msg, hint="check --target-mde, --rate and --duration-s") from err
 
 
+def check_inputs(plan: DemoPlan, duration_s: float) -> None:
+    """Refuse what a child process would refuse, before anything starts (`RectuneError` naming the flag and rule).
+
+    Called by `run_plan`: the brain (`--brain gemini` needs GEMINI_API_KEY,
+    as `rectune agents` does) and the traffic plan (`--rate`, `--duration-s`,
+    checked by `rectune.traffic_plan.TrafficPlan` as `rectune traffic` does) and
+    `--target-mde` (the policy's rule; a NaN would otherwise reach the policy as bad JSON).
+    """
+    require_brain_key(plan.brain)
+    demo_traffic_plan(plan, duration_s)
+    if not (math.isfinite(plan.target_mde) and plan.target_mde > 0.0):
+        msg = f"--target-mde: must be a finite relative lift > 0 (e.g. 0.15 for 15%), got {plan.target_mde}"
+        raise RectuneError(msg, hint="the power gate sizes every experiment to resolve this lift within its horizon")
+
+
 def run_plan(
     settings: Settings, plan: DemoPlan, duration_s: float, work_dir: Path | None, out: TextIO, err: TextIO
 ) -> int:
@@ -320,6 +344,7 @@ def run_plan(
         return EXIT_START_FAILED
     began = time.monotonic()
     try:
+        check_inputs(plan, duration_s)
         north_star, slo_ms = load_world_facts(plan)
         check_policy(plan, duration_s, slo_ms, north_star)
     except RectuneError as error:

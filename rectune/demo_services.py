@@ -35,12 +35,13 @@ from rectune.embedded import ManagedProcess, RedisProcess, TansuProcess, spawn, 
 from rectune.errors import RectuneError
 from rectune.processes import settings_env
 from rectune.settings import Settings
+from rectune.traffic_plan import TrafficPlan
 from schemas.config import CascadeConfig, decode_config, default_config, validate_config
 from schemas.config_log import Keyring
 from schemas.errors import SchemaError
 from schemas.guardrails import Guardrails
 
-__all__ = ["DemoPlan", "Services", "demo_policy", "start_services"]
+__all__ = ["DemoPlan", "Services", "demo_policy", "demo_traffic_plan", "start_services", "traffic_argv"]
 
 KEY_ID: Final = "demo"
 
@@ -83,7 +84,38 @@ class DemoPlan:
         if self.brain != "auto":
             return self.brain
         source = os.environ if env is None else env
-        return "gemini" if source.get("GEMINI_API_KEY") else "offline"
+        return "gemini" if source.get("GEMINI_API_KEY", "").strip() else "offline"
+
+
+def demo_traffic_plan(plan: DemoPlan, duration_s: float, stats_path: Path | None = None) -> TrafficPlan:
+    """The `rectune traffic` plan the demo runs, validated (`RectuneError` naming the flag and the rule).
+
+    Called by `rectune.demo.run_plan` before anything starts (so `--rate 0`
+    is refused up front) and by `start_services`, which passes this very
+    plan to the traffic process as flags (`traffic_argv`).
+    """
+    return TrafficPlan(
+        scenario=plan.scenario,
+        surface=plan.surface,
+        requests_per_s=plan.requests_per_s,
+        time_scale=plan.time_scale,
+        holdout_share=plan.holdout_share,
+        seed=plan.seed,
+        duration_s=duration_s,
+        stats_path=stats_path,
+    )
+
+
+def traffic_argv(t: TrafficPlan) -> list[str]:
+    """`rectune traffic` flags that rebuild `t` in the child (called by `start_services`; numbers exactly, `repr`)."""
+    argv = ["traffic", "--scenario", t.scenario, "--surface", t.surface, "--rate", repr(t.requests_per_s)]
+    argv += ["--time-scale", repr(t.time_scale), "--holdout-share", repr(t.holdout_share), "--seed", str(t.seed)]
+    argv += ["--latency", t.latency]
+    if t.duration_s is not None:
+        argv += ["--duration-s", repr(t.duration_s)]
+    if t.stats_path is not None:
+        argv += ["--stats-file", str(t.stats_path)]
+    return argv
 
 
 def demo_policy(plan: DemoPlan, *, duration_s: float, slo_ms: float, north_star: tuple[str, str]) -> dict[str, Any]:
@@ -244,25 +276,7 @@ def start_services(ctx: StartContext, stack: ExitStack) -> Services:
         f"target MDE {100 * online['target_mde']:g}% (policy {policy_path.name})"
     )
     ctx.check_signal()
-    traffic_args = [
-        "traffic",
-        "--scenario",
-        plan.scenario,
-        "--surface",
-        plan.surface,
-        "--rate",
-        f"{plan.requests_per_s:g}",
-        "--time-scale",
-        f"{plan.time_scale:g}",
-        "--holdout-share",
-        f"{plan.holdout_share:g}",
-        "--seed",
-        str(plan.seed),
-        "--duration-s",
-        f"{ctx.duration_s:g}",
-        "--stats-file",
-        str(ctx.work_dir / "traffic-stats.json"),
-    ]
+    traffic_args = traffic_argv(demo_traffic_plan(plan, ctx.duration_s, ctx.work_dir / "traffic-stats.json"))
     services.traffic = start_rectune(traffic_args, "rectune traffic", ctx.work_dir / "traffic.log", env, ctx.work_dir)
     stack.callback(ctx.stop_process, "traffic", services.traffic, plan.stop_timeout_s)
     say(

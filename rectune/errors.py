@@ -22,3 +22,12 @@ class RuntimeStartError(RectuneError):
 
 class SettingsError(RectuneError):
     """A setting is missing or invalid; the message names the variable and the rule."""
+
+
+def redis_unavailable(what: str, redis_url: str, err: Exception) -> RectuneError:
+    """The error a command raises when Redis fails under it: what it could not do, where, and why.
+
+    Called by `rectune approve` and `rectune skills`, so a Redis that is down
+    reads the same everywhere (the hint names `RECTUNE_REDIS_URL`).
+    """
+    return RectuneError(f"{what} {redis_url}: {err}", hint="is Redis running? set RECTUNE_REDIS_URL")

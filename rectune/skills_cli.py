@@ -25,8 +25,8 @@ from agents.insight import STAGES
 from agents.skill_search import describe
 from agents.skillhub import DEFAULT_PREFIX, RedisSkillStore, SkillStoreError
 from agents.skills import STATUSES, Skill
-from rectune.errors import RectuneError
-from rectune.settings import ENV_VARS, Settings
+from rectune.errors import RectuneError, redis_unavailable
+from rectune.settings import Settings
 from schemas.events import ms_to_datetime
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -67,8 +67,8 @@ def _cmd_skills(args: argparse.Namespace, settings: Settings) -> int:
     try:
         skills = asyncio.run(_load(settings, args))
     except RedisError as err:
-        msg = f"cannot read the Skillhub from {settings.redis_url}: {err}"
-        raise RectuneError(msg, hint=f"is Redis running? set {ENV_VARS['redis_url']}") from err
+        what = "cannot read the Skillhub from"
+        raise redis_unavailable(what, settings.redis_url, err) from err
     except SkillStoreError as err:
         msg = f"the Skillhub holds an unreadable record: {err}"
         raise RectuneError(msg, hint="it was written by an incompatible build; inspect the key named above") from err

@@ -61,18 +61,32 @@ class TrafficPlan:
     source_id: str = "demo-ranker"
 
     def __post_init__(self) -> None:
-        """Refuse a plan that cannot run (names the field and the rule)."""
+        """Refuse a plan that cannot run, naming the flag (and field) and the rule.
+
+        Runs whenever a plan is built: by `rectune traffic` from its flags, and
+        by `rectune demo` (`rectune.demo_services.demo_traffic_plan`) before it
+        starts any service, so a bad rate is refused up front, not by the
+        traffic process after the broker, Redis, worker and agents are up.
+        A NaN fails every range check.
+        """
         bad = []
         if not 0.0 < self.requests_per_s <= 100_000.0:
-            bad.append(f"requests_per_s: must be in (0, 100000], got {self.requests_per_s}")
+            bad.append(
+                f"--rate (requests_per_s): must be in (0, 100000] requests per second, got {self.requests_per_s}"
+            )
         if not 0.0 < self.time_scale <= 1e7:
-            bad.append(f"time_scale: must be in (0, 1e7] simulated seconds per wall second, got {self.time_scale}")
+            rule = "must be in (0, 1e7] simulated seconds per wall second"
+            bad.append(f"--time-scale (time_scale): {rule}, got {self.time_scale}")
         if not 0.0 <= self.holdout_share < 0.5:
-            bad.append(f"holdout_share: must be in [0, 0.5), got {self.holdout_share}")
+            bad.append(f"--holdout-share (holdout_share): must be in [0, 0.5), got {self.holdout_share}")
         if self.duration_s is not None and not self.duration_s > 0.0:
-            bad.append(f"duration_s: must be > 0 when given, got {self.duration_s}")
+            bad.append(f"--duration-s (duration_s): must be > 0 when given, got {self.duration_s}")
         if self.latency not in ("model", "measured"):
-            bad.append(f"latency: must be 'model' or 'measured', got {self.latency!r}")
+            bad.append(f"--latency (latency): must be 'model' or 'measured', got {self.latency!r}")
+        if not 0.0 < self.stats_every_s <= 3_600.0:
+            bad.append(f"stats_every_s: must be in (0, 3600] seconds, got {self.stats_every_s}")
+        if not 0.0 < self.ready_timeout_s <= 3_600.0:
+            bad.append(f"ready_timeout_s: must be in (0, 3600] seconds, got {self.ready_timeout_s}")
         if bad:
             msg = "traffic plan: " + "; ".join(bad)
             raise RectuneError(msg, hint="see `rectune traffic --help`")

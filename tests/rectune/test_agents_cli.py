@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -320,3 +321,64 @@ def test_approve_refuses_an_experiment_that_is_not_held(
     monkeypatch.setenv("RECTUNE_REDIS_URL", redis_url)
     assert main(["approve", "exp-nothing-held"]) == 2
     assert "must be held for approval" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- refused before any I/O
+
+
+@pytest.fixture
+def no_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if `rectune agents` gets as far as building the runtime (the refusals must come first)."""
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        pytest.fail("the agents runtime was built: the refusal came too late")
+
+    monkeypatch.setattr("rectune.agents_cli.AgentRuntime", refuse)
+
+
+def test_agents_without_signing_keys_names_the_variables_before_any_io(
+    no_runtime: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RECTUNE_CONFIG_KEYS", raising=False)
+    monkeypatch.delenv("RECTUNE_CONFIG_KEY_ID", raising=False)
+    assert main(["agents"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rectune: error: RECTUNE_CONFIG_KEYS is not set") and "RECTUNE_CONFIG_KEY_ID" in err, err
+    assert "hint:" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+    monkeypatch.setenv("RECTUNE_CONFIG_KEYS", KEYS)
+    assert main(["agents"]) == 2
+    assert "RECTUNE_CONFIG_KEY_ID is not set" in capsys.readouterr().err
+
+    monkeypatch.setenv("RECTUNE_CONFIG_KEY_ID", "k9")
+    assert main(["agents"]) == 2
+    assert "RECTUNE_CONFIG_KEY_ID: active_key_id: must name one of the keys ['k1']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", [None, "", "   "])
+def test_agents_with_the_gemini_brain_and_no_api_key_names_the_variable_before_any_io(
+    key: str | None, no_runtime: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECTUNE_CONFIG_KEYS", KEYS)
+    monkeypatch.setenv("RECTUNE_CONFIG_KEY_ID", "k1")
+    if key is None:
+        monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("GEMINI_API_KEY", key)
+    assert main(["agents", "--brain", "gemini"]) == 2
+    err = capsys.readouterr().err
+    assert "--brain gemini: needs GEMINI_API_KEY set" in err and "--brain offline" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_approve_with_redis_down_is_one_clear_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("RECTUNE_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    assert main(["approve", "exp-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rectune: error: cannot record the approval of 'exp-1' in redis://127.0.0.1:{port}/0"), err
+    assert "hint: is Redis running? set RECTUNE_REDIS_URL" in err and "Traceback" not in err, err

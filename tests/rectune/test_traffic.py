@@ -83,15 +83,20 @@ def test_holdout_membership_is_a_stable_salted_share() -> None:
 @pytest.mark.parametrize(
     ("field", "kwargs"),
     [
-        ("requests_per_s", {"requests_per_s": 0.0}),
-        ("time_scale", {"time_scale": -1.0}),
-        ("holdout_share", {"holdout_share": 0.7}),
-        ("duration_s", {"duration_s": 0.0}),
+        ("--rate (requests_per_s): must be in (0, 100000]", {"requests_per_s": 0.0}),
+        ("--rate (requests_per_s): must be in (0, 100000]", {"requests_per_s": -5.0}),
+        ("--rate (requests_per_s): must be in (0, 100000]", {"requests_per_s": float("nan")}),
+        ("--time-scale (time_scale): must be in (0, 1e7]", {"time_scale": -1.0}),
+        ("--holdout-share (holdout_share): must be in [0, 0.5)", {"holdout_share": 0.7}),
+        ("--duration-s (duration_s): must be > 0", {"duration_s": 0.0}),
+        ("stats_every_s: must be in (0, 3600]", {"stats_every_s": 0.0}),
+        ("ready_timeout_s: must be in (0, 3600]", {"ready_timeout_s": -1.0}),
     ],
 )
-def test_a_bad_plan_is_refused_with_its_field(field: str, kwargs: dict[str, float]) -> None:
-    with pytest.raises(RectuneError, match=field):
+def test_a_bad_plan_is_refused_with_its_flag_and_rule(field: str, kwargs: dict[str, float]) -> None:
+    with pytest.raises(RectuneError) as err:
         TrafficPlan(**kwargs)  # type: ignore[arg-type]
+    assert field in str(err.value) and err.value.hint
 
 
 def test_an_unknown_scenario_is_refused_with_a_hint() -> None:
