@@ -5,8 +5,8 @@ thread and registers each stop on `stack` as soon as the process exists, so
 a failure or Ctrl-C at any step leaves nothing running.  The demo signs its
 config log with a fresh random key (handed to the children through
 `RECTUNE_CONFIG_KEYS` / `RECTUNE_CONFIG_KEY_ID`, never printed) and appends
-the starting config `schemas.config.default_config()` as version 1 before
-anything serves traffic.
+the starting config as version 1 (`starting_config`: `default_config()`, or
+the file `--start-config` names) before anything serves traffic.
 
 `demo_policy` is the agents' policy preset for a demo of a few minutes
 (`rectune agents --policy`): short ramp dwell, request minimums reachable at
