@@ -86,10 +86,14 @@ class StateStore(Protocol):
 
 
 class MetricsSource(Protocol):
-    """Cumulative merged per-arm totals of the surface."""
+    """Cumulative merged per-arm totals of the surface, pooled and per cohort."""
 
     async def totals(self) -> Mapping[str, ArmTotals]:
         """arm id → totals."""
+        ...
+
+    async def cohort_totals(self) -> Mapping[str, Mapping[str, ArmTotals]]:
+        """cohort → arm id → totals; empty when the source keeps no cohort split (Insight then reads pooled only)."""
         ...
 
 
@@ -145,6 +149,7 @@ class LoopDriver:
             return done, actions
         inp = LoopInput(
             totals=await self.metrics.totals(),
+            cohorts=await self.metrics.cohort_totals(),
             serving=await self.config.head(),
             now_ms=now_ms,
             skills=await self.skills.load_all(),

@@ -71,6 +71,7 @@ async def learn(
     control = inp.serving.configs.get(exp.plan.control.config_version) or inp.serving.control
     assert control is not None  # noqa: S101 - checked by step
     by_id = {p.proposal_id: p for p in state.candidates}
+    cohorts = cohort_reads(exp.plan.arm_ids, inp.cohorts)
     arm_changes = [
         ArmChanges(arm_id=t.arm_id, changes=by_id[t.proposal_id].changes)
         for t in exp.plan.treatments
@@ -82,10 +83,13 @@ async def learn(
         control_config=control,
         control_arm=exp.plan.control.arm_id,
         arms=arm_changes,
-        totals={ALL_COHORTS: arms},
+        totals={ALL_COHORTS: arms, **cohorts},
         objective=objective,
         at_ms=inp.now_ms,
-        covariates={ALL_COHORTS: pre_period_totals(exp.plan, inp.totals)},
+        covariates={
+            ALL_COHORTS: pre_period_totals(exp.plan, inp.totals),
+            **{c: pre_period_totals(exp.plan, by_arm) for c, by_arm in inp.cohorts.items() if c in cohorts},
+        },
     )
     front, compared = update_front(state.front, report, objective, control_id=exp.plan.control.arm_id)
     narrative = None
@@ -143,3 +147,18 @@ async def learn(
                 )
     history = (*state.history, f"{exp.experiment_id}:{exp.status}")[-50:]
     return msgspec.structs.replace(state, failures=failures[-100:], history=history, front=front)
+
+
+def cohort_reads(
+    arm_ids: Sequence[str], cohorts: Mapping[str, Mapping[str, ArmTotals]]
+) -> dict[str, dict[str, ArmTotals]]:
+    """cohort → the experiment's arms' totals, for Insight's per-cohort reads beside the pooled one.
+
+    Called by `learn`.  Only when the traffic holds two or more cohorts: a
+    single cohort is the pooled read again.  A cohort named like the pooled
+    read (`ALL_COHORTS`) is left out rather than allowed to replace it.
+    """
+    named = {c: by_arm for c, by_arm in cohorts.items() if c != ALL_COHORTS}
+    if len(named) < 2:
+        return {}
+    return {c: {a: by_arm[a] for a in arm_ids if a in by_arm} for c, by_arm in sorted(named.items())}

@@ -15,7 +15,7 @@ Pure values: no I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
@@ -197,7 +197,11 @@ Action: TypeAlias = PublishRecord | PublishAlert | AppendConfig | UpsertSkills
 
 @dataclass(frozen=True, slots=True)
 class LoopInput:
-    """What one step sees: merged per-arm totals of the surface, the serving state, skills, approvals, time."""
+    """What one step sees: merged per-arm totals of the surface, the serving state, skills, approvals, time.
+
+    `cohorts` (cohort → arm id → totals) splits `totals` by the requests'
+    cohort; only Insight reads it (`agents.loop_learn`), and empty means no split.
+    """
 
     totals: Mapping[str, ArmTotals]
     serving: ServingState
@@ -205,3 +209,4 @@ class LoopInput:
     skills: Sequence[Skill] = ()
     approved: frozenset[str] = frozenset()
     epoch: int = 0
+    cohorts: Mapping[str, Mapping[str, ArmTotals]] = field(default_factory=dict)

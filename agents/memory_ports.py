@@ -202,6 +202,10 @@ class MemoryMetrics:
         """arm id → cumulative totals."""
         return self.current
 
+    async def cohort_totals(self) -> Mapping[str, Mapping[str, ArmTotals]]:
+        """No cohort split: this source holds per-arm totals only (Insight reads them pooled)."""
+        return {}
+
     def set(self, totals: Mapping[str, ArmTotals]) -> None:
         """Replace the cumulative totals."""
         self.current = dict(totals)

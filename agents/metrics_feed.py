@@ -4,7 +4,8 @@
 and reads from the beginning (no consumer group: each agents process keeps its
 own complete view), deduplicates partials by `partial_id` (a partial
 republished after a crash replaces its earlier copy, as `rectune metrics`
-does) and merges them per arm with `schemas.metrics.merge_by_arm`.  `poll()`
+does) and merges them per arm with `schemas.metrics.merge_by_arm` (and per arm and
+cohort for Insight, `cohort_totals`).  `poll()`
 reads everything published before it (see `poll`); `totals()` implements
 `agents.loop.MetricsSource`.  A record that is no metric window (undecodable,
 or a tombstone) is refused: counted in `refused` and logged, one warning per
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas.metrics import ArmTotals, MetricWindow, merge_by_arm
+from schemas.metrics import ArmTotals, MetricWindow, merge_by_arm, merge_by_arm_cohort
 from schemas.topics import METRICS
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class MetricsFeed:
         self.partials: dict[str, MetricWindow] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._cache: dict[str, ArmTotals] | None = None
+        self._cohort_cache: dict[str, dict[str, ArmTotals]] | None = None
         self._refused = 0
         self._first_refusal: tuple[int, int, str] | None = None  # (partition, offset, reason) in this poll
 
@@ -109,7 +111,7 @@ class MetricsFeed:
         if window.surface != self.surface:
             return 0
         self.partials[window.partial_id] = window
-        self._cache = None
+        self._cache = self._cohort_cache = None
         return 1
 
     def _refuse(self, partition: int, offset: int, reason: str) -> int:
@@ -124,3 +126,12 @@ class MetricsFeed:
         if self._cache is None:
             self._cache = {arm: t for (_, arm), t in merge_by_arm(self.partials).items()}
         return self._cache
+
+    async def cohort_totals(self) -> Mapping[str, Mapping[str, ArmTotals]]:
+        """cohort → arm id → cumulative merged totals of this surface (Insight's per-cohort reads)."""
+        if self._cohort_cache is None:
+            out: dict[str, dict[str, ArmTotals]] = {}
+            for (_, arm, cohort), t in merge_by_arm_cohort(self.partials).items():
+                out.setdefault(cohort, {})[arm] = t
+            self._cohort_cache = out
+        return self._cohort_cache

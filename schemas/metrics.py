@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Annotated, Final, TypeVar
 
 import msgspec
 import numpy as np
@@ -205,12 +206,28 @@ def sparse_window_arrays(
     )
 
 
-def merge_by_arm(windows: dict[str, MetricWindow]) -> dict[tuple[str, str], ArmTotals]:
+def merge_by_arm(windows: Mapping[str, MetricWindow]) -> dict[tuple[str, str], ArmTotals]:
     """Merge deduplicated partials (keyed by `partial_id`) into per-(surface, arm) totals."""
-    acc: dict[tuple[str, str], tuple[FloatArray, IntArray, int, int, set[int]]] = {}
+    return _merge(windows, lambda w: (w.surface, w.arm_id))
+
+
+def merge_by_arm_cohort(windows: Mapping[str, MetricWindow]) -> dict[tuple[str, str, str], ArmTotals]:
+    """Merge deduplicated partials into per-(surface, arm, cohort) totals.
+
+    Called by the agents' metrics feed (`agents.metrics_feed.MetricsFeed.cohort_totals`)
+    so Insight can read each experiment per cohort as well as pooled.
+    """
+    return _merge(windows, lambda w: (w.surface, w.arm_id, w.cohort))
+
+
+_Key = TypeVar("_Key", bound=tuple[str, ...])
+
+
+def _merge(windows: Mapping[str, MetricWindow], key_of: Callable[[MetricWindow], _Key]) -> dict[_Key, ArmTotals]:
+    acc: dict[_Key, tuple[FloatArray, IntArray, int, int, set[int]]] = {}
     for window in windows.values():
         sums, hist = window_arrays(window)
-        key = (window.surface, window.arm_id)
+        key = key_of(window)
         if key not in acc:
             acc[key] = (np.zeros_like(sums), np.zeros(N_LATENCY_BINS, np.int64), 0, 0, set())
         total_sums, total_hist, events, late, starts = acc[key]

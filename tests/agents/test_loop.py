@@ -8,7 +8,7 @@ heterogeneity), turned into cumulative per-arm `ArmTotals` per look by
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -30,6 +30,7 @@ from agents.brain import (
 )
 from agents.critic import CriticRules
 from agents.experiment import GuardrailSpec
+from agents.insight import ALL_COHORTS
 from agents.loop import (
     AgentLoop,
     AppendConfig,
@@ -37,6 +38,7 @@ from agents.loop import (
     LoopSettings,
     LoopState,
 )
+from agents.loop_learn import cohort_reads
 from agents.memory_ports import MemoryApprovals, MemoryConfigWriter, MemoryMetrics, MemorySink, MemoryStateStore
 from agents.offline_brain import OfflineBrain
 from agents.online import OnlineAgent, OnlinePolicy
@@ -45,7 +47,7 @@ from agents.stats.proofs import simulated_totals
 from agents.stats.simulate import TrafficModel, simulate_experiment
 from schemas.config import default_config
 from schemas.config_log import Keyring
-from schemas.metrics import FIELD_INDEX
+from schemas.metrics import FIELD_INDEX, ArmTotals
 
 T0 = 1_767_225_600_000
 MODEL = TrafficModel()
@@ -455,3 +457,46 @@ def test_the_persistent_share_is_pooled_over_rounds() -> None:
     assert share == pytest.approx(0.4) and reads == 2  # a running mean
     old = pool_persistent_share(0.5, 50, 1.0)[0]
     assert old == pytest.approx(0.5 + 0.5 / PERSISTENT_MEMORY_ROUNDS)  # later, an exponential average
+
+
+# --------------------------------------------------------------------------- Insight per cohort
+
+
+class CohortMetrics(MemoryMetrics):
+    """The harness's totals split by user bucket into two cohorts (even buckets "new", odd "returning")."""
+
+    async def cohort_totals(self) -> Mapping[str, Mapping[str, ArmTotals]]:
+        out: dict[str, dict[str, ArmTotals]] = {}
+        for arm_id, t in self.current.items():
+            for cohort, parity in (("new", 0), ("returning", 1)):
+                keep = (np.arange(t.sums.shape[1]) % 2 == parity).astype(np.float64)
+                out.setdefault(cohort, {})[arm_id] = replace(t, sums=t.sums * keep)
+        return out
+
+
+async def test_insight_reads_each_cohort_beside_the_pooled_read_and_learns_skills_per_cohort() -> None:
+    h = Harness()
+    h.metrics = CohortMetrics()
+    h.metrics.set(simulated_totals(simulate_experiment(MODEL, [0.0, 0.0], np.random.default_rng(11)), -1, ["base"]))
+    h.driver = h.make_driver()
+    assert (await h.launch()).phase == "running"
+    state = await h.run([0.0, 0.3])
+    assert state.phase == "idle" and state.history[-1].endswith(":promoted")
+    effects = [e for r in h.kinds("insight") for e in r["payload"]["insights"]]  # type: ignore[index]
+    assert {e["cohort"] for e in effects} == {ALL_COHORTS, "new", "returning"}
+    pooled = {(e["parameter"], e["metric"]): e for e in effects if e["cohort"] == ALL_COHORTS}
+    for e in effects:
+        if e["cohort"] != ALL_COHORTS and e["metric"] == "ctr":  # half the users each: read less precisely
+            p = pooled[(e["parameter"], e["metric"])]
+            assert e["upper"] - e["lower"] > p["upper"] - p["lower"]
+    skills = await h.skills.load_all()
+    assert ALL_COHORTS in {s.cohort for s in skills} and {"new", "returning"} & {s.cohort for s in skills}
+
+
+def test_cohort_reads_need_two_cohorts_and_keep_only_the_experiments_arms() -> None:
+    t = simulated_totals(simulate_experiment(MODEL, [0.0, 0.0], np.random.default_rng(1)), 0, ["c", "t"])
+    other = simulated_totals(simulate_experiment(MODEL, [0.0, 0.0], np.random.default_rng(2)), -1, ["base"])
+    assert cohort_reads(["c", "t"], {"returning": t}) == {}, "one cohort is the pooled read again"
+    reads = cohort_reads(["c", "t"], {"new": {**t, **other}, "returning": t, ALL_COHORTS: t})
+    assert list(reads) == ["new", "returning"], "a cohort named like the pooled read is left out"
+    assert set(reads["new"]) == {"c", "t"}

@@ -22,21 +22,21 @@ from schemas.metrics import BUCKET_FIELDS, FIELD_INDEX, N_FIELDS, MetricWindow, 
 TOPIC = "rectune.metrics"
 
 
-def window(surface: str, index: int) -> bytes:
+def window(surface: str, index: int, cohort: str = "all") -> bytes:
     sums = np.zeros((N_FIELDS, 4))
     sums[FIELD_INDEX["requests"]] = 10.0
     ids, packed, bins, counts = sparse_window_arrays(sums, np.zeros(122, np.int64))
     return msgspec.json.encode(
         MetricWindow(
             schema_version=1,
-            partial_id=f"{surface}:arm0:{index}",
+            partial_id=f"{surface}:arm0:{cohort}:{index}",
             source_topic="rectune.events",
             source_partition=0,
             window_start_ms=1_767_225_600_000 + 60_000 * index,
             window_end_ms=1_767_225_660_000 + 60_000 * index,
             surface=surface,
             arm_id="arm0",
-            cohort="all",
+            cohort=cohort,
             config_versions=(1,),
             buckets=4,
             fields=BUCKET_FIELDS,
@@ -148,5 +148,26 @@ async def test_refused_records_are_counted_and_warned_once_per_poll_naming_the_f
         assert feed.refused == 4
         assert warnings_of(caplog) == []
         assert sorted(await feed.totals()) == ["arm0"]
+    finally:
+        await feed.stop()
+
+
+async def test_cohort_totals_split_the_arms_totals_by_cohort_and_follow_new_windows(
+    fake_log: dict[int, list[bytes | None]],
+) -> None:
+    fake_log[0] += [window("home", 0, "new"), window("home", 1, "returning"), window("search", 0, "new")]
+    fake_log[1] += [window("home", 2, "new")]
+    feed = MetricsFeed("unused:9092", "home")
+    await feed.start()
+    try:
+        await feed.poll()
+        cohorts = await feed.cohort_totals()
+        assert sorted(cohorts) == ["new", "returning"]
+        assert cohorts["new"]["arm0"].total("requests") == 80.0  # two windows of 4 buckets x 10 requests
+        assert cohorts["returning"]["arm0"].total("requests") == 40.0
+        assert (await feed.totals())["arm0"].total("requests") == 120.0, "the pooled read is their sum"
+        fake_log[2].append(window("home", 3, "returning"))
+        await feed.poll()
+        assert (await feed.cohort_totals())["returning"]["arm0"].total("requests") == 80.0, "no stale cache"
     finally:
         await feed.stop()

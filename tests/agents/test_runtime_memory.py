@@ -157,6 +157,9 @@ class Metrics:
     async def totals(self) -> Mapping[str, ArmTotals]:
         return self.current
 
+    async def cohort_totals(self) -> Mapping[str, Mapping[str, ArmTotals]]:
+        return {}
+
 
 class CountingBrain(OfflineBrain):
     calls = 0

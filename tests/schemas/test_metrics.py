@@ -30,6 +30,7 @@ from schemas.metrics import (
     latency_bins,
     latency_quantile,
     merge_by_arm,
+    merge_by_arm_cohort,
     sparse_window_arrays,
     user_bucket,
     window_arrays,
@@ -320,8 +321,17 @@ def test_merge_by_arm_adds_partials(partials: list[Any], seed: int) -> None:
         start = int(rng.integers(0, 3)) * 60_000
         late = bool(rng.integers(0, 2))
         events = int(rng.integers(0, 1000))
+        cohort = ("new", "returning")[int(rng.integers(0, 2))]
         windows[f"p{i}"] = _window(
-            sums, hist, partial_id=f"p{i}", surface=surface, arm_id=arm, start=start, late=late, item_events=events
+            sums,
+            hist,
+            partial_id=f"p{i}",
+            surface=surface,
+            arm_id=arm,
+            start=start,
+            late=late,
+            item_events=events,
+            cohort=cohort,
         )
         acc = expected.setdefault(
             (surface, arm),
@@ -350,6 +360,15 @@ def test_merge_by_arm_adds_partials(partials: list[Any], seed: int) -> None:
         assert got.item_events == want["events"]
         assert got.late_item_events == want["late"]
         assert got.windows == len(want["starts"])
+
+    by_cohort = merge_by_arm_cohort(windows)
+    assert {(s, a) for s, a, _ in by_cohort} == set(expected)
+    assert {c for _, _, c in by_cohort} <= {"new", "returning"}
+    for key, got in merged.items():
+        parts = [t for (s, a, _), t in by_cohort.items() if (s, a) == key]
+        assert np.allclose(sum(t.sums for t in parts), got.sums, rtol=1e-12, atol=0.0), "cohorts add up to the arm"
+        assert np.array_equal(sum(t.latency_hist for t in parts), got.latency_hist)
+        assert sum(t.item_events for t in parts) == got.item_events
 
 
 def test_merge_by_arm_totals_and_ratios() -> None:
