@@ -32,12 +32,12 @@ from agents.online_reads import (
     _readable,
     _spec,
 )
-from agents.stats.exceedance import exceedance_test
 from agents.stats.srm import SrmResult, srm_buckets
-from schemas.metrics import latency_at_or_above, latency_quantile
+from schemas.metrics import latency_quantile
+from schemas.slo import quantile_breach
 
-#: The share of requests a p99 SLO allows at or over it.
-_P99_ALLOWED: Final = 0.01
+#: The quantile a latency SLO bounds (the guardrail's `latency_p99_slo_ms`).
+_P99: Final = 0.99
 
 # ---- 1. SRM
 
@@ -196,8 +196,7 @@ def _latency(
         return []
     p99 = latency_quantile(hist, 0.99)
     control = latency_quantile(data.hist[state.plan.control.arm_id], 0.99)
-    over, edge_ms = latency_at_or_above(hist, slo)
-    test = exceedance_test(int(hist.sum()), over, allowed=_P99_ALLOWED, alpha=g.alpha)
+    test, edge_ms = quantile_breach(hist, slo, quantile=_P99, alpha=g.alpha)
     note = f"{scope}: {test.describe()} at {edge_ms:.4g} ms; control p99 {control:.1f} ms"
     read = GuardrailRead(
         arm_id=arm_id,

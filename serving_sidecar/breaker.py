@@ -30,8 +30,10 @@ Without `cooldown_s` an opened arm stays open until the agents end or
 replace the experiment (a new snapshot without the arm).
 
 Rules are checked against windows of their own length (`SloRule.window_s`,
-at most the monitor's window); quantiles are accurate to one histogram bin
-(about 12%).
+at most the monitor's window).  A rule is broken when the window's requests
+at or over its limit are evidence (an e-value, `schemas.slo`, at `alpha` per
+check) of more than the share its quantile allows, not when a quantile read
+(accurate to one 12% bin, decided by the few slowest requests) is over it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from schemas.alerts import Alert, Detail
+from schemas.metrics import latency_at_or_above
+from schemas.slo import quantile_breach
 from serving_sidecar.holder import ConfigHolder, Snapshot
 from serving_sidecar.latency import LatencyMonitor, LatencyStats
 
@@ -54,13 +58,18 @@ class SloRule:
     """`quantile` of latency must stay <= `max_ms` over the last `window_s` seconds.
 
     Judged only once the window holds at least `min_samples` requests, so a
-    handful of slow requests on a thin arm cannot trip the breaker.
+    handful of slow requests on a thin arm cannot trip the breaker.  Broken
+    when the window's requests at or over `max_ms` are evidence, at level
+    `alpha` per check, of more than the 1 − `quantile` share the rule allows
+    (`schemas.slo.quantile_breach`); for `quantile` 1 (a maximum), when any
+    request is at or over it.
     """
 
     max_ms: float
     quantile: float = 0.99
     window_s: float = 60.0
     min_samples: int = 200
+    alpha: float = 1e-3
 
     def __post_init__(self) -> None:
         if not (self.max_ms > 0 and math.isfinite(self.max_ms)):
@@ -74,6 +83,9 @@ class SloRule:
             raise ValueError(msg)
         if self.min_samples < 1:
             msg = f"min_samples: must be >= 1, got {self.min_samples}"
+            raise ValueError(msg)
+        if not 0.0 < self.alpha < 1.0:
+            msg = f"alpha: must be in (0, 1) (the false-trip bound per check), got {self.alpha}"
             raise ValueError(msg)
 
     @property
@@ -90,25 +102,48 @@ class Breach:
     rule: SloRule
     observed_ms: float
     samples: int
+    over: int = 0
+    evidence: float = math.inf
+
+
+def judge(arm_id: str, stats: LatencyStats, rule: SloRule) -> Breach | None:
+    """The breach of `rule` one arm's window shows, or None (pure; see `SloRule` for the rule).
+
+    Called by `breaches`.  `observed_ms` is the window's quantile read (for
+    the alert; it does not decide), `over` the requests counted at or over
+    the bound and `evidence` the e-value (inf for a maximum rule).
+    """
+    if stats.count < rule.min_samples:
+        return None
+    observed = stats.quantile(rule.quantile)
+    if rule.quantile >= 1.0:
+        over, _ = latency_at_or_above(stats.histogram, rule.max_ms)
+        return Breach(arm_id, rule, observed, stats.count, over) if over > 0 else None
+    test, _ = quantile_breach(stats.histogram, rule.max_ms, quantile=rule.quantile, alpha=rule.alpha)
+    if not test.breached:
+        return None
+    return Breach(arm_id, rule, observed, stats.count, test.k, math.exp(min(test.log_e, 700.0)))
 
 
 def breaches(stats_by_arm: Mapping[str, LatencyStats], rules: Iterable[SloRule]) -> list[Breach]:
-    """Every (arm, rule) whose observed quantile exceeds the rule's limit (pure).
+    """Every (arm, rule) whose window shows the rule broken (pure; `judge` per pair).
 
+    Why a test and not the quantile read against the limit: the read rests
+    on the few slowest requests and a 12%-wide bin, and at every check an arm
+    whose true p99 was 45 ms (SLO 50 ms) was cut back in 6 to 16 of 40
+    simulated 10-minute runs (`schemas.slo` has the method; tests show both).
     The caller passes stats computed over the rules' window (`SloBreaker`
     groups rules by `window_s`).  An arm with fewer than `min_samples`
-    requests, or no defined quantile, is not judged by that rule.  Order:
-    arms as given, then rules as given.
+    requests is not judged by that rule.  Order: arms as given, then rules
+    as given.
     """
     rule_list = list(rules)
     found: list[Breach] = []
     for arm_id, stats in stats_by_arm.items():
         for rule in rule_list:
-            if stats.count < rule.min_samples:
-                continue
-            observed = stats.quantile(rule.quantile)
-            if observed > rule.max_ms:  # False for NaN
-                found.append(Breach(arm_id, rule, observed, stats.count))
+            breach = judge(arm_id, stats, rule)
+            if breach is not None:
+                found.append(breach)
     return found
 
 
@@ -120,6 +155,9 @@ def _details(breach: Breach, also: Sequence[Breach]) -> tuple[Detail, ...]:
         Detail("observed_ms", f"{breach.observed_ms:.3f}"),
         Detail("limit_ms", f"{rule.max_ms:g}"),
         Detail("samples", str(breach.samples)),
+        Detail("at_or_over_limit", str(breach.over)),
+        Detail("evidence", f"{breach.evidence:.3g}"),
+        Detail("alpha", f"{rule.alpha:g}"),
         Detail("min_samples", str(rule.min_samples)),
         Detail("window_s", f"{rule.window_s:g}"),
     ]
@@ -272,7 +310,11 @@ class SloBreaker:
     def _alert(self, snap: Snapshot, found: Sequence[Breach], now_ms: int, *, control: bool) -> Alert:
         first = found[0]
         arm = snap.arms.get(first.arm_id)
-        figures = f"{first.rule.label} broken: observed {first.observed_ms:.1f} ms over {first.samples} requests"
+        figures = (
+            f"{first.rule.label} broken: {first.over} of {first.samples} requests at or over the limit "
+            f"(allowed {100 * (1.0 - first.rule.quantile):.3g}%, e-value {first.evidence:.3g} >= 1/alpha), "
+            f"observed p{100 * first.rule.quantile:g} {first.observed_ms:.1f} ms"
+        )
         if control:
             message = f"control arm {first.arm_id!r}: {figures}; control is the fallback, nothing cut back"
         else:

@@ -7,6 +7,7 @@ never measured here (the per-request cost is a benchmark's business).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Callable
@@ -20,9 +21,16 @@ from hypothesis import strategies as st
 from schemas.alerts import Alert, decode_alert, encode_alert
 from schemas.config import Allocation, ArmShare, CascadeConfig, default_config
 from schemas.config_log import ConfigChange, Keyring, ServingState, fold, sign
-from schemas.metrics import LATENCY_BINS_PER_DECADE, N_LATENCY_BINS, latency_bins, latency_quantile
+from schemas.metrics import (
+    LATENCY_BINS_PER_DECADE,
+    LATENCY_EDGES_MS,
+    N_LATENCY_BINS,
+    latency_bins,
+    latency_quantile,
+)
+from schemas.slo import exceedance_test
 from serving_sidecar.assignment import Router
-from serving_sidecar.breaker import Breach, SloBreaker, SloRule, breaches
+from serving_sidecar.breaker import SloBreaker, SloRule, breaches
 from serving_sidecar.holder import ConfigHolder, Snapshot
 from serving_sidecar.latency import LatencyMonitor, LatencyStats, latency_bin
 
@@ -196,18 +204,57 @@ rules = st.builds(
 def test_breaches_rule(arms: dict[str, list[int]], rule_list: list[SloRule], looser: float) -> None:
     stats = {arm: stats_of(hist) for arm, hist in arms.items()}
     found = breaches(stats, rule_list)
-    expected = [
-        Breach(arm, rule, s.quantile(rule.quantile), s.count)
-        for arm, s in stats.items()
-        for rule in rule_list
-        if s.count >= rule.min_samples and s.quantile(rule.quantile) > rule.max_ms
-    ]
-    assert found == expected
-    # A looser limit or a higher sample floor never finds more.
-    relaxed = [SloRule(r.max_ms * looser, r.quantile, r.window_s, r.min_samples) for r in rule_list]
-    stricter_floor = [SloRule(r.max_ms, r.quantile, r.window_s, r.min_samples * 2) for r in rule_list]
+
+    def over(hist: list[int], limit_ms: float) -> int:  # bin i >= 1 holds [edge i-1, edge i)
+        return sum(c for i, c in enumerate(hist) if i >= 1 and LATENCY_EDGES_MS[i - 1] >= limit_ms)
+
+    expected = []
+    for arm, s in stats.items():
+        for rule in rule_list:
+            k = over(arms[arm], rule.max_ms)
+            if s.count < rule.min_samples:
+                continue
+            if rule.quantile == 1.0:
+                broken = k > 0
+            else:
+                broken = exceedance_test(s.count, k, allowed=1.0 - rule.quantile, alpha=rule.alpha).breached
+            if broken:
+                expected.append((arm, rule, k))
+    assert [(b.arm_id, b.rule, b.over) for b in found] == expected
+    assert all(b.samples == stats[b.arm_id].count for b in found)
+    # A looser limit, a higher sample floor or a smaller alpha never finds more.
+    relaxed = [dataclasses.replace(r, max_ms=r.max_ms * looser) for r in rule_list]
+    stricter_floor = [dataclasses.replace(r, min_samples=r.min_samples * 2) for r in rule_list]
+    stricter_alpha = [dataclasses.replace(r, alpha=r.alpha / looser) for r in rule_list]
     assert len(breaches(stats, relaxed)) <= len(found)
     assert len(breaches(stats, stricter_floor)) <= len(found)
+    assert len(breaches(stats, stricter_alpha)) <= len(found)
+
+
+def test_the_breaker_does_not_cut_an_arm_whose_p99_meets_the_slo_where_a_p99_read_would() -> None:
+    """Windows of 600 requests (a minute at 10 requests/s), lognormal latency, SLO p99 <= 50 ms."""
+    rng = np.random.default_rng(7)
+    rule = SloRule(max_ms=50.0)
+    z99 = 2.3263478740408408
+
+    def windows(p99_ms: float, count: int = 200) -> list[LatencyStats]:
+        sigma = 0.25
+        mu = math.log(p99_ms) - z99 * sigma
+        out = []
+        for _ in range(count):
+            hist = np.bincount(latency_bins(rng.lognormal(mu, sigma, 600)), minlength=N_LATENCY_BINS)
+            out.append(stats_of([int(c) for c in hist]))
+        return out
+
+    # at one check a second, a rule that trips in 1 window of 10 cuts the arm back within seconds
+    good = windows(48.0)
+    read_over = sum(s.p99 > rule.max_ms for s in good)
+    assert read_over >= 10, "the p99 read of an arm at 48 ms is often over 50 ms (the old rule tripped on it)"
+    assert sum(bool(breaches({"t1": s}, [rule])) for s in good) == 0
+    at_slo = windows(50.0)
+    assert sum(bool(breaches({"t1": s}, [rule])) for s in at_slo) <= 1, "alpha bounds each check at the SLO itself"
+    bad = windows(60.0)
+    assert sum(bool(breaches({"t1": s}, [rule])) for s in bad) >= 190, "a real breach trips in almost every window"
 
 
 def test_rule_settings_are_checked() -> None:
@@ -216,6 +263,8 @@ def test_rule_settings_are_checked() -> None:
         {"max_ms": 10.0, "quantile": 0.0},
         {"max_ms": 10.0, "window_s": -1.0},
         {"max_ms": 10.0, "min_samples": 0},
+        {"max_ms": 10.0, "alpha": 0.0},
+        {"max_ms": 10.0, "alpha": 1.0},
     ):
         with pytest.raises(ValueError):
             SloRule(**bad)  # type: ignore[arg-type]
