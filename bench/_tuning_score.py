@@ -22,10 +22,18 @@ expectation, never shown to the methods) and the oracle's best config:
   (it also depends on how many arms were good);
 - `guardrail_breaches`: distinct served arms (`ServedArm.key`) that at any
   step had a true latency p99 above the SLO, or true conversions per request
-  below (1 − margin) × the step's incumbent's.
+  below (1 − margin) × the step's incumbent's;
+- `final_meets_slo`: whether the final incumbent, at `value_at_s` (when its
+  share is scored), keeps the latency SLO by the oracle's rule
+  (`Truth.meets_slo`: `simulator.oracle.meets_slo`, under which the oracle's
+  search counts a config over the SLO as worthless).  `oracle_share` does
+  not apply it (a final over the SLO still scores its value), so the
+  benchmark reports it next to the share; `finals_over_slo` counts the runs
+  whose final breaks it.
 
 Callers: `bench/tuning.py` and its unit test.  No simulator import: the
-oracle comes in as a function.
+oracle comes in as a function (`bench/tuning.py`'s `TruthCache` builds it
+from `World.expected` and `simulator.oracle.meets_slo`).
 """
 
 from __future__ import annotations
@@ -41,11 +49,17 @@ from schemas.config import CascadeConfig
 
 @dataclass(frozen=True, slots=True)
 class Truth:
-    """The oracle's view of one config at one time: north-star value, p99 latency, conversions per request."""
+    """The oracle's view of one config at one time: north-star value, p99 latency, conversions per request.
+
+    `meets_slo`: whether the config keeps the world's latency SLO by the
+    oracle's feasibility rule (`simulator.oracle.meets_slo`), decided by
+    whoever builds the view; `score` reads it for the final incumbent.
+    """
 
     value: float
     latency_p99_ms: float
     conversions: float
+    meets_slo: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +121,7 @@ class Score:
     guardrail_breaches: int
     final_value: float
     requests: float
+    final_meets_slo: bool
     null_arms: int = 0
     null_arms_promoted: int = 0
 
@@ -174,7 +189,8 @@ def score(
         requests += step.requests
     regressions = sum(truth(p.new, p.at_s).value < truth(p.old, p.at_s).value for p in trace.promotions)
     start = truth(trace.start, value_at_s).value
-    final = truth(trace.final, value_at_s).value
+    final_truth = truth(trace.final, value_at_s)
+    final = final_truth.value
     null_arms, null_promoted = null_arm_promotions(trace, truth)
     return Score(
         oracle_share=_share_of_lift(final, start, truth(best, value_at_s).value),
@@ -186,9 +202,19 @@ def score(
         guardrail_breaches=len(breached),
         final_value=final,
         requests=requests,
+        final_meets_slo=final_truth.meets_slo,
         null_arms=null_arms,
         null_arms_promoted=null_promoted,
     )
+
+
+def finals_over_slo(scores: Sequence[Score]) -> int:
+    """How many of `scores` (one method's runs) ended with a final incumbent over the latency SLO.
+
+    Called by `bench/tuning.py`'s summary: the runs whose `oracle_share`
+    counts a config the oracle itself would score as worthless.
+    """
+    return sum(not s.final_meets_slo for s in scores)
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:

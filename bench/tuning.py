@@ -22,8 +22,10 @@ method gets the same traffic and the same time per experiment.  Scores
 `World.expected` for the true value of every served config and
 `oracle.best_config` (once per scenario and seed, cached under
 `.cache/tuning/`).  Prints a table of mean ± sd over seeds and, as the last
-line, one JSON object: per scenario, per method the mean figures (and `_sd`),
-plus `ratios` (agentic regret / TPE's and / random's, regression rate) and
+line, one JSON object: per scenario, per method the mean figures (and `_sd`)
+and `finals_over_slo` (runs whose final incumbent breaks the latency SLO by
+`simulator.oracle.meets_slo`; its `oracle_share` still counts), plus
+`ratios` (agentic regret / TPE's and / random's, regression rate) and
 `targets` (whether each target is met).  `--plot PATH` (default
 `runs/tuning/<scenario>.png`) draws the incumbent's true north star over
 simulated time per method for the first scenario and seed.
@@ -50,13 +52,13 @@ from typing import Any, Final
 import numpy as np
 from _tuning_ceiling import OracleGuidedBrain, oracle_view
 from _tuning_methods import RandomSearch, TpeSearch, config_key, run_ab_search, run_static, trace_from_sim
-from _tuning_score import MethodTrace, Score, Truth, incumbent_path, mean_sd, regret_path, score
+from _tuning_score import MethodTrace, Score, Truth, finals_over_slo, incumbent_path, mean_sd, regret_path, score
 
 from agents.offline_brain import offline_brain_kwargs
 from rectune.simloop import SimPreset, north_star_metric, preset_for, run_simloop
 from schemas.config import CascadeConfig, default_config
 from schemas.guardrails import Guardrails
-from simulator.oracle import best_config
+from simulator.oracle import best_config, meets_slo
 from simulator.scenario import load_scenario, shipped_scenarios
 from simulator.world import World
 
@@ -114,7 +116,7 @@ def oracle_best(world: World, seed: int, start: CascadeConfig, at_s: float, eval
 
 
 class TruthCache:
-    """`World.expected` per (config, week): the value, p99 and conversions the scorer needs."""
+    """`World.expected` per (config, week): the value, p99, conversions and SLO verdict the scorer needs."""
 
     def __init__(self, world: World) -> None:
         """Keep the world and an empty cache."""
@@ -128,7 +130,7 @@ class TruthCache:
         found = self.cache.get(key)
         if found is None:
             e = self.world.expected(config, at_s=week * 7 * 86_400.0)
-            found = Truth(float(e.north_star), float(e.latency_p99_ms), float(e.conversions))
+            found = Truth(float(e.north_star), float(e.latency_p99_ms), float(e.conversions), meets_slo(self.world, e))
             self.cache[key] = found
         return found
 
@@ -225,7 +227,7 @@ def _fmt(mean: float, sd: float, digits: int = 3) -> str:
 
 
 def summarise(results: Sequence[RunResult]) -> dict[str, Any]:
-    """Per scenario, per method: mean (and `_sd`) of each figure over seeds; ratios and targets."""
+    """Per scenario, per method: mean (and `_sd`) of each figure over seeds, `finals_over_slo`; ratios and targets."""
     out: dict[str, Any] = {}
     for name in dict.fromkeys(r.scenario for r in results):
         runs = [r for r in results if r.scenario == name]
@@ -235,6 +237,7 @@ def summarise(results: Sequence[RunResult]) -> dict[str, Any]:
             for fig in FIGURES:
                 mean, sd = mean_sd([float(getattr(r.scores[method], fig)) for r in runs])
                 figures[fig], figures[f"{fig}_sd"] = mean, sd
+            figures["finals_over_slo"] = finals_over_slo([r.scores[method] for r in runs])
             block[method] = figures
         agentic, tpe, rand = (block[m]["cum_regret"] for m in ("agentic", "tpe", "random"))
         promotions = sum(r.scores["agentic"].promotions for r in runs)
@@ -272,11 +275,12 @@ def print_table(summary: dict[str, Any], results: Sequence[RunResult]) -> None:
         runs = [r for r in results if r.scenario == name]
         print(f"\n== {name}: {len(runs)} seed(s); oracle best value {np.mean([r.best_value for r in runs]):.5g}")
         print(f"   preset: {'; '.join(runs[0].notes[:3])}")
-        head = f"{'method':<9}" + "".join(f"{f:>22}" for f in FIGURES)
+        head = f"{'method':<9}" + "".join(f"{f:>22}" for f in FIGURES) + f"{'finals_over_slo':>17}"
         print(head)
         for method in _methods(runs):
             b = block[method]
-            print(f"{method:<9}" + "".join(f"{_fmt(b[f], b[f + '_sd']):>22}" for f in FIGURES))
+            over = f"{b['finals_over_slo']}/{len(runs)}"
+            print(f"{method:<9}" + "".join(f"{_fmt(b[f], b[f + '_sd']):>22}" for f in FIGURES) + f"{over:>17}")
         r = block["ratios"]
         print(
             f"   agentic regret / tpe {r['regret_agentic_over_tpe']:.3g} (target <= 0.667), / random "

@@ -10,12 +10,19 @@ objective weights, combination and `cut`; re-rank `list_size`, `mmr_lambda`,
 `freshness_boost`, `exploration_rate` (sponsored settings stay fixed) — inside
 the schema bounds, `Guardrails` and the scenario's latency SLO (p99):
 
-1. a global phase (a third of the budget): random configs that resample each
-   parameter with probability 1/2 around the incumbent, widely;
-2. a local phase: coordinate moves (±step on one parameter at a time, steps
-   halving after a sweep without improvement), plus occasional joint
-   Gaussian steps on all parameters (CMA-lite without covariance learning).
+1. a global phase, until 15% of the budget (`evaluations * 3 // 20`, at
+   least 1, the start's own evaluations included) is spent: random jumps
+   around the incumbent that move each parameter with probability 1/3 by a
+   Gaussian step (sd 0.35 on its unit scale, clipped to the bounds) and keep
+   the incumbent's combination with probability 0.8 (else the other one);
+2. a local phase, for the rest of the budget or until every step is 1/128
+   at most: per sweep, each parameter in random order moves +step, else
+   -step (repeated while it improves, the step growing ×1.5 up to 0.5;
+   halved when neither direction improves), then the other combination is
+   tried once, then four joint Gaussian steps on all parameters (sd the
+   step, at least 0.02; CMA-lite without covariance learning).
 
+The budget counts distinct configs scored (a config seen before is free).
 Every candidate must pass `validate_config`, `Guardrails.check` and the SLO;
 the search is deterministic per (world, start, at_s week, evaluations, seed,
 guardrails).  Results are memoised in-process, and optionally on disk

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from simulator.catalogue import Universe
-from simulator.scenario import Scenario
+from simulator.scenario import Scenario, refuse
 
 _SEED_PROTOTYPES: Final = 21
 _SEED_USERS: Final = 22
@@ -76,13 +76,38 @@ class Users:
         return len(self.user_ids)
 
 
-def _cohort_counts(shares: list[float], total: int) -> list[int]:
-    """Largest-remainder rounding of `shares * total` (every positive share gets >= 1 if possible)."""
-    raw = [s * total for s in shares]
-    counts = [int(r) for r in raw]
-    order = sorted(range(len(raw)), key=lambda i: raw[i] - counts[i], reverse=True)
-    for i in order[: total - sum(counts)]:
-        counts[i] += 1
+def _cohort_counts(shares: list[float], total: int, *, field: str) -> list[int]:
+    """Split `total` prototypes (or users) over the cohorts by `shares`: every positive share gets >= 1.
+
+    Called by `build_prototypes` and `build_users` (a cohort with a positive
+    share but no prototype would have its users served by another cohort's
+    prototype).  Each positive share first gets one; the remaining
+    `total - positives` go by largest-remainder rounding of each cohort's
+    quota beyond that one (`share * total - 1`, floored at 0, scaled down
+    when tiny cohorts' forced ones leave less than the quotas ask).  When
+    every positive quota is >= 1 this is plain largest-remainder rounding of
+    `shares * total` (the shipped scenarios' counts).  Zero shares get 0.
+    Refuses (`field`) a `total` below the number of positive shares.
+    """
+    positive = [i for i, share in enumerate(shares) if share > 0.0]
+    if total < len(positive):
+        refuse(
+            field,
+            f"must be >= the number of cohorts with a positive share ({len(positive)}), got {total}",
+            hint=f"raise {field} or set the smallest cohorts' share to 0",
+        )
+    rest = total - len(positive)
+    need = {i: max(shares[i] * total - 1.0, 0.0) for i in positive}
+    asked = sum(need.values())
+    if asked > rest + 1e-9:  # forced ones took seats the quotas wanted (not float noise)
+        need = {i: q * rest / asked for i, q in need.items()}
+    counts = [0] * len(shares)
+    for i in positive:
+        counts[i] = 1 + int(need[i])
+    # Largest remainder first (ties to the earlier cohort); cycling only matters when shares sum a bit below 1.
+    order = sorted(positive, key=lambda i: need[i] - int(need[i]), reverse=True)
+    for k in range(total - sum(counts)):
+        counts[order[k % len(order)]] += 1
     return counts
 
 
@@ -93,7 +118,7 @@ def build_prototypes(scenario: Scenario, universe: Universe, seed: int) -> Proto
     n = pop.prototypes
     d = universe.category_dir.shape[1]
     n_cat = universe.category_dir.shape[0]
-    counts = _cohort_counts([c.share for c in scenario.cohorts], n)
+    counts = _cohort_counts([c.share for c in scenario.cohorts], n, field="population.prototypes")
     cohort = np.repeat(np.arange(len(counts)), counts).astype(np.int64)
     cat_share = np.array([c.share for c in scenario.catalogue.categories])
     favourites = np.stack(
@@ -132,7 +157,7 @@ def build_users(scenario: Scenario, prototypes: Prototypes, seed: int) -> Users:
     """Draw the users of a world: cohort by share, a prototype of that cohort, multiplier and activity."""
     pop = scenario.population
     rng = np.random.default_rng([seed, _SEED_USERS])
-    counts = _cohort_counts([c.share for c in scenario.cohorts], pop.users)
+    counts = _cohort_counts([c.share for c in scenario.cohorts], pop.users, field="population.users")
     user_cohort = np.repeat(np.arange(len(counts)), counts)
     prototype = np.empty(pop.users, dtype=np.int64)
     for c in range(len(counts)):

@@ -35,13 +35,15 @@ def cfg(mmr: float) -> CascadeConfig:
 
 START, GOOD, BEST, BAD, SLOW = cfg(0.8), cfg(0.7), cfg(0.6), cfg(0.9), cfg(0.5)
 # value per request; latency; conversions per request.  Time-dependent: after day 1 everything is worth +0.01.
+# The SLO is 50 ms (SLOW breaks it): `score`'s default `latency_slo_ms` below, and the truth's `meets_slo`.
+SLO_MS = 50.0
 TABLE = {0.8: (0.10, 20.0, 0.010), 0.7: (0.11, 20.0, 0.010), 0.6: (0.12, 25.0, 0.010), 0.9: (0.09, 20.0, 0.009)}
 TABLE[0.5] = (0.115, 80.0, 0.010)
 
 
 def truth(config: CascadeConfig, at_s: float) -> Any:
     value, latency, conversions = TABLE[config.re_rank.mmr_lambda]
-    return ts.Truth(value + (0.01 if at_s >= 86_400.0 else 0.0), latency, conversions)
+    return ts.Truth(value + (0.01 if at_s >= 86_400.0 else 0.0), latency, conversions, latency <= SLO_MS)
 
 
 def step(start_s: float, requests: float, *served: tuple[str, CascadeConfig, float]) -> Any:
@@ -49,7 +51,7 @@ def step(start_s: float, requests: float, *served: tuple[str, CascadeConfig, flo
 
 
 def score(trace: Any, **kw: float) -> Any:
-    args = {"value_at_s": 0.0, "latency_slo_ms": 50.0, "conversion_margin": 0.05, **kw}
+    args = {"value_at_s": 0.0, "latency_slo_ms": SLO_MS, "conversion_margin": 0.05, **kw}
     return ts.score(trace, truth, BEST, **args)
 
 
@@ -138,6 +140,39 @@ def test_no_oracle_lift_gives_nan_share_and_bad_inputs_are_refused() -> None:
         score(broken)
     with pytest.raises(ValueError, match="conversion_margin"):
         score(trace, conversion_margin=1.5)
+
+
+def final_only(final: CascadeConfig) -> Any:
+    """A run that served START and ended with `final` as the incumbent."""
+    return ts.MethodTrace(method="m", start=START, final=final, steps=(step(0.0, 10.0, ("inc", START, 1.0)),))
+
+
+def test_a_final_incumbent_over_the_slo_is_flagged_and_counted_but_its_share_is_kept() -> None:
+    slow, good = score(final_only(SLOW)), score(final_only(GOOD))
+    assert not slow.final_meets_slo and good.final_meets_slo
+    assert slow.oracle_share == pytest.approx(0.75)  # (0.115 - 0.10) / (0.12 - 0.10): unchanged by the SLO
+    assert score(final_only(START)).final_meets_slo
+    assert ts.finals_over_slo([slow, good, slow]) == 2
+    assert ts.finals_over_slo([good]) == 0
+
+
+def test_the_tuning_summary_counts_finals_over_the_slo_per_method(capsys: pytest.CaptureFixture[str]) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    tuning: Any = importlib.import_module("tuning")
+    good, slow = score(final_only(GOOD)), score(final_only(SLOW))
+    runs = [
+        tuning.RunResult(
+            "tiny", seed, {"static": good, "random": good, "tpe": good, "agentic": final}, {}, {}, 0.12, {}, ("n",)
+        )
+        for seed, final in enumerate((slow, good, slow))
+    ]
+    summary = tuning.summarise(runs)
+    counts = {m: summary["tiny"][m]["finals_over_slo"] for m in ("static", "random", "tpe", "agentic")}
+    assert counts == {"static": 0, "random": 0, "tpe": 0, "agentic": 2}
+    assert {*tuning.FIGURES, "oracle_share_sd"} <= set(summary["tiny"]["agentic"])  # the existing keys stay
+    tuning.print_table(summary, runs)
+    agentic_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("agentic"))
+    assert agentic_row.endswith("2/3")
 
 
 def test_mean_sd_and_incumbent_path() -> None:
