@@ -270,7 +270,9 @@ class AgentLoop:
         arms = {a: inp.totals[a] for a in exp.plan.arm_ids if a in inp.totals}
         covariates = pre_period_totals(exp.plan, inp.totals)
         complete = len(covariates) == len(exp.plan.arm_ids)
-        exp, decisions = self.online.step(exp, arms, covariates if complete else None, inp.now_ms)
+        exp, decisions = self.online.step(
+            exp, arms, covariates if complete else None, inp.now_ms, opened=inp.opened_arms
+        )
         self.emit(state, inp, decisions, out)
         seen = state.latency_seen
         if self.settings.fit_latency:

@@ -105,6 +105,14 @@ class ApprovalSource(Protocol):
         ...
 
 
+class BreakerSource(Protocol):
+    """Arm ids the serving sidecar's SLO breaker has cut back to control (`agents.alerts_feed.AlertsFeed`)."""
+
+    async def opened_arms(self) -> frozenset[str]:
+        """The opened arm ids."""
+        ...
+
+
 class LoopDriver:
     """One tick of I/O around `AgentLoop.step`: load → read → step → save the intent → execute → save."""
 
@@ -118,10 +126,11 @@ class LoopDriver:
         metrics: MetricsSource,
         skills: SkillStore,
         approvals: ApprovalSource | None = None,
+        breaker: BreakerSource | None = None,
     ) -> None:
         """Keep the loop and its ports."""
         self.loop, self.config, self.sink, self.store = loop, config, sink, store
-        self.metrics, self.skills, self.approvals = metrics, skills, approvals
+        self.metrics, self.skills, self.approvals, self.breaker = metrics, skills, approvals, breaker
 
     async def tick(self, now_ms: int, epoch: int = 0) -> tuple[LoopState, list[Action]]:
         """Run one step and execute its actions, exactly once across crashes (called by the runtime every tick).
@@ -154,6 +163,7 @@ class LoopDriver:
             now_ms=now_ms,
             skills=await self.skills.load_all(),
             approved=await self.approvals.approved() if self.approvals is not None else frozenset(),
+            opened_arms=await self.breaker.opened_arms() if self.breaker is not None else frozenset(),
             epoch=epoch,
         )
         new_state, actions = await self.loop.step(state, inp)

@@ -201,6 +201,8 @@ class LoopInput:
 
     `cohorts` (cohort → arm id → totals) splits `totals` by the requests'
     cohort; only Insight reads it (`agents.loop_learn`), and empty means no split.
+    `opened_arms` are the arms the serving sidecar's SLO breaker cut back
+    (`agents.alerts_feed`); the Online agent rolls them back.
     """
 
     totals: Mapping[str, ArmTotals]
@@ -210,3 +212,4 @@ class LoopInput:
     approved: frozenset[str] = frozenset()
     epoch: int = 0
     cohorts: Mapping[str, Mapping[str, ArmTotals]] = field(default_factory=dict)
+    opened_arms: frozenset[str] = frozenset()

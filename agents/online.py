@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 import msgspec
 
@@ -312,14 +313,18 @@ class OnlineAgent:
         totals_by_arm: Mapping[str, ArmTotals],
         pre_period: Mapping[str, ArmTotals] | None,
         now_ms: int,
+        *,
+        opened: AbstractSet[str] = frozenset(),
     ) -> tuple[ExperimentState, list[Decision]]:
         """Advance a running experiment with its cumulative per-arm totals (see the module doc for the order).
 
         `totals_by_arm` maps arm ids of this experiment to their totals since
         the experiment started (missing arms count as no traffic);
         `pre_period`, when given, maps the same arm ids to pre-period totals
-        of each arm's own users and replaces the stored covariates.  A state
-        that is not running is returned unchanged with no decisions.
+        of each arm's own users and replaces the stored covariates; `opened`
+        are arm ids the serving sidecar's SLO breaker cut back to control (an
+        active one is rolled back: its reads would mix in control's traffic).
+        A state that is not running is returned unchanged with no decisions.
         """
         if state.status != "running" or state.allocation is None:
             return state, []
@@ -338,7 +343,7 @@ class OnlineAgent:
             return msgspec.structs.replace(state, seq=log.seq), log.out
 
         # 2. guardrails
-        state, guard_reads = _guardrails(state, data, log, now_ms)
+        state, guard_reads = _guardrails(state, data, log, now_ms, opened)
 
         # 3. primary read, Holm, losers and futility
         state, reads, winners = _read(state, data, log, now_ms, guard_reads)

@@ -8,6 +8,7 @@ Called by `agents.online.OnlineAgent.step` (and `_reallocate` by `agents.online_
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from typing import Final
 
 import msgspec
@@ -106,7 +107,7 @@ def _srm(state: ExperimentState, data: _Arrays, log: _Log, now_ms: int) -> tuple
 
 
 def _guardrails(
-    state: ExperimentState, data: _Arrays, log: _Log, now_ms: int
+    state: ExperimentState, data: _Arrays, log: _Log, now_ms: int, opened: AbstractSet[str] = frozenset()
 ) -> tuple[ExperimentState, list[GuardrailRead]]:
     plan, g = state.plan, state.plan.guardrails
     control = data.sums[plan.control.arm_id]
@@ -117,6 +118,18 @@ def _guardrails(
             continue
         sums = data.sums[arm.arm_id]
         breaches: list[GuardrailRead] = []
+        if arm.arm_id in opened:
+            read = GuardrailRead(
+                arm_id=arm.arm_id,
+                guardrail="latency_p99",
+                value=None,
+                bound=None,
+                threshold=float(g.latency_p99_slo_ms or 0.0),
+                breached=True,
+                note="the serving sidecar's SLO breaker cut this arm back to control (rectune.alerts)",
+            )
+            reads.append(read)
+            breaches.append(read)
         if g.latency_p99_slo_ms is not None:
             breaches += _latency(state, data, arm.arm_id, g.latency_p99_slo_ms, reads)
         if _readable(sums, plan) and _readable(control, plan):

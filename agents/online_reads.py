@@ -118,6 +118,8 @@ def _spec(plan: ExperimentPlan, arm_id: str) -> ArmSpec:
 
 def _breach_text(read: GuardrailRead) -> str:
     if read.guardrail == "latency_p99":
+        if read.value is None:  # no read of ours: the serving breaker's verdict
+            return f"latency: {read.note}"
         return f"latency p99 {read.value:.1f} ms > SLO {read.threshold:g} ms ({read.note})"
     if read.guardrail == "diversity":
         return (

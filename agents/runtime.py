@@ -43,6 +43,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from redis import asyncio as aioredis
 
+from agents.alerts_feed import AlertsFeed
 from agents.brain import Brain
 from agents.lease import Lease
 from agents.loop import AgentLoop, LoopDriver, LoopSettings
@@ -181,6 +182,7 @@ class AgentRuntime:
         lease = self.lease = Lease(client, s.surface, s.owner, ttl_ms=s.lease_ttl_ms)
         producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, acks="all")
         feed = MetricsFeed(s.bootstrap, s.surface)
+        breaker = AlertsFeed(s.bootstrap)
         skills = RedisSkillStore(s.redis_url, client=client)
         policy = s.policy or OnlinePolicy(surface=s.surface)
         store = RedisStateStore(client, lease)
@@ -193,9 +195,11 @@ class AgentRuntime:
             metrics=feed,
             skills=skills,
             approvals=RedisApprovals(client, store),
+            breaker=breaker,
         )
         await producer.start()
         await feed.start()
+        await breaker.start()
         leading = False
         try:
             while not stop.is_set():
@@ -211,6 +215,7 @@ class AgentRuntime:
                     )
                 if held:
                     await feed.poll(timeout_ms=50)
+                    await breaker.poll(timeout_ms=50)
                     try:
                         await driver.tick(int(time.time() * 1000), lease.epoch)
                         self.ticks += 1
@@ -223,6 +228,7 @@ class AgentRuntime:
             await lease.release()
             await writer.close()
             await feed.stop()
+            await breaker.stop()
             await producer.stop()
             await client.aclose()
             log.info("agents %s stopped (lease released)", s.surface)

@@ -70,11 +70,22 @@ def policy(**kw: object) -> OnlinePolicy:
     return OnlinePolicy(**base)  # type: ignore[arg-type]
 
 
+class OpenedArms:
+    """`BreakerSource`: the arms a test says the serving sidecar's breaker opened."""
+
+    def __init__(self) -> None:
+        self.arms: set[str] = set()
+
+    async def opened_arms(self) -> frozenset[str]:
+        return frozenset(self.arms)
+
+
 class Harness:
     def __init__(self, *, brain: object | None = None, **policy_kw: object) -> None:
         self.config = MemoryConfigWriter(KEYRING, initial=default_config(), now_ms=T0)
         self.sink, self.store = MemorySink(), MemoryStateStore()
         self.metrics, self.skills, self.approvals = MemoryMetrics(), MemorySkillStore(), MemoryApprovals()
+        self.breaker = OpenedArms()
         self.brain = brain if brain is not None else OfflineBrain(seed=1)
         self.policy_kw = policy_kw
         self.driver = self.make_driver()
@@ -97,6 +108,7 @@ class Harness:
             metrics=self.metrics,
             skills=self.skills,
             approvals=self.approvals,
+            breaker=self.breaker,
         )
 
     async def tick(self, now_ms: int) -> LoopState:
@@ -500,3 +512,21 @@ def test_cohort_reads_need_two_cohorts_and_keep_only_the_experiments_arms() -> N
     reads = cohort_reads(["c", "t"], {"new": {**t, **other}, "returning": t, ALL_COHORTS: t})
     assert list(reads) == ["new", "returning"], "a cohort named like the pooled read is left out"
     assert set(reads["new"]) == {"c", "t"}
+
+
+async def test_an_arm_the_serving_breaker_opened_is_rolled_back_not_promoted() -> None:
+    h = Harness()
+    state = await h.launch()
+    exp = state.experiment_state()
+    assert exp is not None
+    treatment = exp.plan.treatments[0].arm_id
+    state = await h.run([0.0, 0.3], stop_at=3)  # a clear winner in the making
+    assert state.phase == "running"
+    h.breaker.arms.add(treatment)  # the sidecar cut it back to control: its reads now mix in control's traffic
+    state = await h.run([0.0, 0.3], start_at=3)
+    assert state.phase == "idle" and not state.history[-1].endswith(":promoted"), state.history
+    rollbacks = [r["payload"] for r in h.kinds("decision") if r["payload"]["kind"] == "rollback"]  # type: ignore[index]
+    assert [r["arm_id"] for r in rollbacks] == [treatment]  # type: ignore[index]
+    assert "SLO breaker" in rollbacks[0]["reasons"][0]  # type: ignore[index]
+    assert not [a for a in h.appended if a.activate], "nothing promoted"
+    assert any(f.moves for f in state.failures), "the move enters the failure memory like any rollback"

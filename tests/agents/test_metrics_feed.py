@@ -1,4 +1,5 @@
-"""`MetricsFeed` refusals are visible: counted in `refused` and logged once per poll with where and why.
+"""`MetricsFeed` and `AlertsFeed` over `TopicReader`: refusals are counted and logged once per poll with where and why;
+cohort totals; the arms a serving breaker opened.
 
 No broker: `AIOKafkaConsumer` is replaced by an in-memory log of
 (partition, offset, value) records that `getmany` hands out in one batch.
@@ -15,8 +16,10 @@ import numpy as np
 import pytest
 from aiokafka import TopicPartition
 
-from agents import metrics_feed
+from agents import topic_reader
+from agents.alerts_feed import AlertsFeed
 from agents.metrics_feed import MetricsFeed
+from schemas.alerts import Alert, encode_alert
 from schemas.metrics import BUCKET_FIELDS, FIELD_INDEX, N_FIELDS, MetricWindow, sparse_window_arrays
 
 TOPIC = "rectune.metrics"
@@ -107,18 +110,18 @@ class FakeConsumer:
 def fake_log(monkeypatch: pytest.MonkeyPatch) -> dict[int, list[bytes | None]]:
     log: dict[int, list[bytes | None]] = {0: [], 1: [], 2: []}
     monkeypatch.setattr(FakeConsumer, "log", log)
-    monkeypatch.setattr(metrics_feed, "AIOKafkaConsumer", FakeConsumer)
+    monkeypatch.setattr(topic_reader, "AIOKafkaConsumer", FakeConsumer)
     return log
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "agents.metrics_feed" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "agents.topic_reader" and r.levelno == logging.WARNING]
 
 
 async def test_refused_records_are_counted_and_warned_once_per_poll_naming_the_first(
     fake_log: dict[int, list[bytes | None]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="agents.metrics_feed")
+    caplog.set_level(logging.DEBUG, logger="agents.topic_reader")
     fake_log[0] += [window("home", 0), window("search", 1)]
     fake_log[1] += [window("home", 2), b"{not a window", b'{"schema_version":1}']
     fake_log[2] += [None]
@@ -169,5 +172,44 @@ async def test_cohort_totals_split_the_arms_totals_by_cohort_and_follow_new_wind
         fake_log[2].append(window("home", 3, "returning"))
         await feed.poll()
         assert (await feed.cohort_totals())["returning"]["arm0"].total("requests") == 80.0, "no stale cache"
+    finally:
+        await feed.stop()
+
+
+def alert(kind: str, severity: str, arm_id: str | None) -> bytes:
+    return encode_alert(
+        Alert(
+            schema_version=1,
+            kind=kind,  # type: ignore[arg-type]
+            severity=severity,  # type: ignore[arg-type]
+            source="sidecar-1",
+            message="m",
+            at_ms=1_767_225_600_000,
+            arm_id=arm_id,
+        )
+    )
+
+
+async def test_the_alerts_feed_reports_only_arms_a_serving_breaker_opened(
+    fake_log: dict[int, list[bytes | None]], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_log[0] += [
+        alert("slo_breach", "critical", "exp-1.t1"),
+        alert("slo_breach", "warning", "exp-1.c"),  # control breaking: a warning, nothing cut back
+        alert("guardrail_breach", "warning", "exp-1.t2"),  # the agents' own rollback alert
+        alert("slo_breach", "critical", None),
+    ]
+    fake_log[1] += [b"{not an alert", None]
+    feed = AlertsFeed("unused:9092")
+    await feed.start()
+    try:
+        assert await feed.poll() == 1
+        assert await feed.opened_arms() == frozenset({"exp-1.t1"})
+        assert feed.refused == 2
+        assert any("that are no alert" in m for m in warnings_of(caplog))
+        fake_log[2].append(alert("breaker_reset", "info", "exp-1.t1"))
+        fake_log[2].append(alert("slo_breach", "critical", "exp-2.t3"))
+        assert await feed.poll() == 1
+        assert await feed.opened_arms() == frozenset({"exp-1.t1", "exp-2.t3"}), "a reset does not undo a rollback"
     finally:
         await feed.stop()

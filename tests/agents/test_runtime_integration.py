@@ -104,7 +104,11 @@ async def test_one_leader_and_failover_from_stored_state(tansu_broker: str, redi
     a, b = AgentRuntime(settings("a")), AgentRuntime(settings("b"))
     stop_a, stop_b = asyncio.Event(), asyncio.Event()
     task_a = asyncio.create_task(a.run(stop_a))
-    await asyncio.sleep(0.5)
+
+    async def a_leads() -> bool:  # a's start-up (clients, feeds) takes a variable time: b starts once a leads
+        return a.lease is not None and a.lease.held
+
+    await _wait(a_leads)
     task_b = asyncio.create_task(b.run(stop_b))
     redis = aioredis.from_url(redis_url)
     try:
