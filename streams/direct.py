@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
 from streams.aggregate import OutRecord
+from streams.errors import StreamsError
 from streams.kafka_io import read_latest
 from streams.processor import StreamConfig, StreamProcessor
 
@@ -70,6 +71,10 @@ class DirectStreamIO:
         return TopicPartition(self._source, partition) in self._consumer.assignment()
 
 
+class CheckpointStalledError(StreamsError):
+    """The direct engine's checkpoints kept failing for longer than `run_direct` allows."""
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """Hands partition moves to the processor (awaited by aiokafka before it rejoins)."""
 
@@ -92,17 +97,28 @@ async def run_direct(
     group_id: str,
     state_topic: str,
     session_timeout_s: float = 10.0,
+    checkpoint_failure_limit_s: float = 60.0,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run the worker until `stop` is set (or SIGTERM/SIGINT); checkpoints everything on the way out.
 
-    Called by `rectune worker` when `RECTUNE_ENGINE=direct`.
+    Called by `rectune worker` when `RECTUNE_ENGINE=direct`.  A failed periodic
+    checkpoint is logged and retried on the next tick; if ticks keep failing
+    for `checkpoint_failure_limit_s` after the first failure (the first is
+    always retried at least once), the worker stops and this raises
+    `CheckpointStalledError` rather than consume without progress.  Either
+    way the final checkpoint is attempted and both Kafka clients are stopped.
     """
+    if not checkpoint_failure_limit_s >= 0:  # also refuses NaN
+        msg = f"checkpoint_failure_limit_s must be >= 0 seconds, got {checkpoint_failure_limit_s!r}"
+        raise StreamsError(msg, hint="pass how long failing checkpoints are retried before the worker stops, e.g. 60")
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
+    handled: list[signal.Signals] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
     session_ms = int(session_timeout_s * 1000)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -120,13 +136,51 @@ async def run_direct(
     await consumer.start()
 
     async def ticker() -> None:
+        # A failed tick leaves its partitions dirty (StreamProcessor.checkpoint),
+        # so retrying is just the next tick.  Dying here instead would leave the
+        # worker consuming without ever checkpointing or committing again.
+        failing_since: float | None = None
+        failures = 0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), config.checkpoint_interval_s)
-            await processor.tick(loop.time())
+            try:
+                await processor.tick(loop.time())
+            except Exception as err:
+                failures += 1
+                now = loop.time()
+                if failing_since is None:
+                    failing_since = now
+                if stop.is_set():  # shutting down: the final checkpoint retries it
+                    log.warning("checkpoint tick failed during shutdown", exc_info=True)
+                    return
+                if now - failing_since >= checkpoint_failure_limit_s and failures > 1:
+                    stop.set()
+                    msg = (
+                        f"checkpoints of {config.topic} failed {failures} ticks in a row over "
+                        f"{now - failing_since:.1f} s (limit {checkpoint_failure_limit_s:g} s): {err!r}; "
+                        "stopping the worker instead of consuming without checkpoints or commits"
+                    )
+                    raise CheckpointStalledError(
+                        msg,
+                        hint="check the broker and the state topic; a restarted worker resumes at its last checkpoint",
+                    ) from err
+                log.warning(
+                    "checkpoint tick failed (%d in a row); retrying in %g s",
+                    failures,
+                    config.checkpoint_interval_s,
+                    exc_info=True,
+                )
+            else:
+                if failures:
+                    log.warning("checkpoint tick succeeded again after %d failed ticks", failures)
+                failing_since = None
+                failures = 0
 
     timer = asyncio.create_task(ticker())
     on_message = processor.on_message
+    failure: BaseException | None = None  # what the consuming loop raised, if anything
+    stalled: BaseException | None = None  # what the ticker raised, if anything
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=1000)
@@ -135,13 +189,28 @@ async def run_direct(
                 for record in records:
                     # A tombstone (value None) goes on too: it is dead-lettered, as under Faust.
                     await on_message(tp.partition, record.offset, record.value, record.timestamp, now)
+    except BaseException as err:
+        failure = err
+        raise
     finally:
         stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        try:
             await timer
+        except asyncio.CancelledError:
+            pass
+        except Exception as err:  # raised below, once the clients are stopped
+            stalled = err
+            if failure is not None:  # `failure` propagates instead: do not drop this one silently
+                log.error("checkpoint ticker had failed too", exc_info=err)
         try:
             await processor.checkpoint_all()
         except Exception:  # the next owner replays from the last good checkpoint
             log.warning("final checkpoint failed", exc_info=True)
-        await consumer.stop()
-        await producer.stop()
+        try:
+            await consumer.stop()
+        finally:
+            await producer.stop()
+    if stalled is not None:
+        raise stalled

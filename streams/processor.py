@@ -206,7 +206,15 @@ class StreamProcessor:
     # -- checkpoints -----------------------------------------------------------
 
     async def checkpoint(self, partition: int) -> None:
-        """Write state+offset+outbox as one record, then publish the outbox, then commit."""
+        """Write state+offset+outbox as one record, then publish the outbox, then commit.
+
+        Called by `tick`, `checkpoint_all`, `assign` and `revoke`.  If any step
+        raises, the slot is left dirty and the outbox untouched, so the next
+        call redoes all three steps: a second checkpoint record supersedes the
+        first, republished partials replace their copies (deterministic ids)
+        and a later commit only moves the offset further.  The error is
+        re-raised with a note naming the partition and the failed step.
+        """
         slot = self._slots.get(partition)
         if slot is None:
             return
@@ -215,15 +223,35 @@ class StreamProcessor:
             data = encode_checkpoint(agg)  # synchronous: a consistent cut of the state
             next_offset = agg.next_offset
             pending = list(agg.outbox)
+            # Cleared before the awaits so that messages arriving during them
+            # mark the slot dirty again; restored below if this checkpoint fails.
             slot.dirty = False
-            await self.io.write_checkpoint(partition, data)
-            if pending:
-                await self.io.publish(pending)
-                agg.clear_outbox(len(pending))
-            await self.io.commit(partition, next_offset)
+            step = "write_checkpoint"
+            try:
+                await self.io.write_checkpoint(partition, data)
+                if pending:
+                    step = "publish"
+                    await self.io.publish(pending)
+                    agg.clear_outbox(len(pending))
+                step = "commit"
+                await self.io.commit(partition, next_offset)
+            except Exception as err:
+                slot.dirty = True
+                err.add_note(
+                    f"checkpoint of {self.config.topic}[{partition}] failed at {step} "
+                    f"(next offset {next_offset}, {len(pending)} outbox records); "
+                    "the partition stays dirty and the next checkpoint retries all of it"
+                )
+                raise
 
     async def tick(self, now_s: float) -> None:
-        """Periodic duty (Faust timer): idle-close quiet partitions, checkpoint dirty ones."""
+        """Periodic duty (Faust timer, direct engine's ticker): idle-close quiet partitions, checkpoint dirty ones.
+
+        A partition whose checkpoint fails does not stop the others from being
+        checkpointed; the first failure is raised once all were tried, and the
+        failed partitions stay dirty for the caller's next tick.
+        """
+        due: list[int] = []
         for partition, slot in list(self._slots.items()):
             agg = slot.agg
             idle = now_s - slot.last_seen_s >= self.config.idle_close_s
@@ -231,9 +259,24 @@ class StreamProcessor:
                 agg.close_all()
                 slot.dirty = True
             if slot.dirty or agg.outbox:
-                await self.checkpoint(partition)
+                due.append(partition)
+        await self._checkpoint_each(due)
 
     async def checkpoint_all(self) -> None:
-        """Checkpoint every partition (clean shutdown)."""
-        for partition in list(self._slots):
-            await self.checkpoint(partition)
+        """Checkpoint every partition (clean shutdown of either engine); raises the first failure after trying all."""
+        await self._checkpoint_each(list(self._slots))
+
+    async def _checkpoint_each(self, partitions: list[int]) -> None:
+        # One partition's broker trouble (e.g. its leader moving) must not hold
+        # back the checkpoints of the others.
+        first: Exception | None = None
+        for partition in partitions:
+            try:
+                await self.checkpoint(partition)
+            except Exception as err:
+                if first is None:
+                    first = err
+                else:  # only the first is raised: do not lose the others
+                    log.warning("checkpoint of partition %d failed too", partition, exc_info=True)
+        if first is not None:
+            raise first
