@@ -231,6 +231,9 @@ def apply(
         config = validate_config(change.config)
         if guardrails is not None:
             guardrails.check(config)
+            incumbent = state.control
+            if incumbent is not None and config not in state.configs.values():
+                guardrails.check_step(config, incumbent)
         if state.control_version == 0 and not change.activate:
             _refuse("activate", "the first config must be activated (there is no control yet)")
         control = change.version if change.activate else state.control_version

@@ -8,6 +8,7 @@ and diversity policy.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
@@ -29,6 +30,9 @@ class Guardrails:
     `max_per_category_ceiling` is the diversity floor (no list may be more
     than this many items of one category); `max_exploration_rate` bounds the
     random slots; `min_mmr_lambda` keeps relevance from being traded away.
+    `max_cut_step` is the step guardrail on the ranker's work: a new config
+    may move each cut at most this factor from the control's (`check_step`;
+    the Critic's trust region allows 2×, this is the sidecar's wider net).
     """
 
     max_candidate_cut: int = 20_000
@@ -37,6 +41,11 @@ class Guardrails:
     max_exploration_rate: float = 0.1
     min_mmr_lambda: float = 0.3
     min_list_size: int = 4
+    max_cut_step: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not (self.max_cut_step >= 1.0 and math.isfinite(self.max_cut_step)):
+            _refuse("max_cut_step", f"must be a finite factor >= 1, got {self.max_cut_step!r}")
 
     def check(self, config: CascadeConfig) -> None:
         """Raise `ConfigError` naming the first field that breaks a guardrail."""
@@ -79,3 +88,29 @@ class Guardrails:
             for field, ok, rule in rules:
                 if not ok:
                     _refuse(surface + field, rule, hint="guardrails are enforced by the Critic and by the sidecar")
+
+    def check_step(self, config: CascadeConfig, control: CascadeConfig) -> None:
+        """Raise `ConfigError` when `config` moves a cut more than `max_cut_step`× from `control`'s.
+
+        Called by `schemas.config_log.fold` for a new config (the sidecar and
+        the config writer, on apply): the candidate cuts set the ranker's
+        latency, and one unvetted jump (candidate_cut 1,000 → 20,000) can put
+        p99 ten times over its SLO on the control arm, which no breaker cuts
+        back.  A config equal to one applied before (a rollback) is not a step.
+        """
+        surfaces = ["", *sorted({o.surface for o in (*config.overrides, *control.overrides)})]
+        for surface in surfaces:
+            new = config.for_surface(surface) if surface else config
+            old = control.for_surface(surface) if surface else control
+            prefix = f"overrides[{surface}]." if surface else ""
+            for field, after, before in (
+                ("pre_rank.candidate_cut", new.pre_rank.candidate_cut, old.pre_rank.candidate_cut),
+                ("rank.cut", new.rank.cut, old.rank.cut),
+            ):
+                if max(after / before, before / after) > self.max_cut_step:
+                    _refuse(
+                        prefix + field,
+                        f"must stay within {self.max_cut_step:g}x of the control's {before} in one change, got {after}"
+                        " (step guardrail)",
+                        hint="move it in steps, each promoted on its own experiment, or restore an earlier version",
+                    )

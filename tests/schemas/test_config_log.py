@@ -210,6 +210,33 @@ def test_cross_field_rules_and_guardrails_are_enforced_on_apply() -> None:
     assert refused(state, change(3, config=explore), Guardrails()).field == "re_rank.exploration_rate"
 
 
+def with_cuts(config: CascadeConfig, candidate_cut: int, rank_cut: int) -> CascadeConfig:
+    return msgspec.structs.replace(
+        config,
+        pre_rank=msgspec.structs.replace(config.pre_rank, candidate_cut=candidate_cut),
+        rank=msgspec.structs.replace(config.rank, cut=rank_cut),
+    )
+
+
+def test_a_cut_may_move_at_most_the_step_factor_from_the_controls_in_one_change() -> None:
+    state = apply(ServingState(), change(1, activate=True), KEYS)  # default: candidate_cut 1000, rank.cut 100
+    rails = Guardrails()  # max_cut_step 4
+    base = default_config()
+    assert (base.pre_rank.candidate_cut, base.rank.cut) == (1_000, 100)
+    jump = with_cuts(base, 20_000, 100)  # within the bounds (<= 20,000), 20x the control's
+    apply(state, change(2, config=jump), KEYS)  # without guardrails: accepted
+    err = refused(state, change(2, config=jump), rails)
+    assert err.field == "pre_rank.candidate_cut" and "within 4x of the control's 1000" in err.rule
+    assert refused(state, change(2, config=with_cuts(base, 1_000, 20)), rails).field == "rank.cut"  # 5x down
+    ok = apply(state, change(2, config=with_cuts(base, 4_000, 400), activate=True), KEYS, rails)  # 4x: allowed
+    step2 = apply(ok, change(3, config=with_cuts(base, 16_000, 400), activate=True), KEYS, rails)  # 4x from the new control
+    # restoring a config applied before is a rollback, not a step (1,000 is 16x below the control now)
+    back = apply(step2, change(4, config=base, activate=True), KEYS, rails)
+    assert back.control == base
+    with pytest.raises(ConfigError, match="max_cut_step"):
+        Guardrails(max_cut_step=0.5)
+
+
 def test_rollback_restores_the_timeline_exactly() -> None:
     state = two_configs()
     state = apply(state, change(3, "allocation", allocation=allocation(1, ("t1", 2, 0.25))), KEYS)
@@ -286,6 +313,10 @@ def random_bad(rng: random.Random, state: ServingState) -> ConfigChange:
     return change(v, "rollback", restores=v + 10)
 
 
+#: Random histories jump their cuts freely: they test the fold, and the step rule has its own test above.
+FREE_STEPS = Guardrails(max_cut_step=1e9)
+
+
 class History(msgspec.Struct):
     changes: list[ConfigChange]  # everything written, bad ones included
     accepted: list[ConfigChange]  # the valid ones, in order
@@ -296,7 +327,7 @@ class History(msgspec.Struct):
 def build_history(seed: int, n_good: int) -> History:
     """A random history: n_good valid changes with bad ones (about 15%) mixed in."""
     rng = random.Random(seed)
-    guardrails = Guardrails()
+    guardrails = FREE_STEPS
     state = ServingState()
     changes: list[ConfigChange] = []
     accepted: list[ConfigChange] = []
@@ -325,7 +356,7 @@ def test_replay_determinism_every_prefix_of_200_random_changes(seed: int) -> Non
     assert at_version[200].version == 200
     kinds = {c.kind for c in changes}
     assert kinds == {"config", "allocation", "rollback"}
-    guardrails = Guardrails()
+    guardrails = FREE_STEPS
     for i in range(len(changes) + 1):
         expected = live[i - 1] if i else ServingState()
         assert fold(changes[:i], KEYS, guardrails).state == expected, f"prefix of {i} changes"
@@ -360,7 +391,7 @@ def test_bad_changes_mixed_in_never_move_the_head() -> None:
     for _ in range(100):
         bad = random_bad(rng, state)
         with pytest.raises((ConfigError, SignatureError)):
-            apply(state, bad, KEYS, Guardrails())
+            apply(state, bad, KEYS, FREE_STEPS)
     result = fold([change(1, activate=True), *[random_bad(rng, ServingState()) for _ in range(20)]], KEYS)
     assert result.state.version == 1 and len(result.refused) == 20
 
