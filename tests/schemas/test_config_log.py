@@ -229,7 +229,8 @@ def test_a_cut_may_move_at_most_the_step_factor_from_the_controls_in_one_change(
     assert err.field == "pre_rank.candidate_cut" and "within 4x of the control's 1000" in err.rule
     assert refused(state, change(2, config=with_cuts(base, 1_000, 20)), rails).field == "rank.cut"  # 5x down
     ok = apply(state, change(2, config=with_cuts(base, 4_000, 400), activate=True), KEYS, rails)  # 4x: allowed
-    step2 = apply(ok, change(3, config=with_cuts(base, 16_000, 400), activate=True), KEYS, rails)  # 4x from the new control
+    # 4x again, from the new control
+    step2 = apply(ok, change(3, config=with_cuts(base, 16_000, 400), activate=True), KEYS, rails)
     # restoring a config applied before is a rollback, not a step (1,000 is 16x below the control now)
     back = apply(step2, change(4, config=base, activate=True), KEYS, rails)
     assert back.control == base
