@@ -17,7 +17,15 @@ experiment ended.  A summary counts arms with a true lift above +1% by how
 they ended.  Scoring only: the loop never sees the oracle.
 
 Run: `.venv/bin/python bench/arm_trace.py --scenario apparel_seasonal --seed 4 [--days 28] [--ceiling]
-[--futility-fraction 1]` (the last reproduces the session-9 line).
+[--futility-fraction 1] [--next-step]` (`--futility-fraction 1` reproduces the session-9 line).
+
+`--next-step` asks what one more experiment could have gained from where the
+run ended: the oracle's value (week 0, as the bench scores; a config over
+the SLO is worth 0, as in the oracle's search) of every one-trust-step move
+of one parameter from the final incumbent, and of the greedy set of up to
+`max_changes` of the best of them, the most a perfect Actor could propose in
+one arm.  It prints the share of the oracle's lift the run reached and the
+share after that set (BENCHMARKS.md, session 13).
 """
 
 from __future__ import annotations
@@ -34,9 +42,13 @@ from typing import Any, Final
 from tuning import TruthCache
 
 from agents.arm_ids import parse_arm_id
+from agents.brain import ParamChange, apply_changes, parameter_specs
+from agents.critic import CriticRules
+from agents.diagnostics import step_toward
 from agents.offline_brain import offline_brain_kwargs
 from rectune.simloop import SimStep, preset_for, run_simloop
-from schemas.config import default_config
+from schemas.config import CascadeConfig, ConfigError, default_config
+from simulator.oracle import meets_slo
 from simulator.scenario import load_scenario
 from simulator.world import World
 
@@ -133,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--futility-fraction", type=float, default=None, help="override the policy's futility line (1: session 9's)"
     )
+    parser.add_argument(
+        "--next-step", action="store_true", help="the oracle's best one-step moves from the final incumbent"
+    )
     args = parser.parse_args(argv)
     scenario = load_scenario(args.scenario)
     world = World(scenario, seed=args.seed)
@@ -172,7 +187,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{len(lifts)} treatment arms; with a true lift above +{100 * GOOD_LIFT:g}%: {dict(good) or 'none'}")
     for promotion in sim.promotions:
         print(f"promoted at day {promotion.at_s / 86_400.0:.1f}: v{promotion.old_version} -> v{promotion.new_version}")
+    if args.next_step:
+        from _tuning_methods import trace_from_sim  # the bench's own reading of the final incumbent
+
+        final = trace_from_sim(sim).final
+        print(next_step(world, args.seed, final, preset.settings.rules, preset.settings.max_changes))
     return 0
+
+
+def next_step(world: World, seed: int, final: CascadeConfig, rules: CriticRules, max_changes: int) -> str:
+    """What one more arm could gain from `final` (see the module docstring's `--next-step`)."""
+    from tuning import ORACLE_EVALUATIONS, oracle_best
+
+    def value(config: CascadeConfig) -> float:
+        e = world.expected(config, at_s=0.0)
+        return float(e.north_star) if meets_slo(world, e) else 0.0
+
+    start, best = value(default_config()), oracle_best(world, seed, default_config(), 0.0, ORACLE_EVALUATIONS)
+    top, here = value(best.config), value(final)
+    moves: list[tuple[float, ParamChange]] = []
+    for spec in parameter_specs(final):
+        for sign in (-1.0, 1.0):
+            target = step_toward(spec, rules.trust, rules.guardrails, sign, 1.0)
+            if target is None or target == spec.current:
+                continue
+            try:
+                moved = apply_changes(final, [ParamChange(name=spec.name, value=target)])
+            except ConfigError:  # a single step that breaks a cross-field rule
+                continue
+            moves.append((value(moved) / here - 1.0, ParamChange(name=spec.name, value=target)))
+    moves.sort(key=lambda m: -m[0])
+    chosen: list[ParamChange] = []
+    reached = here
+    for gain, change in moves:
+        if gain <= 0.0 or len(chosen) >= max_changes or any(c.name == change.name for c in chosen):
+            continue
+        try:
+            candidate = value(apply_changes(final, [*chosen, change]))
+        except ConfigError:
+            continue
+        if candidate > reached:
+            chosen, reached = [*chosen, change], candidate
+    singles = ", ".join(f"{c.name}={c.value} {100 * g:+.2f}%" for g, c in moves[:6])
+    return (
+        f"next step from the final incumbent: share {(here - start) / (top - start):.2f} -> "
+        f"{(reached - start) / (top - start):.2f} with {{{', '.join(f'{c.name}={c.value}' for c in chosen)}}} "
+        f"({100 * (reached / here - 1.0):+.2f}%); best single steps: {singles}"
+    )
 
 
 if __name__ == "__main__":
