@@ -116,13 +116,27 @@ class StreamProcessor:
             future.set_result(None)
 
     async def revoke(self, partitions: Iterable[int]) -> None:
-        """Checkpoint and drop partitions this worker no longer owns."""
+        """Checkpoint and drop partitions this worker no longer owns (called on a rebalance by both engines).
+
+        Every revoked partition is dropped, and every one gets its checkpoint
+        attempt, even after one fails: the first failure is raised at the end
+        (its new owner replays from the last good checkpoint), later ones logged.
+        """
+        first: Exception | None = None
         for partition in partitions:
-            if partition in self._slots:
-                try:
-                    await self.checkpoint(partition)
-                finally:
-                    self._slots.pop(partition, None)
+            if partition not in self._slots:
+                continue
+            try:
+                await self.checkpoint(partition)
+            except Exception as err:
+                if first is None:
+                    first = err
+                else:
+                    log.warning("checkpoint of revoked partition %d failed too", partition, exc_info=err)
+            finally:
+                self._slots.pop(partition, None)
+        if first is not None:
+            raise first
 
     def assigned(self) -> list[int]:
         """Partitions whose state this processor holds."""

@@ -336,3 +336,31 @@ async def test_shutdown_while_checkpoints_fail_still_checkpoints_and_stops_the_c
     assert consumer.stopped and producer.stopped
     assert {p: log.committed.get(p) for p in range(2)} == {0: len(log.source[0]), 1: len(log.source[1])}
     assert merged(log) == exact_totals(events)
+
+
+class FailsOnPartition(FlakyIO):
+    """Checkpoint writes of one partition fail; the others succeed."""
+
+    def __init__(self, bad: int) -> None:
+        super().__init__()
+        self.bad, self.failing = bad, False
+        self.written: list[int] = []
+
+    async def write_checkpoint(self, partition: int, data: bytes) -> None:
+        if partition == self.bad:
+            raise KafkaTimeoutError
+        self.written.append(partition)
+
+
+async def test_a_failed_checkpoint_on_revoke_still_checkpoints_and_drops_the_other_partitions() -> None:
+    log, _ = make_log(2, 3, requests=30)
+    io = FailsOnPartition(bad=0)
+    proc = StreamProcessor(CONFIG, io)
+    await proc.assign([0, 1, 2], 0.0)
+    for partition, values in enumerate(log.source):
+        for offset, payload in enumerate(values):
+            await proc.on_message(partition, offset, payload, 0, 0.0)
+    with pytest.raises(KafkaTimeoutError):
+        await proc.revoke([0, 1, 2])
+    assert proc.assigned() == [], "every revoked partition is dropped"
+    assert io.written == [1, 2], "the partitions after the failing one still get their checkpoint"
