@@ -435,7 +435,7 @@ class GuardrailRead(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     Latency: `value` is the arm's p99 in ms, `bound` the share of its
     requests at or over the SLO (the first histogram edge at or above it),
-    `breached` the always-valid exceedance test (`agents.stats.exceedance`)
+    `breached` the always-valid exceedance test (`schemas.slo`)
     at the guardrails' alpha; a p99 read over the SLO without a breach holds
     the arm back from promotion.  Conversion/revenue:
     `value` is the lift vs control, `bound` the upper end of its confidence

@@ -29,7 +29,7 @@ One `step`, in this order (the first that ends the experiment wins):
    new one.  p < 0.001 → halt: everyone back to control, alert `srm`.
 2. **Guardrails**, per active treatment arm: latency p99 from its histogram
    against the SLO, breached when the always-valid exceedance test
-   (`agents.stats.exceedance`, at the guardrails' alpha) shows more than 1%
+   (`schemas.slo`, at the guardrails' alpha) shows more than 1%
    of the arm's requests at or over it — a p99 that only reads over the SLO
    holds the arm back from promotion that step (`latency_holds`) but does
    not roll it back; conversion and revenue non-inferiority (the always-valid

@@ -192,7 +192,7 @@ def _latency(
     """The arm's p99 against the SLO since the SRM window opened (the current load), else since the start.
 
     Breached only when the always-valid exceedance test
-    (`agents.stats.exceedance`) at the guardrails' alpha shows more than 1%
+    (`schemas.slo`) at the guardrails' alpha shows more than 1%
     of the window's requests at or over the SLO (the first histogram edge at
     or above it); a p99 that merely reads over the SLO is reported
     (`value`), and holds the arm back from promotion (`latency_holds`), but

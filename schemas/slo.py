@@ -30,9 +30,8 @@ config within a few hundred units.  Units are taken as independent
 (requests: latency depends on the config and the load, not on the user).
 
 Callers: `quantile_breach` — the sidecar's `serving_sidecar.breaker` (per
-window) and the Online agent's guardrail (`agents.online_guard`, through
-`agents.stats.exceedance`, cumulative); `exceedance_test` — both, and the
-tests.  Pure: no I/O, no clock.
+window) and the Online agent's latency guardrail (`agents.online_guard`,
+cumulative); `exceedance_test` — through it, and the tests.  Pure: no I/O, no clock.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The always-valid quantile-bound test (`agents.stats.exceedance`): validity under looks, power, bad inputs."""
+"""The always-valid quantile-bound test (`schemas.slo`): validity under looks, power, bad inputs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.stats.errors import StatsError
-from agents.stats.exceedance import exceedance_test
+from schemas.errors import SchemaError
+from schemas.slo import exceedance_test
 
 ALLOWED = 0.01  # a p99 bound
 ALPHA = 0.05
@@ -76,5 +76,5 @@ def test_the_decision_line_names_the_counts_and_the_threshold() -> None:
     ],
 )
 def test_bad_inputs_are_refused_with_the_field_named(n: int, k: int, allowed: float, alpha: float, field: str) -> None:
-    with pytest.raises(StatsError, match=field):
+    with pytest.raises(SchemaError, match=field):
         exceedance_test(n, k, allowed=allowed, alpha=alpha)
