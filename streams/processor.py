@@ -122,21 +122,12 @@ class StreamProcessor:
         attempt, even after one fails: the first failure is raised at the end
         (its new owner replays from the last good checkpoint), later ones logged.
         """
-        first: Exception | None = None
-        for partition in partitions:
-            if partition not in self._slots:
-                continue
-            try:
-                await self.checkpoint(partition)
-            except Exception as err:
-                if first is None:
-                    first = err
-                else:
-                    log.warning("checkpoint of revoked partition %d failed too", partition, exc_info=err)
-            finally:
+        revoked = [p for p in partitions if p in self._slots]
+        try:
+            await self._checkpoint_each(revoked)
+        finally:
+            for partition in revoked:
                 self._slots.pop(partition, None)
-        if first is not None:
-            raise first
 
     def assigned(self) -> list[int]:
         """Partitions whose state this processor holds."""
