@@ -92,7 +92,7 @@ class Guardrails:
     def check_step(self, config: CascadeConfig, control: CascadeConfig) -> None:
         """Raise `ConfigError` when `config` moves a cut more than `max_cut_step`× from `control`'s.
 
-        Called by `schemas.config_log.fold` for a new config (the sidecar and
+        Called by `schemas.config_log.apply` for a new config (the sidecar and
         the config writer, on apply): the candidate cuts set the ranker's
         latency, and one unvetted jump (candidate_cut 1,000 → 20,000) can put
         p99 ten times over its SLO on the control arm, which no breaker cuts

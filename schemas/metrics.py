@@ -96,8 +96,8 @@ def latency_at_or_above(hist: npt.ArrayLike, threshold_ms: float) -> tuple[int, 
     middle of the bin it falls in (50 ms is), a p99 read above it
     (`latency_quantile`) is the same event as more than 1% of the requests
     counted here; for a lower one, a p99 read in that bin is over the
-    threshold while this count is not.  Used by the latency guardrail's test
-    (`agents.online_guard`).
+    threshold while this count is not.  Used by the SLO test
+    (`schemas.slo.quantile_breach`) and the sidecar breaker's maximum rule.
     """
     counts = np.asarray(hist, dtype=np.int64)
     first = int(np.searchsorted(LATENCY_EDGES_MS, threshold_ms, side="left"))

@@ -69,6 +69,11 @@ class Exceedance:
         return self.k / self.n if self.n else math.nan
 
     @property
+    def e_value(self) -> float:
+        """Λ itself (capped where exp overflows): the evidence an alert or a decision reports."""
+        return math.exp(min(self.log_e, 700.0))
+
+    @property
     def breached(self) -> bool:
         """True once the evidence that the share exceeds `allowed` reaches 1/alpha."""
         return self.log_e >= math.log(1.0 / self.alpha)
@@ -77,7 +82,7 @@ class Exceedance:
         """One line for a decision: the counts, the allowed share and the evidence."""
         return (
             f"{self.k} of {self.n} requests at or over the threshold ({100 * self.share:.2f}%, allowed "
-            f"{100 * self.allowed:.3g}%), e-value {math.exp(min(self.log_e, 700.0)):.3g} "
+            f"{100 * self.allowed:.3g}%), e-value {self.e_value:.3g} "
             f"(breach at {1.0 / self.alpha:.3g})"
         )
 

@@ -122,7 +122,7 @@ def judge(arm_id: str, stats: LatencyStats, rule: SloRule) -> Breach | None:
     test, _ = quantile_breach(stats.histogram, rule.max_ms, quantile=rule.quantile, alpha=rule.alpha)
     if not test.breached:
         return None
-    return Breach(arm_id, rule, observed, stats.count, test.k, math.exp(min(test.log_e, 700.0)))
+    return Breach(arm_id, rule, observed, stats.count, test.k, test.e_value)
 
 
 def breaches(stats_by_arm: Mapping[str, LatencyStats], rules: Iterable[SloRule]) -> list[Breach]:
