@@ -112,6 +112,7 @@ __all__ = [
     "InsightAnswer",
     "ProposalsAnswer",
     "VerdictAnswer",
+    "api_key_from_env",
     "gemini_brain_from_env",
 ]
 
@@ -310,6 +311,20 @@ class GeminiBrain:
         self._usage = self._usage.plus(usage)
 
 
+def api_key_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The Gemini API key from `GEMINI_API_KEY` (`env`, else the process environment); `ValueError` if unset or blank.
+
+    Called by `gemini_brain_from_env` and by the CLI's check before anything
+    starts (`rectune.agents_cli.require_brain_key`), so both refuse the same keys.
+    """
+    source = os.environ if env is None else env
+    key = source.get(API_KEY_ENV, "").strip()
+    if not key:
+        msg = f"{API_KEY_ENV} is not set: the Gemini brain needs an API key (or choose the offline brain)"
+        raise ValueError(msg)
+    return key
+
+
 def gemini_brain_from_env(
     model: str = DEFAULT_MODEL,
     base_url: str | None = None,
@@ -324,11 +339,7 @@ def gemini_brain_from_env(
     HTTP timeout is set a second beyond `timeout_s` as a backstop; `options`
     are passed on to `GeminiBrain`.  Raises `ValueError` when the key is unset.
     """
-    source = os.environ if env is None else env
-    key = source.get(API_KEY_ENV, "").strip()
-    if not key:
-        msg = f"{API_KEY_ENV} is not set: the Gemini brain needs an API key (or choose the offline brain)"
-        raise ValueError(msg)
+    key = api_key_from_env(env)
     http_options = types.HttpOptions(
         base_url=base_url,
         timeout=int((timeout_s + 1.0) * 1000),

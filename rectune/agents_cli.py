@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Mapping
@@ -98,12 +97,13 @@ def require_brain_key(brain: str, *, flag: str = "--brain", env: Mapping[str, st
     """
     if brain != "gemini":
         return
-    from agents.gemini_brain import API_KEY_ENV  # google-genai loads only when Gemini is chosen
+    from agents.gemini_brain import API_KEY_ENV, api_key_from_env  # google-genai loads only when Gemini is chosen
 
-    source = os.environ if env is None else env
-    if not source.get(API_KEY_ENV, "").strip():
+    try:
+        api_key_from_env(env)
+    except ValueError as err:
         msg = f"{flag} gemini: needs {API_KEY_ENV} set to a Gemini API key, and it is unset or empty"
-        raise SettingsError(msg, hint=f"export {API_KEY_ENV}=<your key>, or use {flag} offline")
+        raise SettingsError(msg, hint=f"export {API_KEY_ENV}=<your key>, or use {flag} offline") from err
 
 
 def _cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
