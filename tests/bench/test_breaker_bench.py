@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-def _load() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "bench" / "breaker.py"
-    spec = importlib.util.spec_from_file_location("bench_breaker", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_breaker"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-bb = _load()
+import breaker as bb
 
 
 def test_a_slow_arm_trips_both_rules_and_a_fast_one_neither() -> None:
