@@ -95,3 +95,9 @@ class RectuneFaustApp(faust.App):
 
     def _new_transport(self) -> Any:
         return DeliveryTransport(self.conf.broker_consumer, self)
+
+    def _create_directories(self) -> None:
+        # Faust makes `<app_id>-data/v1/tables` in the working directory at first start, for RocksDB tables.
+        # Our store is `memory://` and our state lives in the checkpoint topic, so the directory would only
+        # litter every directory a worker was started from.
+        return None

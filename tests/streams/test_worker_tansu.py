@@ -62,7 +62,7 @@ async def test_worker_aggregates_dead_letters_and_resumes(tansu_broker: str, tmp
     first = list(gen.stream(1_767_225_600_000, 3_000, 100.0))
     second = list(gen.stream(1_767_225_600_000 + 40_000, 2_000, 100.0))
 
-    worker = start_worker(tmp_path / "w1.log", env)
+    worker = start_worker(tmp_path / "w1.log", env, cwd=tmp_path)
     try:
         await publish_events(tansu_broker, first, source_id="it-a")
         producer = AIOKafkaProducer(bootstrap_servers=tansu_broker)
@@ -102,3 +102,5 @@ async def test_worker_aggregates_dead_letters_and_resumes(tansu_broker: str, tmp
     tombstones = [d for d in letters if d.rule == "a null record (tombstone) is not an event"]
     assert len(tombstones) == 1 and tombstones[0].payload_bytes == 0, letters
     assert all(d.rule and d.source_topic == "rectune.events" and d.source_offset >= 0 for d in letters)
+    # Faust would make `<app_id>-data/` in the worker's working directory; our state is in Kafka, not there.
+    assert not any(p.name.endswith("-data") for p in tmp_path.iterdir()), sorted(tmp_path.iterdir())
