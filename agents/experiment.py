@@ -31,7 +31,7 @@ from msgspec import Meta
 
 from agents.stats.sequential import SequentialState
 from schemas.alerts import AlertKind
-from schemas.config import Allocation
+from schemas.config import Allocation, RandomizationUnit
 from schemas.metrics import FIELD_INDEX
 
 SCHEMA_VERSION: Final = 1
@@ -214,6 +214,8 @@ class ExperimentPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     plans from before the fraction existed read 1).  `final_alpha` (of `alpha`) is kept
     for the fixed-horizon final look; the always-valid test runs at
     `sequential_alpha` (plans from before the final look have 0).
+    `randomization_unit` is the allocation's unit (`OnlinePolicy`; plans
+    from before it existed are per-user).
     """
 
     experiment_id: str
@@ -242,6 +244,12 @@ class ExperimentPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     max_history: int = 1_000
     final_alpha: Annotated[float, Meta(ge=0.0, lt=1.0)] = 0.0
     futility_fraction: Annotated[float, Meta(ge=0.0, le=1.0)] = 1.0
+    randomization_unit: RandomizationUnit = "user"
+
+    @property
+    def paired(self) -> bool:
+        """The arms hold the same users (per-request allocation): reads pair them per bucket."""
+        return self.randomization_unit == "request"
 
     @property
     def futility_absolute(self) -> float:

@@ -178,6 +178,7 @@ def experiment_insights(
     level: float = DEFAULT_LEVEL,
     at_ms: int,
     covariates: Mapping[str, Mapping[str, ArmTotals]] | None = None,
+    paired: bool = False,
 ) -> InsightReport:
     """The insights of one decided experiment.
 
@@ -187,7 +188,8 @@ def experiment_insights(
     `objective` is the metric the experiment optimised (every other metric
     in `metrics` is a guardrail).  `covariates` maps cohort → arm id → the
     arm's A/A pre-period totals: a pair of arms that both have them is read
-    CUPED-adjusted (`metric_effect`), as the Online agent decided on it.
+    CUPED-adjusted (`metric_effect`), as the Online agent decided on it;
+    `paired` (a per-request experiment) reads ratios paired per bucket instead.
     Cohorts where an arm has no totals or a metric cannot be read are listed
     in `skipped`, never raised.
     Called by the Insight agent after every decision; pure and deterministic.
@@ -215,7 +217,9 @@ def experiment_insights(
                 continue
             pre = (covariates or {}).get(cohort, {})
             pair = (pre[control_arm], pre[arm.arm_id]) if control_arm in pre and arm.arm_id in pre else None
-            effects, refused = cohort_effects(by_arm[control_arm], by_arm[arm.arm_id], wanted, level, pair)
+            effects, refused = cohort_effects(
+                by_arm[control_arm], by_arm[arm.arm_id], wanted, level, pair, paired=paired
+            )
             skipped.extend(Skipped(cohort=cohort, arm_id=arm.arm_id, what=m, reason=r) for m, r in refused)
             effects_out.append((cohort, arm.arm_id, effects))
             insights.extend(

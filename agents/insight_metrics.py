@@ -27,7 +27,7 @@ import numpy.typing as npt
 from agents.stats.cuped import cuped_from_sums
 from agents.stats.distributions import normal_ppf
 from agents.stats.errors import StatsError
-from agents.stats.ratio import Comparison, compare, ratio_from_sums
+from agents.stats.ratio import Comparison, compare_sums
 from schemas.metrics import LATENCY_EDGES_MS, N_LATENCY_BINS, ArmTotals, latency_quantile
 
 EffectVerdict: TypeAlias = Literal["better", "worse", "neutral"]
@@ -179,15 +179,14 @@ def _ratio_effect(
     treatment: ArmTotals,
     level: float,
     covariates: tuple[ArmTotals, ArmTotals] | None = None,
+    *,
+    paired: bool = False,
 ) -> MetricEffect:
     cmp = None
-    if covariates is not None:
+    if covariates is not None and not paired:
         cmp = _cuped_compare(metric, (control, treatment), covariates)
     if cmp is None:
-        cmp = compare(
-            ratio_from_sums(control.sums, metric.numerator, metric.denominator),
-            ratio_from_sums(treatment.sums, metric.numerator, metric.denominator),
-        )
+        cmp = compare_sums(control.sums, treatment.sums, metric.numerator, metric.denominator, paired=paired)
     if not math.isfinite(cmp.lift) or not math.isfinite(cmp.log_ratio_variance):
         msg = f"{metric.name}: a relative lift needs both arms' values > 0 (got {cmp.control:g}, {cmp.treatment:g})"
         raise StatsError(msg, "wait for more traffic")
@@ -224,12 +223,16 @@ def metric_effect(
     treatment: ArmTotals,
     level: float = DEFAULT_LEVEL,
     covariates: tuple[ArmTotals, ArmTotals] | None = None,
+    *,
+    paired: bool = False,
 ) -> MetricEffect:
     """Relative lift of `treatment` over `control` on one metric, with its interval.
 
     With `covariates` (the two arms' A/A pre-period totals, same users) a
     ratio metric is read CUPED-adjusted, as the Online agent reads it, and
-    falls back to the raw read when the fit is impossible; a quantile ignores
+    falls back to the raw read when the fit is impossible; `paired` (the
+    arms hold the same users: a per-request experiment) reads it paired per
+    bucket (`agents.stats.ratio.compare_sums`) and ignores `covariates`; a quantile ignores
     them.  Raises `StatsError` when the read is impossible (no traffic, a
     zero control value, too few requests for a p99 interval); `ValueError`
     for an unknown metric.
@@ -237,7 +240,7 @@ def metric_effect(
     definition = metric_def(metric)
     if definition.kind == "quantile":
         return _quantile_effect(definition, control, treatment, level)
-    return _ratio_effect(definition, control, treatment, level, covariates)
+    return _ratio_effect(definition, control, treatment, level, covariates, paired=paired)
 
 
 def cohort_effects(
@@ -246,6 +249,8 @@ def cohort_effects(
     metrics: Sequence[str] = DEFAULT_METRICS,
     level: float = DEFAULT_LEVEL,
     covariates: tuple[ArmTotals, ArmTotals] | None = None,
+    *,
+    paired: bool = False,
 ) -> tuple[tuple[MetricEffect, ...], tuple[tuple[str, str], ...]]:
     """Every metric's lift + interval for one cohort's pair of arms; and (metric, reason) for the reads refused.
 
@@ -257,7 +262,7 @@ def cohort_effects(
     refused: list[tuple[str, str]] = []
     for name in metrics:
         try:
-            effects.append(metric_effect(name, control, treatment, level, covariates))
+            effects.append(metric_effect(name, control, treatment, level, covariates, paired=paired))
         except StatsError as err:
             refused.append((name, err.message))
     return tuple(effects), tuple(refused)

@@ -86,6 +86,7 @@ async def learn(
         totals={ALL_COHORTS: arms, **cohorts},
         objective=objective,
         at_ms=inp.now_ms,
+        paired=exp.plan.paired,
         covariates={
             ALL_COHORTS: pre_period_totals(exp.plan, inp.totals),
             **{c: pre_period_totals(exp.plan, by_arm) for c, by_arm in inp.cohorts.items() if c in cohorts},

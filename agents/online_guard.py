@@ -140,7 +140,7 @@ def _guardrails(
             for name, margin, tau2 in checks:
                 if margin is None:
                     continue
-                arm, read = _non_inferiority(arm, name, control, sums, margin, tau2, g.alpha)
+                arm, read = _non_inferiority(arm, name, control, sums, margin, tau2, g.alpha, paired=plan.paired)
                 reads.append(read)
                 if read.breached:
                     breaches.append(read)

@@ -40,6 +40,8 @@ def power_plan(
     policy's per-stage dwell).
     """
     p = policy
+    if p.randomization_unit == "request":
+        baseline = baseline.paired()
     if fractions is None:
         dwell = _per_stage("min_dwell_s", p.min_dwell_s, len(p.stages))
         fractions = stage_fractions(p.stages, dwell, p.horizon_s)
@@ -158,6 +160,7 @@ def _plan_struct(
         alpha=p.alpha,
         final_alpha=p.final_alpha,
         futility_fraction=p.futility_fraction,
+        randomization_unit=p.randomization_unit,
         power=p.power,
         primary=p.primary,
         guardrails=guardrails,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
 import numpy as np
@@ -26,6 +26,7 @@ from agents.stats.errors import StatsError
 from agents.stats.persistence import persistence_from_sums
 from agents.stats.ratio import ratio_from_sums
 from agents.stats.srm import HALT_P
+from schemas.config import RandomizationUnit
 from schemas.metrics import FIELD_INDEX, ArmTotals
 
 FloatArray = npt.NDArray[np.float64]
@@ -63,6 +64,19 @@ class Baseline:
     variance_dof: float | None = None
     persistent_share: float = 0.0
     window_s: float | None = None
+
+    def paired(self) -> Baseline:
+        """The baseline a paired (per-request) read plans on: only the transient share of the variance.
+
+        The persistent share is the users' own propensity, which a paired
+        read cancels (both arms hold the same users), so the variance per
+        request is σ²·(1 − φ) and nothing grows with the horizon.  With φ
+        unmeasured (0) this is the per-user plan, a conservative one.
+        Called by `agents.online_plan.power_plan`.
+        """
+        return replace(
+            self, variance_per_request=self.variance_per_request * (1.0 - self.persistent_share), persistent_share=0.0
+        )
 
 
 def baseline_from_totals(
@@ -138,7 +152,12 @@ class OnlinePolicy:
     any real lift, and an arm at half the MDE still has a fair chance at the
     final look (tuning bench, 20 seeds: 1 → 0.5 lowered the agents' regret
     in the thin and seasonal worlds, BENCHMARKS.md); 0 stops only arms the
-    interval shows are not better than control.
+    interval shows are not better than control.  `randomization_unit` is
+    what the sidecar assigns (`schemas.config.Allocation.unit`): "user" keeps
+    each user in one arm; "request" spreads every user's requests over the
+    arms, which the reads then pair per user bucket
+    (`agents.stats.ratio.paired_comparison`) and the power gate plans
+    without the between-user share of the variance (`Baseline.paired`).
     """
 
     surface: str
@@ -162,6 +181,7 @@ class OnlinePolicy:
     min_read_requests: float = 2_000.0
     min_read_bucket_fraction: float = 0.5
     max_history: int = 1_000
+    randomization_unit: RandomizationUnit = "user"
 
     def __post_init__(self) -> None:
         """Refuse a policy that cannot run (names the field and the rule)."""
@@ -173,6 +193,8 @@ class OnlinePolicy:
             bad.append("alpha, power, srm_threshold: in (0, 1)")
         elif not 0.0 <= self.final_alpha < self.alpha:
             bad.append(f"final_alpha={self.final_alpha}: in [0, alpha={self.alpha})")
+        if self.randomization_unit not in ("user", "request"):
+            bad.append(f"randomization_unit={self.randomization_unit!r}: 'user' or 'request'")
         if not 0.0 <= self.futility_fraction <= 1.0:
             bad.append(f"futility_fraction={self.futility_fraction}: in [0, 1]")
         rules = (

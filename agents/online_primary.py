@@ -23,7 +23,7 @@ from agents.online_reads import _Arrays, _fin, _Log, _readable, _spec
 from agents.stats.cuped import CupedFit, cuped_ratio
 from agents.stats.errors import StatsError
 from agents.stats.multiple import holm
-from agents.stats.ratio import Comparison, compare, ratio_from_sums
+from agents.stats.ratio import Comparison, compare_sums
 from agents.stats.sequential import SequentialState
 from schemas.metrics import FIELD_INDEX
 
@@ -50,15 +50,17 @@ def _read(
         return state, [], []
     comparisons: dict[str, tuple[Comparison, float | None]] = {}
     updated: set[str] = set()
-    fit = _cuped(state, data, [a.arm_id for a in active], notes)
+    # A paired read already removes the users' own propensity, which is what the covariates would explain.
+    fit = None if plan.paired else _cuped(state, data, [a.arm_id for a in active], notes)
     for i, arm in enumerate(active, start=1):
         try:
             if fit is not None:
                 comparisons[arm.arm_id] = (fit.compare(i, 0), fit.variance_reduction(i, 0))
             else:
-                c = ratio_from_sums(control, metric.numerator, metric.denominator)
-                t = ratio_from_sums(data.sums[arm.arm_id], metric.numerator, metric.denominator)
-                comparisons[arm.arm_id] = (compare(c, t), None)
+                cmp = compare_sums(
+                    control, data.sums[arm.arm_id], metric.numerator, metric.denominator, paired=plan.paired
+                )
+                comparisons[arm.arm_id] = (cmp, None)
         except StatsError as err:
             notes.append(f"{arm.arm_id}: no read ({err.message})")
     arms = {a.arm_id: a for a in state.arms}

@@ -103,7 +103,10 @@ def stage_allocation(plan: ExperimentPlan, stage: int, active: Sequence[bool]) -
         *(ArmShare(t.arm_id, t.config_version, s) for t, s in zip(plan.treatments, shares, strict=True)),
     )
     try:
-        return validate_allocation(Allocation(experiment_id=plan.experiment_id, salt=plan.salt, arms=arms))
+        allocation = Allocation(
+            experiment_id=plan.experiment_id, salt=plan.salt, arms=arms, unit=plan.randomization_unit
+        )
+        return validate_allocation(allocation)
     except ConfigError as err:  # a bug, not bad input: the plan's stages were validated
         msg = f"allocation: stage {stage} of {plan.experiment_id} is not a valid allocation ({err})"
         raise ExperimentError(msg) from err

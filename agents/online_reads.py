@@ -27,7 +27,7 @@ from agents.experiment import (
     PrePeriod,
 )
 from agents.stats.errors import StatsError
-from agents.stats.ratio import compare, ratio_from_sums
+from agents.stats.ratio import compare_sums, ratio_from_sums
 from agents.stats.sequential import SequentialState
 from schemas.metrics import FIELD_INDEX, N_FIELDS, N_LATENCY_BINS, ArmTotals
 
@@ -135,14 +135,22 @@ def _breach_text(read: GuardrailRead) -> str:
 
 
 def _non_inferiority(
-    arm: ArmState, name: _NonInferior, control: FloatArray, sums: FloatArray, margin: float, tau2: float, alpha: float
+    arm: ArmState,
+    name: _NonInferior,
+    control: FloatArray,
+    sums: FloatArray,
+    margin: float,
+    tau2: float,
+    alpha: float,
+    *,
+    paired: bool,
 ) -> tuple[ArmState, GuardrailRead]:
     """Fold one look of the log-ratio test of `name` (conversion or revenue per request) and judge the margin."""
     numerator = "conversions" if name == "conversion" else "revenue"
     test: SequentialState | None = arm.conversion if name == "conversion" else arm.revenue
     quiet = GuardrailRead(arm_id=arm.arm_id, guardrail=name, value=None, bound=None, threshold=-margin, breached=False)
     try:
-        cmp = compare(ratio_from_sums(control, numerator, "requests"), ratio_from_sums(sums, numerator, "requests"))
+        cmp = compare_sums(control, sums, numerator, "requests", paired=paired)
     except StatsError as err:
         return arm, msgspec.structs.replace(quiet, note=err.message)
     if math.isnan(cmp.log_ratio) or not cmp.log_ratio_variance > 0.0:

@@ -105,6 +105,11 @@ def parse_policy(data: bytes, surface: str, *, window_s: float = 60.0) -> tuple[
         ("window_s", settings.window_s > 0.0, "> 0"),
         ("min_baseline_requests", settings.min_baseline_requests >= 0.0, ">= 0"),
         ("pre_period_s", 0.0 <= settings.pre_period_s < policy.horizon_s, "in [0, online.horizon_s)"),
+        (
+            "pre_period_s",
+            policy.randomization_unit == "user" or settings.pre_period_s == 0.0,
+            "0 when online.randomization_unit is 'request' (a paired read needs no A/A covariates)",
+        ),
         ("objective", settings.objective in METRICS, f"one of {', '.join(sorted(METRICS))}"),
     )
     for name, ok, rule in rules:

@@ -36,9 +36,9 @@ from agents.brain import ParamChange, ParamSpec, apply_changes, parameter_specs
 from agents.experiment import MetricSpec
 from agents.stats.distributions import normal_sf
 from agents.stats.errors import StatsError
-from agents.stats.ratio import compare, ratio_from_sums
+from agents.stats.ratio import compare_sums
 from rectune.simloop import CONTROL_ARM, SimTrace, SimWorld
-from schemas.config import Allocation, ArmShare, CascadeConfig
+from schemas.config import Allocation, ArmShare, CascadeConfig, RandomizationUnit
 from schemas.errors import SchemaError
 from schemas.guardrails import Guardrails
 from schemas.metrics import ArmTotals
@@ -241,13 +241,15 @@ def run_static(
     return MethodTrace(method="static", start=start, final=start, steps=tuple(steps))
 
 
-def two_sided_p(control: ArmTotals, treatment: ArmTotals, metric: MetricSpec) -> tuple[float, float, float]:
-    """(difference treatment − control, its two-sided fixed-horizon p-value, the treatment's value) of `metric`."""
+def two_sided_p(
+    control: ArmTotals, treatment: ArmTotals, metric: MetricSpec, *, paired: bool = False
+) -> tuple[float, float, float]:
+    """(difference treatment − control, its two-sided fixed-horizon p-value, the treatment's value) of `metric`.
+
+    `paired`: the arms hold the same users (a per-request test), read as the agents read one.
+    """
     try:
-        cmp = compare(
-            ratio_from_sums(control.sums, metric.numerator, metric.denominator),
-            ratio_from_sums(treatment.sums, metric.numerator, metric.denominator),
-        )
+        cmp = compare_sums(control.sums, treatment.sums, metric.numerator, metric.denominator, paired=paired)
     except StatsError:
         return math.nan, 1.0, math.nan
     if not (cmp.difference_variance > 0.0 and math.isfinite(cmp.difference_variance)):
@@ -269,8 +271,13 @@ def run_ab_search(
     seed: int,
     alpha: float = 0.05,
     surface: str = "home",
+    unit: RandomizationUnit = "user",
 ) -> MethodTrace:
-    """Sequential 50/50 A/B tests of the proposer's challengers (see the module docstring)."""
+    """Sequential 50/50 A/B tests of the proposer's challengers (see the module docstring).
+
+    `unit` is the allocation's randomisation unit, the agents' (`OnlinePolicy.randomization_unit`): a
+    per-request test is read paired, as the agents read theirs, so every method gets the same design.
+    """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
     incumbent = start
     steps: list[Step] = []
@@ -286,6 +293,7 @@ def run_ab_search(
             experiment_id=name,
             salt=f"{name}-{seed}",
             arms=(ArmShare(control_id, 1, 0.5), ArmShare(treatment_id, 2, 0.5)),
+            unit=unit,
         )
         configs = {1: incumbent, 2: challenger}
         served = (ServedArm(control_id, incumbent, 0.5), ServedArm(treatment_id, challenger, 0.5))
@@ -301,7 +309,9 @@ def run_ab_search(
         if not finished or control_id not in totals or treatment_id not in totals:
             proposer.tell(None)
             continue
-        difference, p_value, measured = two_sided_p(totals[control_id], totals[treatment_id], metric)
+        difference, p_value, measured = two_sided_p(
+            totals[control_id], totals[treatment_id], metric, paired=unit == "request"
+        )
         proposer.tell(measured)
         if p_value < alpha and difference > 0.0:
             promotions.append(Promotion(t, incumbent, challenger))

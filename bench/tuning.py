@@ -16,8 +16,9 @@ rate) are given to four methods (`bench/_tuning_methods.py`):
   oracle-ranked proposals (`bench/_tuning_ceiling.py`) — what a perfect
   Actor reaches under the same Critic rules, statistics and budget.
 
-The A/B methods use the agentic preset's horizon and metric window, so every
-method gets the same traffic and the same time per experiment.  Scores
+The A/B methods use the agentic preset's horizon, metric window and
+randomisation unit (per-request allocations read paired), so every method
+gets the same traffic, the same time and the same design per experiment.  Scores
 (`bench/_tuning_score.py`) come from the oracle, which no method sees:
 `World.expected` for the true value of every served config and
 `oracle.best_config` (once per scenario and seed, cached under
@@ -30,7 +31,8 @@ and `finals_over_slo` (runs whose final incumbent breaks the latency SLO by
 `runs/tuning/<scenario>.png`) draws the incumbent's true north star over
 simulated time per method for the first scenario and seed.
 
-Run: `.venv/bin/python bench/tuning.py [--seeds 3] [--days D] [--scenario PATH] [--quick] [--jobs 2] [--ceiling]`.
+Run: `.venv/bin/python bench/tuning.py [--seeds 3] [--days D] [--scenario PATH] [--quick] [--jobs 2] [--ceiling]
+[--unit request|user]`.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from _tuning_score import MethodTrace, Score, Truth, finals_over_slo, incumbent_
 
 from agents.offline_brain import offline_brain_kwargs
 from rectune.simloop import SimPreset, north_star_metric, preset_for, run_simloop
-from schemas.config import CascadeConfig, default_config
+from schemas.config import CascadeConfig, RandomizationUnit, default_config
 from schemas.guardrails import Guardrails
 from simulator.oracle import best_config, meets_slo
 from simulator.scenario import load_scenario, shipped_scenarios
@@ -158,13 +160,17 @@ def run_one(
     days: float,
     oracle_evaluations: int = ORACLE_EVALUATIONS,
     ceiling: bool = False,
+    unit: RandomizationUnit = "request",
 ) -> RunResult:
-    """All four methods (and with `ceiling` the oracle-guided loop) on one world (called in a worker process)."""
+    """All four methods (and with `ceiling` the oracle-guided loop) on one world (called in a worker process).
+
+    `unit` is every method's randomisation unit (`preset_for`'s `randomization_unit`).
+    """
     scenario = load_scenario(scenario_ref)
     world = World(scenario, seed=seed)
     budget_s = days * 86_400.0
     start = default_config()
-    preset: SimPreset = preset_for(scenario, budget_s)
+    preset: SimPreset = preset_for(scenario, budget_s, randomization_unit=unit)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     best = oracle_best(world, seed, start, at_s=0.0, evaluations=oracle_evaluations)
@@ -175,7 +181,13 @@ def run_one(
     clock = time.perf_counter()
     traces["static"] = run_static(world, **common)  # type: ignore[arg-type]
     timings["static"] = time.perf_counter() - clock
-    ab = {"metric": metric, "horizon_s": preset.policy.horizon_s, "alpha": ALPHA, **common}
+    ab = {
+        "metric": metric,
+        "horizon_s": preset.policy.horizon_s,
+        "alpha": ALPHA,
+        "unit": preset.policy.randomization_unit,
+        **common,
+    }
     for name, proposer in (
         ("random", RandomSearch(start, Guardrails(), np.random.default_rng([seed, 7]))),
         ("tpe", TpeSearch(start, Guardrails(), seed)),
@@ -346,6 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--ceiling", action="store_true", help="also run the loop with oracle-ranked proposals (an upper bound)"
     )
+    parser.add_argument(
+        "--unit",
+        choices=("request", "user"),
+        default="request",
+        help="what every method's experiments randomise: requests (read paired) or users (with CUPED)",
+    )
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default runs/tuning/<scenario>.png)")
     args = parser.parse_args(argv)
     scenarios = args.scenario or list(shipped_scenarios())
@@ -356,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = [(s, seed) for s in scenarios for seed in range(seeds)]
     evaluations = QUICK_ORACLE_EVALUATIONS if args.quick else ORACLE_EVALUATIONS
     print(
-        f"tuning bench: {len(scenarios)} scenario(s) × {seeds} seed(s), {days:g} simulated days each, {args.jobs} jobs"
+        f"tuning bench: {len(scenarios)} scenario(s) × {seeds} seed(s), {days:g} simulated days each, "
+        f"randomised per {args.unit}, {args.jobs} jobs"
     )
     clock = time.perf_counter()
     if args.jobs > 1:
@@ -369,10 +388,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     [days] * len(jobs),
                     [evaluations] * len(jobs),
                     [args.ceiling] * len(jobs),
+                    [args.unit] * len(jobs),
                 )
             )
     else:
-        results = [run_one(s, k, days, evaluations, args.ceiling) for s, k in jobs]
+        results = [run_one(s, k, days, evaluations, args.ceiling, args.unit) for s, k in jobs]
     summary = summarise(results)
     print_table(summary, results)
     first = results[0]

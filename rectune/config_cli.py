@@ -155,7 +155,10 @@ def _print_state(state: ServingState, as_json: bool) -> None:
     if allocation is None:
         print("allocation: none (everyone is served the control config)")
     else:
-        print(f"allocation: experiment {allocation.experiment_id!r} salt {allocation.salt!r}")
+        print(
+            f"allocation: experiment {allocation.experiment_id!r} salt {allocation.salt!r}, "
+            f"randomised per {allocation.unit}"
+        )
         for arm in allocation.arms:
             print(f"  arm {arm.arm_id}: config version {arm.config_version}, share {arm.share:g}")
     print("control config:")

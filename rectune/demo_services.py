@@ -129,7 +129,10 @@ def demo_policy(plan: DemoPlan, *, duration_s: float, slo_ms: float, north_star:
     experiments can complete in the default three minutes.  The target MDE
     (`plan.target_mde`, 15%) is about what a minute of the demo's traffic
     can resolve with one or two arms; a smaller one makes the power gate
-    refuse every round.
+    refuse every round.  Experiments randomise requests (`randomization_unit`),
+    read paired per user bucket: the demo's simulated users carry nothing
+    from one request to the next, and a returning user's own propensity
+    then cancels out of every comparison.
     """
     # one name for the north star in the reads, Insight, the Skillhub and the brain (e.g. clicks_per_request)
     name = ratio_metric_name(*north_star) or "north_star"
@@ -145,6 +148,7 @@ def demo_policy(plan: DemoPlan, *, duration_s: float, slo_ms: float, north_star:
             "min_stage_requests": [round(per_arm_final * 2), round(per_arm_final * 6)],
             "horizon_s": horizon_s,
             "max_treatments": 2,
+            "randomization_unit": "request",
             "settle_s": 2 * (plan.window_s + plan.allowed_lateness_s),
             "srm_min_expected_requests": 100.0,
             "min_read_requests": round(per_arm_final * 3),

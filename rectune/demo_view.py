@@ -195,7 +195,8 @@ def describe_change(change: ConfigChange, after: ServingState, labels: ArmLabels
         shares = " / ".join(
             f"{labels.arm(a.arm_id)} v{a.config_version} {_pct(a.share, 0, sign=False)}" for a in after.allocation.arms
         )
-        return f"{head}: {exp} {shares}"
+        unit = " (per request)" if after.allocation.unit == "request" else ""
+        return f"{head}: {exp} {shares}{unit}"
     return f"{head}: restored v{change.restores_version}, incumbent v{after.control_version}"
 
 

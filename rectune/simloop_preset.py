@@ -21,6 +21,7 @@ from agents.experiment import GuardrailSpec, MetricSpec
 from agents.insight import insight_objective_for, ratio_metric_name
 from agents.loop import LoopSettings
 from agents.online import Baseline, OnlinePolicy, TrafficEstimate, power_plan
+from schemas.config import RandomizationUnit
 from schemas.guardrails import Guardrails
 from simulator.scenario import Scenario
 
@@ -91,6 +92,7 @@ def preset_for(
     guardrails: Guardrails | None = None,
     target_mde: float = 0.02,
     pilot: tuple[TrafficEstimate, Baseline] | None = None,
+    randomization_unit: RandomizationUnit = "request",
 ) -> SimPreset:
     """Policy and settings for tuning `scenario`'s surface within `budget_s` of its traffic.
 
@@ -104,10 +106,15 @@ def preset_for(
     rate (so a thin surface waits for samples, not for the clock); the
     north star is the primary metric, the latency SLO the latency guardrail
     and the Critic's latency budget; conversions are non-inferior within
-    2%; each experiment starts with an A/A pre-period of
+    2%.  `randomization_unit` "request" (the default) spreads every user's
+    requests over the arms and reads them paired, which removes the
+    between-user variance of a returning population; "user" keeps each user
+    in one arm, and each experiment then starts with an A/A pre-period of
     `PRE_PERIOD_FRACTION` of the horizon whose per-arm buckets are the CUPED
-    covariates (users come back: without it the between-user variance of a
-    fixed population stops the read's standard error from shrinking).
+    covariates (without it that variance stops the read's standard error
+    from shrinking).  The simulated users carry nothing from one request to
+    the next, so the bench cannot charge the per-request design for
+    carry-over; `bench/tuning.py --unit user` measures the per-user one.
     `target_mde` is the relative lift worth finding (the power gate
     refuses or cuts arms when the traffic cannot resolve it in the horizon);
     given a `pilot` (traffic and baseline of the incumbent, measured before
@@ -137,6 +144,7 @@ def preset_for(
         guardrails=GuardrailSpec(latency_p99_slo_ms=scenario.latency_slo_ms, conversion_margin=0.02),
         settle_s=min(300.0, step_s / 2.0),
         min_read_requests=min(2_000.0, max(200.0, min_requests)),
+        randomization_unit=randomization_unit,
     )
     if pilot is not None:
         target_mde = pilot_target_mde(policy, pilot)
@@ -147,12 +155,13 @@ def preset_for(
         window_s=METRIC_WINDOW_S,
         objective=insight_objective(scenario),
         rules=CriticRules(guardrails=rails, latency_budget_ms=scenario.latency_slo_ms),
-        pre_period_s=PRE_PERIOD_FRACTION * horizon_s,
+        pre_period_s=PRE_PERIOD_FRACTION * horizon_s if randomization_unit == "user" else 0.0,
     )
     notes = (
         f"horizon {horizon_s / 86_400.0:.3g} d = budget / {EXPERIMENTS_PER_BUDGET:g}",
         f"step {step_s:g} s = horizon / {STEPS_PER_HORIZON} (clamped to [{MIN_STEP_S:g}, {MAX_STEP_S:g}] s)",
-        f"stages {stages}, first dwell {first_dwell_s:g} s, {min_requests:.0f} requests per stage at {rate:g} req/s",
+        f"stages {stages}, first dwell {first_dwell_s:g} s, {min_requests:.0f} requests per stage at {rate:g} req/s"
+        f", randomised per {randomization_unit}",
         f"target MDE {100 * target_mde:.3g}%"
         + (f" (what {PLANNED_ARMS} arms resolve in the pilot's traffic)" if pilot else ""),
     )

@@ -13,7 +13,7 @@ so the same schema works as an LLM response schema.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Final, Literal, NoReturn
+from typing import Annotated, Final, Literal, NoReturn, TypeAlias
 
 import msgspec
 from msgspec import Meta
@@ -130,17 +130,32 @@ class ArmShare(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     share: Unit
 
 
+#: What an allocation randomises: each user to one arm for the whole experiment (`user`), or each
+#: request on its own (`request`: every user's requests are spread over all arms).
+RandomizationUnit: TypeAlias = Literal["user", "request"]
+
+
 class Allocation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Which users see which config: `hash(salt, user) -> bucket -> arm`.
+    """Which users (or requests) see which config: `hash(salt, key) -> bucket -> arm`.
 
     `arms[0]` is control and takes every bucket no treatment arm holds.  Each
     treatment arm owns a fixed lane of the bucket space and fills it from the
     lane's start, so raising its share only adds users (ramp-stable).
+
+    `unit` is what the key is.  `user` (the default): the user id, so a user
+    sees one arm for the whole experiment.  `request`: the request id, so the
+    arms hold the same users and a comparison can pair them per user bucket
+    (`agents.stats.ratio.paired_comparison`), which removes the between-user
+    variance a returning population leaves in a user-level read.  The price is
+    an inconsistent experience within a user and carry-over between arms
+    (what a user saw under one arm can change what they do under another):
+    fine for small ranking-weight changes, not for visible redesigns.
     """
 
     experiment_id: Id
     salt: Id
     arms: Annotated[tuple[ArmShare, ...], Meta(min_length=1, max_length=16)]
+    unit: RandomizationUnit = "user"
 
 
 def _refuse(field: str, rule: str, *, hint: str = _HINT, cause: BaseException | None = None) -> NoReturn:

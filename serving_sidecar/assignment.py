@@ -1,8 +1,8 @@
-"""Arm assignment: `hash(salt, user) -> bucket -> arm`, deterministic and ramp-stable (pure).
+"""Arm assignment: `hash(salt, user or request) -> bucket -> arm`, deterministic and ramp-stable (pure).
 
 Who calls what:
 
-- the ranker's request path calls `Router.assign(holder.snapshot(), user_id)`
+- the ranker's request path calls `Router.assign(holder.snapshot(), user_id, request_id)`
   once per request (the fast path: a bounded per-salt bucket cache and a
   per-snapshot table of ready-made `Assignment`s, no lock);
 - tests, tools and other processes that must agree with the sidecar (the
@@ -13,7 +13,8 @@ The bucket is `blake2b(salt + "\\x00" + user_id, digest_size=8)` read as a
 big-endian unsigned integer, modulo `ASSIGNMENT_BUCKETS` (10 000): the same in
 every process, run and language (it does not depend on `PYTHONHASHSEED`).
 Different salts give independent buckets, so experiments do not share users
-systematically.
+systematically.  An allocation whose `unit` is `request` hashes the request id
+instead (`assignment_key`), so each request is assigned on its own.
 
 The lane rule (`schemas.config.validate_allocation`): with K treatment arms,
 treatment arm i (1-based, `allocation.arms[i]`) owns lane i-1, the buckets
@@ -166,17 +167,34 @@ def _control_only(snapshot: Snapshot) -> Assignment:
     return Assignment(control.arm_id, control.config_version, control.config, None)
 
 
-def assign(snapshot: Snapshot, user_id: str) -> Assignment:
-    """The assignment of `user_id` under `snapshot` (reference path: hashes and builds the table every call).
+def assignment_key(allocation: Allocation, user_id: str, request_id: str | None) -> str:
+    """What `allocation` hashes: the user id, or the request id when its `unit` is `request`.
+
+    Called by `assign` and `Router.assign`; a per-request allocation without a
+    request id is refused (hashing the user instead would silently turn it
+    back into a per-user experiment while the agents read it as paired).
+    """
+    if allocation.unit == "user":
+        return user_id
+    if not request_id:
+        msg = f"request_id: allocation {allocation.experiment_id} randomises requests (unit 'request'), got none"
+        raise SidecarError(msg, hint="pass the request's id (Sidecar.begin makes one when the caller has none)")
+    return request_id
+
+
+def assign(snapshot: Snapshot, user_id: str, request_id: str | None = None) -> Assignment:
+    """The assignment of a request under `snapshot` (reference path: hashes and builds the table every call).
 
     No allocation -> control, `bucket=None`.  Control bucket -> control.
     Treatment bucket of an open arm -> control config under the assigned
-    `arm_id` (see `Assignment`).  Same result as `Router.assign`, just slower.
+    `arm_id` (see `Assignment`).  The bucket is the user's, or the request's
+    when the allocation's unit is `request` (`assignment_key`).  Same result
+    as `Router.assign`, just slower.
     """
     allocation = snapshot.allocation
     if allocation is None:
         return _control_only(snapshot)
-    bucket = assignment_bucket(allocation.salt, user_id)
+    bucket = assignment_bucket(allocation.salt, assignment_key(allocation, user_id, request_id))
     index = ArmTable.from_allocation(allocation).arm_index(bucket)
     return _assignment_for(snapshot, allocation.arms[index].arm_id, index, bucket)
 
@@ -204,15 +222,19 @@ class BucketHasher:
 
     def miss(self, user_id: str) -> int:
         """Hash `user_id` and remember it (what `__call__` does when the cache has no entry)."""
-        h = self._prefix.copy()
-        h.update(user_id.encode())
-        bucket = int.from_bytes(h.digest(), "big") % ASSIGNMENT_BUCKETS
+        bucket = self.uncached(user_id)
         cache = self.cache
         if self._max:
             if len(cache) >= self._max:
                 cache.clear()
             cache[user_id] = bucket
         return bucket
+
+    def uncached(self, key: str) -> int:
+        """The bucket of `key` without touching the cache (request ids: each is seen once)."""
+        h = self._prefix.copy()
+        h.update(key.encode())
+        return int.from_bytes(h.digest(), "big") % ASSIGNMENT_BUCKETS
 
     def cached(self) -> int:
         """How many users are cached now (always <= max_cached)."""
@@ -222,14 +244,16 @@ class BucketHasher:
 class _Route:
     """Everything `Router.assign` needs for one snapshot; `by_bucket` fills lazily (idempotent, race-safe).
 
-    `fixed` is the control-only assignment served when there is no allocation.
+    `fixed` is the control-only assignment served when there is no allocation;
+    `per_request` says the allocation hashes request ids (`Allocation.unit`).
     """
 
-    __slots__ = ("by_bucket", "fixed", "hasher", "snapshot", "table")
+    __slots__ = ("allocation", "by_bucket", "fixed", "hasher", "per_request", "snapshot", "table")
 
     def __init__(self, snapshot: Snapshot, hasher: BucketHasher | None) -> None:
         self.snapshot = snapshot
-        allocation = snapshot.allocation
+        self.allocation = allocation = snapshot.allocation
+        self.per_request = allocation is not None and allocation.unit == "request"
         self.fixed = _control_only(snapshot)
         self.table = ArmTable.from_allocation(allocation) if allocation is not None else None
         self.hasher = hasher
@@ -270,17 +294,24 @@ class Router:
         self._route: _Route | None = None
         self._previous: _Route | None = None
 
-    def assign(self, snapshot: Snapshot, user_id: str) -> Assignment:
-        """The assignment of `user_id` under exactly `snapshot` (same answer as `assign`)."""
+    def assign(self, snapshot: Snapshot, user_id: str, request_id: str | None = None) -> Assignment:
+        """The assignment of a request under exactly `snapshot` (same answer as `assign`).
+
+        Per-request allocations hash `request_id` and skip the user cache.
+        """
         route = self._route
         if route is None or route.snapshot is not snapshot:
             route = self._route_for(snapshot)
         hasher = route.hasher
         if hasher is None:
             return route.fixed
-        bucket = hasher.cache.get(user_id)
-        if bucket is None:
-            bucket = hasher.miss(user_id)
+        bucket: int | None
+        if route.per_request and route.allocation is not None:
+            bucket = hasher.uncached(assignment_key(route.allocation, user_id, request_id))
+        else:
+            bucket = hasher.cache.get(user_id)
+            if bucket is None:
+                bucket = hasher.miss(user_id)
         made = route.by_bucket[bucket]
         return made if made is not None else route.build(bucket)
 

@@ -171,9 +171,10 @@ class Sidecar:
         if snapshot is None:
             msg = "no config to serve yet: the config topic and last-known-good are both empty"
             raise SidecarError(msg, hint="publish a first config with `rectune config propose FILE --activate`")
-        assignment = self.router.assign(snapshot, user_id)
+        request_id = request_id or f"{self._id_prefix}-{next(self._ids)}"
+        assignment = self.router.assign(snapshot, user_id, request_id)
         token = TrackingToken(
-            request_id or f"{self._id_prefix}-{next(self._ids)}",
+            request_id,
             user_id,
             cohort,
             surface,

@@ -105,6 +105,15 @@ class Expected:
     revenue_sq: float
 
 
+def _arm_of_bucket(allocation: Allocation) -> I64:
+    """Arm index (0 = control) of every assignment bucket under `allocation`'s lane rule."""
+    arm_of_bucket = np.zeros(ASSIGNMENT_BUCKETS, dtype=np.int64)
+    for i in range(1, len(allocation.arms)):
+        lo, hi = treatment_range(allocation, i)
+        arm_of_bucket[lo:hi] = i
+    return arm_of_bucket
+
+
 class World:
     """A simulated apparel retailer for one `Scenario` and seed (deterministic in both)."""
 
@@ -226,12 +235,19 @@ class World:
 
         Same answer as `serving_sidecar.assignment.arm_index_for_bucket(allocation,
         assignment_bucket(salt, user_id))` (what `Router.assign` serves), vectorised over users.
+        A per-request allocation has no arm per user: see `request_arms`.
         """
-        arm_of_bucket = np.zeros(ASSIGNMENT_BUCKETS, dtype=np.int64)
-        for i in range(1, len(allocation.arms)):
-            lo, hi = treatment_range(allocation, i)
-            arm_of_bucket[lo:hi] = i
-        out: I64 = arm_of_bucket[self._buckets_for_salt(allocation.salt)]
+        out: I64 = _arm_of_bucket(allocation)[self._buckets_for_salt(allocation.salt)]
+        return out
+
+    @staticmethod
+    def request_arms(allocation: Allocation, rng: np.random.Generator, n: int) -> I64:
+        """Arms of `n` requests under a per-request allocation (`Allocation.unit` "request").
+
+        The sidecar hashes each request's own id; ids are unique, so each
+        request's bucket is uniform and independent of its user: drawn here.
+        """
+        out: I64 = _arm_of_bucket(allocation)[rng.integers(ASSIGNMENT_BUCKETS, size=n)]
         return out
 
     def _metric_bucket(self, buckets: int) -> I64:
@@ -259,7 +275,8 @@ class World:
 
         Callers: the tuning benchmark and the in-process agent loop.  Requests
         ~ Poisson(requests_per_s · duration_s), users drawn by activity, each
-        routed by the sidecar's lane rule for `allocation` (`configs` maps
+        routed by the sidecar's lane rule for `allocation` (per user, or per
+        request when its unit is "request"; `configs` maps
         config_version -> config), outcomes from the click model; sums in the
         `BUCKET_FIELDS` layout per metric bucket (`crc32(user) mod buckets`),
         latency from the latency model.  `windows` counts the `window_s`
@@ -280,7 +297,10 @@ class World:
         n = int(rng.poisson(self.scenario.requests_per_s * duration_s))
         t = np.sort(start_s + rng.random(n) * duration_s)
         users = self._draw_users(rng, n)
-        arms = self.arm_indices(allocation)[users]
+        if allocation.unit == "request":
+            arms = self.request_arms(allocation, rng, n)
+        else:
+            arms = self.arm_indices(allocation)[users]
         weeks = (t // WEEK_S).astype(np.int64)
         metric_bucket = self._metric_bucket(buckets)
         out: dict[str, ArmTotals] = {}

@@ -12,6 +12,7 @@ from agents.loop_readings import _cuped_readings, _ratio_reading, brain_readings
 from agents.loop_state import LoopInput
 from agents.online import OnlinePolicy
 from agents.stats.cuped import cuped_ratio
+from agents.stats.ratio import named_rows, paired_comparison
 from schemas.config_log import ServingState
 from schemas.metrics import FIELD_INDEX, N_FIELDS, N_LATENCY_BINS, ArmTotals
 
@@ -74,3 +75,30 @@ def test_without_a_pre_period_for_every_arm_the_experiment_is_read_raw() -> None
         assert got[arm] == _ratio_reading("ctr", "clicks", "impressions", arm, totals[arm])
     arms = sorted((a, t) for a, t in totals.items() if ".pre." not in a)
     assert _cuped_readings("ctr", "clicks", "impressions", arms, LoopInput(totals, ServingState(), 0)) == {}
+
+
+def test_a_per_request_experiment_gives_the_brain_the_paired_reads_standard_error() -> None:
+    """Both arms hold the same buckets' users: t/c − 1 read as independent must carry the paired variance."""
+    rng = np.random.default_rng(RNG_SEED)
+    propensity = rng.gamma(4.0, 0.125, BUCKETS)  # the same users in every arm
+    totals: dict[str, ArmTotals] = {}
+    for arm, scale in (("e1.c", 1.0), ("e1.t1", 1.03), ("e1.t2", 0.98)):
+        requests = rng.poisson(400.0, BUCKETS).astype(np.float64)
+        totals[arm] = arm_totals(arm, requests, rng.poisson(requests * propensity * scale).astype(np.float64))
+    inp = LoopInput(totals=totals, serving=ServingState(), now_ms=0)
+    policy = OnlinePolicy(surface="home", randomization_unit="request")
+    got = {r.arm: r for r in brain_readings(policy, inp) if r.name == "ctr"}
+    control = got["e1.c"]
+    for arm in ("e1.t1", "e1.t2"):
+        want = paired_comparison(
+            named_rows(totals["e1.c"].sums, "clicks", "impressions"),
+            named_rows(totals[arm].sums, "clicks", "impressions"),
+        )
+        reading = got[arm]
+        assert reading.value == pytest.approx(want.treatment) and control.value == pytest.approx(want.control)
+        # `agents.ascent.arm_effects` adds the two readings' squared relative standard errors
+        rel = [(r.upper - r.lower) / (2 * 1.959963984540054 * r.value) for r in (reading, control)]
+        assert math.hypot(*rel) == pytest.approx(math.sqrt(want.log_ratio_variance), rel=1e-9)
+        raw = _ratio_reading("ctr", "clicks", "impressions", arm, totals[arm])
+        assert raw is not None and raw.lower is not None and raw.upper is not None
+        assert reading.upper - reading.lower < 0.5 * (raw.upper - raw.lower)

@@ -67,3 +67,14 @@ def test_each_online_rule_names_its_own_field(field: str, value: float, expected
     assert not [f for f in others - {field} if f"{f}=" in str(info.value)], "only the bad field is named"
     with pytest.raises(PolicyError, match=rf"policy\.online: .*{expected.split(':')[0]}"):
         _parse({"online": {field: value}})
+
+
+def test_the_randomization_unit_is_read_checked_and_refuses_a_pre_period_it_would_not_use() -> None:
+    policy, settings = _parse({"online": {"randomization_unit": "request"}})
+    assert policy.randomization_unit == "request" and settings.pre_period_s == 0.0
+    assert _parse({})[0].randomization_unit == "user"
+    with pytest.raises(PolicyError, match=r"policy\.online\.randomization_unit: .*"):
+        _parse({"online": {"randomization_unit": "session"}})
+    with pytest.raises(PolicyError, match=r"policy\.loop\.pre_period_s: must be 0 when online\.randomization_unit"):
+        _parse({"online": {"randomization_unit": "request"}, "loop": {"pre_period_s": 600}})
+    assert _parse({"loop": {"pre_period_s": 600}})[1].pre_period_s == 600.0

@@ -146,7 +146,7 @@ def test_the_demo_runs_the_whole_loop_reports_and_stops_everything(tmp_path: Pat
     assert re.search(r"^\d:\d\d  Critic   kept \d of \d", out, re.MULTILINE), out
     # The Online agent allocated traffic, and the allocation went through rectune.config (the sidecar's input).
     assert re.search(r"^\d:\d\d  Online   E1 allocate stage 1: E1\.c \d+% / E1\.t1 ", out, re.MULTILINE), out
-    assert re.search(r"^\d:\d\d  config   v\d+ allocation: E1 E1\.c v1 ", out, re.MULTILINE), out
+    assert re.search(r"^\d:\d\d  config   v\d+ allocation: E1 E1\.c v1 .* \(per request\)$", out, re.MULTILINE), out
     assert re.search(r"^── \d:\d\d/0:55  incumbent v\d+", out, re.MULTILINE), out  # the live panel
     assert "summary over" in out, out
     assert re.search(r"^North star \(clicks/requests\) lift, .*\[95% CI [+-]\d+\.\d%, [+-]\d+\.\d%\]", out, re.M), out

@@ -342,3 +342,38 @@ def test_assign_on_a_snapshot_folded_from_signed_changes() -> None:
         counts[(got.arm_id, got.config_version)] += 1
     assert set(counts) == {("control", 1), ("fast-rerank", 2)}
     assert abs(counts[("fast-rerank", 2)] - 1_000) < 5 * math.sqrt(5_000 * 0.2 * 0.8)
+
+
+# --- per-request allocations ----------------------------------------------------------------------
+
+
+def test_a_per_request_allocation_spreads_each_users_requests_over_the_arms() -> None:
+    allocation = msgspec.structs.replace(make_allocation([0.25, 0.25]), unit="request")
+    snapshot = make_snapshot(allocation)
+    router = Router()
+    for user in ("u1", "u2"):
+        seen = Counter(router.assign(snapshot, user, f"{user}-r{i}").arm_id for i in range(4_000))
+        # one user, every arm, at the allocation's shares (5 binomial sd)
+        for arm in allocation.arms:
+            p = arm.share
+            assert abs(seen[arm.arm_id] - 4_000 * p) < 5 * math.sqrt(4_000 * p * (1 - p)), seen
+    # the bucket is the request's under the salt, whoever the user is; the user cache stays empty
+    got = router.assign(snapshot, "someone", "req-7")
+    assert got.bucket == assignment_bucket(allocation.salt, "req-7")
+    assert got == assign(snapshot, "someone else", "req-7")
+    route_hasher = BucketHasher(allocation.salt)
+    assert route_hasher.uncached("req-7") == got.bucket and route_hasher.cached() == 0
+
+
+def test_a_per_user_allocation_ignores_the_request_id() -> None:
+    snapshot = make_snapshot(make_allocation([0.5]))
+    router = Router()
+    arms = {router.assign(snapshot, "u1", f"r{i}").arm_id for i in range(200)}
+    assert len(arms) == 1 and arms == {assign(snapshot, "u1").arm_id}
+
+
+def test_a_per_request_allocation_without_a_request_id_is_refused() -> None:
+    snapshot = make_snapshot(msgspec.structs.replace(make_allocation([0.5]), unit="request"))
+    for call in (lambda: assign(snapshot, "u1"), lambda: Router().assign(snapshot, "u1")):
+        with pytest.raises(SidecarError, match="request_id: allocation exp randomises requests"):
+            call()

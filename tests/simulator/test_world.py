@@ -9,6 +9,7 @@ import msgspec
 import numpy as np
 import pytest
 
+from agents.stats.ratio import compare_sums
 from schemas.config import Allocation, ArmShare, CascadeConfig, default_config
 from schemas.metrics import FIELD_INDEX, N_LATENCY_BINS, latency_quantile
 from serving_sidecar.assignment import Router, arm_index_for_bucket, assignment_bucket
@@ -132,6 +133,32 @@ def test_simulate_splits_requests_by_allocation_and_totals_are_consistent(small_
         assert totals.item_events == totals.total("impressions") + totals.total("clicks") + totals.total("conversions")
         assert totals.windows == 4 * 60  # every minute of the 4 hours saw traffic
         assert totals.total("clicks") > 0 and totals.total("revenue") > 0
+
+
+def test_a_per_request_allocation_puts_every_users_requests_in_both_arms(small_world: World) -> None:
+    """Per request, bucket b holds the same users in both arms: a paired read then drops their propensity."""
+    arms = (ArmShare("control", 1, 0.5), ArmShare("t", 1, 0.5))  # an A/A: both arms serve config 1
+    reads = {}
+    for unit in ("user", "request"):
+        allocation = Allocation(experiment_id="e", salt="s", arms=arms, unit=unit)  # type: ignore[arg-type]
+        out = small_world.simulate(
+            allocation, {1: default_config()}, start_s=0.0, duration_s=24 * HOUR, rng=np.random.default_rng(5)
+        )
+        c, t = out["control"].sums, out["t"].sums
+        requests = FIELD_INDEX["requests"]
+        assert c[requests].sum() == pytest.approx(t[requests].sum(), rel=0.05)
+        reads[unit] = (
+            float(np.corrcoef(c[requests], t[requests])[0, 1]),
+            compare_sums(c, t, "clicks", "requests", paired=True).difference_variance,
+            compare_sums(c, t, "clicks", "requests").difference_variance,
+        )
+    corr_user, paired_user, independent_user = reads["user"]
+    corr_request, paired_request, independent_request = reads["request"]
+    # the same users per bucket: the arms' bucket traffic moves together, and pairing removes most variance
+    assert corr_request > 0.9 > corr_user
+    assert paired_request < 0.5 * independent_request
+    # disjoint users per bucket: pairing has nothing to remove
+    assert paired_user == pytest.approx(independent_user, rel=0.5)
 
 
 def test_simulate_is_deterministic_in_the_rng_and_crosses_weeks(small_world: World) -> None:
