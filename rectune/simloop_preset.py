@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final
 
 from agents.critic import CriticRules
@@ -26,12 +28,14 @@ from schemas.guardrails import Guardrails
 from simulator.scenario import Scenario
 
 # Design constants of the preset (see `preset_for`): properties of the method, not of any scenario.
-#: The horizon lets about this many full-length experiments fit the budget.  14, not 10: with returning users
-#: the CUPED-adjusted variance of a read has a floor that a longer read does not lower (the loop's learned variance
-#: curve, `agents.stats.persistence.VarianceCurve`), so shorter experiments lose little power and leave room for
-#: more rounds (agents' oracle share on the bench's seeds 0-9, core / seasonal / thin: 0.52 / 0.45 / 0.05 against
-#: 0.45 / 0.29 / 0.12 with 10, on the same loop; BENCHMARKS.md).
-EXPERIMENTS_PER_BUDGET: Final = 14.0
+#: The horizon lets about this many full-length experiments fit the budget, per randomisation unit.  Per user,
+#: 14, not 10: with returning users the CUPED-adjusted variance of a read has a floor that a longer read does not
+#: lower (the loop's learned variance curve, `agents.stats.persistence.VarianceCurve`), so shorter experiments lose
+#: little power and leave room for more rounds (agents' oracle share on the bench's seeds 0-9, core / seasonal /
+#: thin: 0.52 / 0.45 / 0.05 against 0.45 / 0.29 / 0.12 with 10, on the same loop; BENCHMARKS.md).  Per request, 24:
+#: a paired read has no such floor and resolves a trust step's lift in about a day (agents' share, seeds 0-19:
+#: 0.64 / 0.62 / 0.48 against 0.61 / 0.59 / 0.39 with 14; chosen on seeds 0-9, held on 10-19; BENCHMARKS.md).
+EXPERIMENTS_PER_BUDGET: Final[Mapping[RandomizationUnit, float]] = MappingProxyType({"user": 14.0, "request": 24.0})
 STEPS_PER_HORIZON: Final = 24  # simulation steps (loop ticks) per experiment horizon
 FIRST_STAGE_FRACTION: Final = 0.15  # share of the horizon the first (small) ramp stage lasts at least
 PRE_PERIOD_FRACTION: Final = 0.25  # share of the horizon each A/A pre-period (CUPED covariates) lasts
@@ -97,8 +101,8 @@ def preset_for(
     """Policy and settings for tuning `scenario`'s surface within `budget_s` of its traffic.
 
     Derived from the budget and the traffic rate only (not tuned to any
-    scenario): the horizon lets `EXPERIMENTS_PER_BUDGET` experiments fit the
-    budget; a step (one `World.simulate` call, then one loop tick) is
+    scenario): the horizon lets `EXPERIMENTS_PER_BUDGET[randomization_unit]`
+    experiments fit the budget; a step (one `World.simulate` call, then one loop tick) is
     horizon / `STEPS_PER_HORIZON` (clamped to [1 min, 6 h]); metric windows
     are the stream worker's 60 s; two ramp stages, 10% then 50% treatment, the
     first lasting at least `FIRST_STAGE_FRACTION` of the horizon and both
@@ -127,7 +131,8 @@ def preset_for(
         msg = f"budget_s: must be a positive number of simulated seconds, got {budget_s!r}"
         raise ValueError(msg)
     rate = scenario.requests_per_s
-    horizon_s = budget_s / EXPERIMENTS_PER_BUDGET
+    per_budget = EXPERIMENTS_PER_BUDGET[randomization_unit]
+    horizon_s = budget_s / per_budget
     step_s = min(max(horizon_s / STEPS_PER_HORIZON, MIN_STEP_S), MAX_STEP_S)
     stages = (0.1, 0.5)
     first_dwell_s = max(FIRST_STAGE_FRACTION * horizon_s, step_s)
@@ -158,7 +163,7 @@ def preset_for(
         pre_period_s=PRE_PERIOD_FRACTION * horizon_s if randomization_unit == "user" else 0.0,
     )
     notes = (
-        f"horizon {horizon_s / 86_400.0:.3g} d = budget / {EXPERIMENTS_PER_BUDGET:g}",
+        f"horizon {horizon_s / 86_400.0:.3g} d = budget / {per_budget:g}",
         f"step {step_s:g} s = horizon / {STEPS_PER_HORIZON} (clamped to [{MIN_STEP_S:g}, {MAX_STEP_S:g}] s)",
         f"stages {stages}, first dwell {first_dwell_s:g} s, {min_requests:.0f} requests per stage at {rate:g} req/s"
         f", randomised per {randomization_unit}",
