@@ -55,8 +55,7 @@ from agents.runtime_policy import LOOP_FIELDS, ONLINE_FIELDS, PolicyError, load_
 from agents.runtime_records import ConfigLogView, action_id_of, decision_line, decode_record, fold_config_log
 from agents.skillhub import RedisSkillStore
 from agents.state_store import RedisApprovals, RedisStateStore
-from schemas.config import ConfigError
-from schemas.config_log import Keyring
+from schemas.config_log import CONFIG_KEY_ID_ENV, CONFIG_KEYS_ENV, Keyring, keyring_from_env
 from schemas.guardrails import Guardrails
 from schemas.topics import ALERTS, CONFIG, DECISIONS, METRICS, TopicSpec
 
@@ -84,8 +83,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Where `RuntimeSettings.keyring` reads the signing keys when the settings leave them empty.
-KEYS_ENV: Final = "RECTUNE_CONFIG_KEYS"
-KEY_ID_ENV: Final = "RECTUNE_CONFIG_KEY_ID"
+KEYS_ENV: Final = CONFIG_KEYS_ENV
+KEY_ID_ENV: Final = CONFIG_KEY_ID_ENV
 
 
 # --------------------------------------------------------------------------- settings
@@ -116,17 +115,7 @@ class RuntimeSettings:
         """
         keys = self.config_keys or os.environ.get(KEYS_ENV, "")
         key_id = self.config_key_id or os.environ.get(KEY_ID_ENV, "")
-        hint = f'export {KEYS_ENV}="id:hex,..." (secrets of >= 16 bytes) and {KEY_ID_ENV}=one of those ids'
-        if not keys.strip():
-            raise ConfigError(
-                KEYS_ENV, "must hold at least one signing key id:hexsecret, it is unset or empty", hint=hint
-            )
-        try:
-            return Keyring.parse(keys, key_id)
-        except ConfigError as err:
-            var = KEYS_ENV if err.field.startswith("keys") else KEY_ID_ENV
-            field_path = f"{var} ({err.field})"
-            raise ConfigError(field_path, err.rule, hint=hint) from err
+        return keyring_from_env(keys, key_id)
 
 
 def make_brain(settings: RuntimeSettings) -> Brain:

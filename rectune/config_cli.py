@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from rectune.errors import RectuneError
-from rectune.settings import ENV_VARS, Settings
+from rectune.settings import Settings
 from schemas.config import Allocation, ArmShare, ConfigError, decode_config
-from schemas.config_log import ConfigChange, Keyring, ServingState, diff
+from schemas.config_log import ConfigChange, Keyring, ServingState, diff, keyring_from_env
 from schemas.events import ms_to_datetime
 from schemas.guardrails import Guardrails
 from schemas.topics import CONFIG
@@ -47,20 +47,11 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 def keyring_from_settings(settings: Settings) -> Keyring:
     """The config keyring from RECTUNE_CONFIG_KEYS / RECTUNE_CONFIG_KEY_ID; a clear error when missing or bad."""
-    keys_var, id_var = ENV_VARS["config_keys"], ENV_VARS["config_key_id"]
-    if not settings.config_keys.strip():
-        msg = f"{keys_var} is not set: config changes cannot be signed or verified"
-        raise RectuneError(msg, hint=f'export {keys_var}="k1:<hex of >= 16 random bytes>" and {id_var}=k1')
-    if not settings.config_key_id.strip():
-        msg = f"{id_var} is not set: say which key of {keys_var} signs new changes"
-        raise RectuneError(msg, hint=f"export {id_var}=<one of the key ids in {keys_var}>")
     try:
-        return Keyring.parse(settings.config_keys, settings.config_key_id.strip())
-    except ConfigError as err:
-        # The message names the entry index and the rule, never the secret.
-        field = keys_var if err.field.startswith("keys") else id_var
-        msg = f"{field}: {err.field}: {err.rule}"
-        raise RectuneError(msg, hint=f'format: {keys_var}="id:hex,id:hex", {id_var}=id') from err
+        return keyring_from_env(settings.config_keys, settings.config_key_id)
+    except ConfigError as err:  # the message names the variable, the entry and the rule, never the secret
+        msg = f"{err.field}: {err.rule}"
+        raise RectuneError(msg, hint=err.hint) from err
 
 
 def _iso(ms: int) -> str:

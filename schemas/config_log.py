@@ -95,6 +95,38 @@ class Keyring:
         return cls(MappingProxyType(keys), active_key_id)
 
 
+#: The environment variables every process that signs or verifies config changes reads its keyring from.
+CONFIG_KEYS_ENV: Final = "RECTUNE_CONFIG_KEYS"
+CONFIG_KEY_ID_ENV: Final = "RECTUNE_CONFIG_KEY_ID"
+
+
+def keyring_from_env(keys: str, key_id: str) -> Keyring:
+    """The keyring from the values of `RECTUNE_CONFIG_KEYS` and `RECTUNE_CONFIG_KEY_ID`.
+
+    Called by `rectune config`, the `rectune agents` pre-flight and the agents'
+    runtime, so all refuse a missing or bad keyring with the same message:
+    a `ConfigError` whose field is the variable (and the bad entry, e.g.
+    `RECTUNE_CONFIG_KEYS (keys[1])`) and whose rule never quotes a secret.
+    """
+    hint = f'export {CONFIG_KEYS_ENV}="id:hex,..." (secrets of >= 16 bytes) and {CONFIG_KEY_ID_ENV}=one of those ids'
+    if not keys.strip():
+        raise ConfigError(
+            CONFIG_KEYS_ENV,
+            "must hold at least one signing key id:hexsecret, it is unset or empty "
+            "(config changes cannot be signed or verified)",
+            hint=hint,
+        )
+    if not key_id.strip():
+        rule = f"must name the key of {CONFIG_KEYS_ENV} that signs new changes, it is unset or empty"
+        raise ConfigError(CONFIG_KEY_ID_ENV, rule, hint=hint)
+    try:
+        return Keyring.parse(keys, key_id.strip())
+    except ConfigError as err:
+        var = CONFIG_KEYS_ENV if err.field.startswith("keys") else CONFIG_KEY_ID_ENV
+        field = f"{var} ({err.field})"
+        raise ConfigError(field, err.rule, hint=hint) from err
+
+
 def canonical_bytes(change: ConfigChange) -> bytes:
     """Canonical JSON of a change without its signature: what is signed."""
     body: dict[str, Any] = msgspec.to_builtins(change)

@@ -343,16 +343,17 @@ def test_agents_without_signing_keys_names_the_variables_before_any_io(
     monkeypatch.delenv("RECTUNE_CONFIG_KEY_ID", raising=False)
     assert main(["agents"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("rectune: error: RECTUNE_CONFIG_KEYS is not set") and "RECTUNE_CONFIG_KEY_ID" in err, err
+    assert err.startswith("rectune: error: RECTUNE_CONFIG_KEYS: must hold at least one signing key"), err
+    assert "it is unset or empty" in err and "RECTUNE_CONFIG_KEY_ID" in err, err
     assert "hint:" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
     monkeypatch.setenv("RECTUNE_CONFIG_KEYS", KEYS)
     assert main(["agents"]) == 2
-    assert "RECTUNE_CONFIG_KEY_ID is not set" in capsys.readouterr().err
+    assert "RECTUNE_CONFIG_KEY_ID: must name the key of RECTUNE_CONFIG_KEYS" in capsys.readouterr().err
 
     monkeypatch.setenv("RECTUNE_CONFIG_KEY_ID", "k9")
     assert main(["agents"]) == 2
-    assert "RECTUNE_CONFIG_KEY_ID: active_key_id: must name one of the keys ['k1']" in capsys.readouterr().err
+    assert "RECTUNE_CONFIG_KEY_ID (active_key_id): must name one of the keys ['k1']" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("key", [None, "", "   "])

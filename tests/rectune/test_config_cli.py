@@ -122,13 +122,13 @@ def test_propose_allocate_history_rollback_replay(tansu_broker: str, tmp_path: P
 
 def test_keys_come_only_from_the_environment(tansu_broker: str) -> None:
     missing = rectune(tansu_broker, "show", env={})
-    assert missing.returncode == 2 and "RECTUNE_CONFIG_KEYS is not set" in missing.stderr
+    assert missing.returncode == 2 and "RECTUNE_CONFIG_KEYS: must hold at least one signing key" in missing.stderr
     no_id = rectune(tansu_broker, "show", env={"RECTUNE_CONFIG_KEYS": KEY_ENV["RECTUNE_CONFIG_KEYS"]})
-    assert no_id.returncode == 2 and "RECTUNE_CONFIG_KEY_ID is not set" in no_id.stderr
+    assert no_id.returncode == 2 and "RECTUNE_CONFIG_KEY_ID: must name the key" in no_id.stderr
     bad = rectune(
         tansu_broker, "show", env={"RECTUNE_CONFIG_KEYS": f"k1:{SECRET},k2:xyz", "RECTUNE_CONFIG_KEY_ID": "k1"}
     )
-    assert bad.returncode == 2 and "RECTUNE_CONFIG_KEYS: keys[1]" in bad.stderr
+    assert bad.returncode == 2 and "RECTUNE_CONFIG_KEYS (keys[1]): secret must be hexadecimal" in bad.stderr
     assert SECRET not in bad.stderr + bad.stdout
     assert SECRET not in repr(load_settings(KEY_ENV))  # settings never print the keys
 
