@@ -44,13 +44,15 @@ The policy file (--policy, or RECTUNE_AGENTS_POLICY) is JSON; every key is
 optional and a bad one is refused with its field and rule, e.g.
   {"online": {"stages": [0.05, 0.5], "min_dwell_s": 3600, "min_stage_requests": 5000,
               "target_mde": 0.02, "horizon_s": 1209600, "final_alpha": 0.0125,
-              "futility_fraction": 0.5, "approval_required": false,
+              "futility_fraction": 0.5, "approval_required": false, "randomization_unit": "user",
               "guardrails": {"latency_p99_slo_ms": 50, "conversion_margin": 0.02}},
    "loop":   {"k": 3, "cooldown_s": 60, "window_s": 60, "pre_period_s": 0}}
 "online" takes the fields of agents.online.OnlinePolicy (surface excluded), "loop"
 takes k, max_changes, cooldown_s, window_s (default RECTUNE_WINDOW_S),
 min_baseline_requests, objective and pre_period_s (> 0: an A/A pre-period with the
-experiment's salt first, whose per-arm buckets are the CUPED covariates).
+experiment's salt first, whose per-arm buckets are the CUPED covariates; per-user
+experiments only).  "randomization_unit": "request" spreads each user's requests over
+the arms and reads them paired per user bucket (small ranking changes; see README).
 Signing keys: RECTUNE_CONFIG_KEYS / RECTUNE_CONFIG_KEY_ID.
 """
 
