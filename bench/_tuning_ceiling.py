@@ -32,7 +32,7 @@ Called by `bench/tuning.py --ceiling` (method `ceiling`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,10 +50,12 @@ from agents.brain import (
     proposal_id_for,
     vet_in_context,
 )
+from agents.critic import TrustRegion
 from agents.diagnostics import step_toward
 from agents.offline_brain import OfflineBrain
 from schemas.config import CascadeConfig
 from schemas.errors import SchemaError
+from schemas.guardrails import Guardrails
 from simulator.oracle import meets_slo
 from simulator.world import World
 
@@ -63,10 +65,96 @@ _GAIN_EPS = 1e-4  # a move must raise the set's oracle value by at least this (r
 
 
 @dataclass(frozen=True, slots=True)
-class _Move:
-    gain: float  # relative oracle gain of this move alone
+class Move:
+    """One one-trust-step move of one parameter and its relative oracle gain alone."""
+
+    gain: float
     name: str
     value: ParamValue
+
+
+def moved(incumbent: CascadeConfig, moves: Sequence[Move]) -> CascadeConfig | None:
+    """`incumbent` with `moves` applied together; None when they break a config rule."""
+    try:
+        return apply_changes(incumbent, [ParamChange(name=m.name, value=m.value) for m in moves])
+    except SchemaError:
+        return None
+
+
+def single_moves(
+    incumbent: CascadeConfig,
+    value_of: Callable[[CascadeConfig], float],
+    trust: TrustRegion,
+    guardrails: Guardrails,
+    parameters: Collection[str] = (),
+) -> list[Move]:
+    """The `SHORTLIST` best one-trust-step moves of one parameter that raise `value_of`, best first.
+
+    `value_of` is the oracle's value of a config (−inf for one it never
+    proposes); `parameters` narrows the tunables when not empty.  Called by
+    `OracleGuidedBrain` and `bench/arm_trace.py --next-step`.
+    """
+    base = value_of(incumbent)
+    moves: list[Move] = []
+    for spec in parameter_specs(incumbent):
+        if parameters and spec.name not in parameters:
+            continue
+        for sign in (-1, 1):
+            value = step_toward(spec, trust, guardrails, sign, 1.0)
+            if value is None or value == spec.current:
+                continue
+            config = moved(incumbent, [Move(0.0, spec.name, value)])
+            gain = -1.0 if config is None else value_of(config) / base - 1.0
+            if gain > 0.0:
+                moves.append(Move(gain, spec.name, value))
+    return sorted(moves, key=lambda m: m.gain, reverse=True)[:SHORTLIST]
+
+
+def greedy_set(
+    incumbent: CascadeConfig,
+    value_of: Callable[[CascadeConfig], float],
+    moves: Sequence[Move],
+    max_changes: int,
+    *,
+    used: Collection[str] = (),
+    skip: Callable[[CascadeConfig], bool] = lambda _config: False,
+) -> tuple[list[Move], float]:
+    """The greedy set of `moves` (module docstring) and its relative oracle gain over `incumbent`.
+
+    Parameters in `used` are left out, and so are sets whose config `skip`
+    says was proposed before.  Called by `OracleGuidedBrain` and
+    `bench/arm_trace.py --next-step`.
+    """
+    base = value_of(incumbent)
+    chosen: list[Move] = []
+    value = 0.0
+    while len(chosen) < max_changes:
+        best: tuple[float, Move] | None = None
+        names = {*used, *(m.name for m in chosen)}
+        for move in moves:
+            if move.name in names:
+                continue
+            config = moved(incumbent, [*chosen, move])
+            if config is None or skip(config):
+                continue
+            gain = value_of(config) / base - 1.0
+            if gain > value + _GAIN_EPS and (best is None or gain > best[0]):
+                best = (gain, move)
+        if best is None:
+            break
+        value, move = best
+        chosen.append(move)
+    return chosen, value
+
+
+def feasible_value(view: Callable[[CascadeConfig], tuple[float, bool]]) -> Callable[[CascadeConfig], float]:
+    """The oracle's north star of a config that meets the SLO, else −inf (never a gain)."""
+
+    def value_of(config: CascadeConfig) -> float:
+        value, feasible = view(config)
+        return value if feasible else -math.inf
+
+    return value_of
 
 
 class OracleGuidedBrain(OfflineBrain):
@@ -80,67 +168,30 @@ class OracleGuidedBrain(OfflineBrain):
     def __init__(self, view: Callable[[CascadeConfig], tuple[float, bool]], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._view = view
+        self._value_of = feasible_value(view)
         self._proposed: set[bytes] = set()
-
-    def _value_of(self, config: CascadeConfig) -> float:
-        """The oracle's north star of a config that meets the SLO, else -inf (never a gain)."""
-        value, feasible = self._view(config)
-        return value if feasible else -math.inf
-
-    def _config(self, incumbent: CascadeConfig, moves: Sequence[_Move]) -> CascadeConfig | None:
-        """`incumbent` with `moves` applied together; None when they break a config rule."""
-        try:
-            return apply_changes(incumbent, [ParamChange(name=m.name, value=m.value) for m in moves])
-        except SchemaError:
-            return None
-
-    def _single_moves(self, context: ProposalContext, base: float) -> list[_Move]:
-        moves: list[_Move] = []
-        for spec in parameter_specs(context.incumbent):
-            if context.parameters and spec.name not in context.parameters:
-                continue
-            for sign in (-1, 1):
-                value = step_toward(spec, self._rules.trust, context.guardrails, sign, 1.0)
-                if value is None or value == spec.current:
-                    continue
-                config = self._config(context.incumbent, [_Move(0.0, spec.name, value)])
-                gain = -1.0 if config is None else self._value_of(config) / base - 1.0
-                if gain > 0.0:
-                    moves.append(_Move(gain, spec.name, value))
-        return sorted(moves, key=lambda m: m.gain, reverse=True)[:SHORTLIST]
-
-    def _greedy_set(
-        self, context: ProposalContext, base: float, moves: Sequence[_Move], used: set[str]
-    ) -> tuple[list[_Move], float]:
-        """The greedy set (see the module docstring) and its relative oracle gain; never a config proposed before."""
-        chosen: list[_Move] = []
-        value = 0.0
-        while len(chosen) < context.max_changes:
-            best: tuple[float, _Move] | None = None
-            names = used | {m.name for m in chosen}
-            for move in moves:
-                if move.name in names:
-                    continue
-                config = self._config(context.incumbent, [*chosen, move])
-                if config is None or msgspec.json.encode(config) in self._proposed:
-                    continue
-                gain = self._value_of(config) / base - 1.0
-                if gain > value + _GAIN_EPS and (best is None or gain > best[0]):
-                    best = (gain, move)
-            if best is None:
-                break
-            value, move = best
-            chosen.append(move)
-        return chosen, value
 
     def propose_sync(self, context: ProposalContext) -> list[Proposal]:
         """Up to `context.k` oracle-ranked candidates (see the module docstring)."""
-        base = self._view(context.incumbent)[0]  # the incumbent's own value, even if its true p99 is over the SLO
-        moves = self._single_moves(context, base)
+        incumbent = context.incumbent
+        # the incumbent's own value, even if its true p99 is over the SLO
+        base = self._view(incumbent)[0]
+
+        def value_of(config: CascadeConfig) -> float:
+            return base if config is incumbent else self._value_of(config)
+
+        moves = single_moves(incumbent, value_of, self._rules.trust, context.guardrails, context.parameters)
         used: set[str] = set()
         proposals: list[Proposal] = []
         for _ in range(context.k):
-            chosen, gain = self._greedy_set(context, base, moves, used)
+            chosen, gain = greedy_set(
+                incumbent,
+                value_of,
+                moves,
+                context.max_changes,
+                used=used,
+                skip=lambda config: msgspec.json.encode(config) in self._proposed,
+            )
             if not chosen:
                 break
             used.update(m.name for m in chosen)

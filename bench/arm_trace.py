@@ -39,15 +39,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from _tuning_ceiling import feasible_value, greedy_set, moved, oracle_view, single_moves
 from tuning import TruthCache
 
 from agents.arm_ids import parse_arm_id
-from agents.brain import ParamChange, apply_changes, parameter_specs
 from agents.critic import CriticRules
-from agents.diagnostics import step_toward
 from agents.offline_brain import offline_brain_kwargs
 from rectune.simloop import SimStep, preset_for, run_simloop
-from schemas.config import CascadeConfig, ConfigError, default_config
+from schemas.config import CascadeConfig, default_config
 from simulator.oracle import meets_slo
 from simulator.scenario import load_scenario
 from simulator.world import World
@@ -158,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         preset = dataclasses.replace(preset, policy=policy)
     brain = None
     if args.ceiling:
-        from _tuning_ceiling import OracleGuidedBrain, oracle_view
+        from _tuning_ceiling import OracleGuidedBrain
 
         kwargs = offline_brain_kwargs(preset.policy, preset.settings.rules, seed=args.seed)
         brain = OracleGuidedBrain(oracle_view(world), **kwargs)
@@ -196,43 +195,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def next_step(world: World, seed: int, final: CascadeConfig, rules: CriticRules, max_changes: int) -> str:
-    """What one more arm could gain from `final` (see the module docstring's `--next-step`)."""
+    """What one more arm could gain from `final` (see the module docstring's `--next-step`).
+
+    The arm is the one the ceiling's Actor would propose first from `final`
+    (`_tuning_ceiling.single_moves` and `greedy_set`, the oracle at week 0).
+    """
     from tuning import ORACLE_EVALUATIONS, oracle_best
 
     def value(config: CascadeConfig) -> float:
         e = world.expected(config, at_s=0.0)
         return float(e.north_star) if meets_slo(world, e) else 0.0
 
+    view = oracle_view(world)
+    here_raw = view(final)[0]  # the incumbent's own value, even over the SLO (as the ceiling reads it)
+    feasible = feasible_value(view)
+
+    def value_of(config: CascadeConfig) -> float:
+        return here_raw if config is final else feasible(config)
+
     start, best = value(default_config()), oracle_best(world, seed, default_config(), 0.0, ORACLE_EVALUATIONS)
     top, here = value(best.config), value(final)
-    moves: list[tuple[float, ParamChange]] = []
-    for spec in parameter_specs(final):
-        for sign in (-1.0, 1.0):
-            target = step_toward(spec, rules.trust, rules.guardrails, sign, 1.0)
-            if target is None or target == spec.current:
-                continue
-            try:
-                moved = apply_changes(final, [ParamChange(name=spec.name, value=target)])
-            except ConfigError:  # a single step that breaks a cross-field rule
-                continue
-            moves.append((value(moved) / here - 1.0, ParamChange(name=spec.name, value=target)))
-    moves.sort(key=lambda m: -m[0])
-    chosen: list[ParamChange] = []
-    reached = here
-    for gain, change in moves:
-        if gain <= 0.0 or len(chosen) >= max_changes or any(c.name == change.name for c in chosen):
-            continue
-        try:
-            candidate = value(apply_changes(final, [*chosen, change]))
-        except ConfigError:
-            continue
-        if candidate > reached:
-            chosen, reached = [*chosen, change], candidate
-    singles = ", ".join(f"{c.name}={c.value} {100 * g:+.2f}%" for g, c in moves[:6])
+    moves = single_moves(final, value_of, rules.trust, rules.guardrails)
+    chosen, _ = greedy_set(final, value_of, moves, max_changes)
+    arm = moved(final, chosen) if chosen else final
+    reached = value(arm) if arm is not None else here
+    singles = ", ".join(f"{m.name}={m.value} {100 * m.gain:+.2f}%" for m in moves[:6])
+    gain = reached / here - 1.0 if here > 0.0 else float("nan")
     return (
         f"next step from the final incumbent: share {(here - start) / (top - start):.2f} -> "
-        f"{(reached - start) / (top - start):.2f} with {{{', '.join(f'{c.name}={c.value}' for c in chosen)}}} "
-        f"({100 * (reached / here - 1.0):+.2f}%); best single steps: {singles}"
+        f"{(reached - start) / (top - start):.2f} with {{{', '.join(f'{m.name}={m.value}' for m in chosen)}}} "
+        f"({100 * gain:+.2f}%); best single steps: {singles}"
     )
 
 
