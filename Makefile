@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/sidecar.py
 	$(BIN)/python bench/breaker.py
+	$(BIN)/python bench/assign_unit.py
 	$(BIN)/python bench/paired_read.py
 	$(BIN)/python bench/stats.py
 	$(BIN)/python bench/power_calibration.py
