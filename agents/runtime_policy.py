@@ -14,6 +14,7 @@ Who calls it: `rectune agents --policy PATH` (`rectune.agents_cli`,
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -62,11 +63,27 @@ def _convert(section: str, values: dict[str, Any], kind: type[Any]) -> Any:
         return msgspec.convert(values, kind)
     except msgspec.ValidationError as err:
         rule, _, path = str(err).partition(" - at `$")
-        msg = f"policy.{section}{path.rstrip('`')}: {rule}"
+        path = path.rstrip("`")
+        choices = _literal_choices(kind, path)
+        if choices and rule.startswith("Invalid enum value"):
+            rule = f"{rule}; must be one of {', '.join(repr(c) for c in choices)}"
+        msg = f"policy.{section}{path}: {rule}"
         raise PolicyError(msg) from err
     except ExperimentError as err:
         msg = f"policy.{section}: {err}"
         raise PolicyError(msg) from err
+
+
+def _literal_choices(kind: type[Any], path: str) -> tuple[Any, ...]:
+    """The values a top-level `Literal` field of `kind` allows (empty for any other path or type)."""
+    name = path.removeprefix(".")
+    if not name or "." in name or "[" in name:
+        return ()
+    try:
+        hint = typing.get_type_hints(kind).get(name)
+    except (NameError, TypeError):
+        return ()
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
 
 
 def parse_policy(data: bytes, surface: str, *, window_s: float = 60.0) -> tuple[OnlinePolicy, LoopSettings]:

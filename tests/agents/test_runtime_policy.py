@@ -73,7 +73,7 @@ def test_the_randomization_unit_is_read_checked_and_refuses_a_pre_period_it_woul
     policy, settings = _parse({"online": {"randomization_unit": "request"}})
     assert policy.randomization_unit == "request" and settings.pre_period_s == 0.0
     assert _parse({})[0].randomization_unit == "user"
-    with pytest.raises(PolicyError, match=r"policy\.online\.randomization_unit: .*"):
+    with pytest.raises(PolicyError, match=r"policy\.online\.randomization_unit: .*must be one of 'user', 'request'"):
         _parse({"online": {"randomization_unit": "session"}})
     with pytest.raises(PolicyError, match=r"policy\.loop\.pre_period_s: must be 0 when online\.randomization_unit"):
         _parse({"online": {"randomization_unit": "request"}, "loop": {"pre_period_s": 600}})
