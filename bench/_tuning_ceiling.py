@@ -147,10 +147,19 @@ def greedy_set(
     return chosen, value
 
 
-def feasible_value(view: Callable[[CascadeConfig], tuple[float, bool]]) -> Callable[[CascadeConfig], float]:
-    """The oracle's north star of a config that meets the SLO, else −inf (never a gain)."""
+def feasible_value(
+    view: Callable[[CascadeConfig], tuple[float, bool]], incumbent: CascadeConfig
+) -> Callable[[CascadeConfig], float]:
+    """The ceiling's value of a config around `incumbent`: the oracle's north star of one that meets the SLO, else
+    −inf (never a gain); the incumbent itself keeps its own value even over the SLO (gains are relative to it).
+
+    Called by `OracleGuidedBrain.propose_sync` and `bench/arm_trace.py --next-step`.
+    """
+    base = view(incumbent)[0]
 
     def value_of(config: CascadeConfig) -> float:
+        if config is incumbent:
+            return base
         value, feasible = view(config)
         return value if feasible else -math.inf
 
@@ -168,18 +177,12 @@ class OracleGuidedBrain(OfflineBrain):
     def __init__(self, view: Callable[[CascadeConfig], tuple[float, bool]], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._view = view
-        self._value_of = feasible_value(view)
         self._proposed: set[bytes] = set()
 
     def propose_sync(self, context: ProposalContext) -> list[Proposal]:
         """Up to `context.k` oracle-ranked candidates (see the module docstring)."""
         incumbent = context.incumbent
-        # the incumbent's own value, even if its true p99 is over the SLO
-        base = self._view(incumbent)[0]
-
-        def value_of(config: CascadeConfig) -> float:
-            return base if config is incumbent else self._value_of(config)
-
+        value_of = feasible_value(self._view, incumbent)
         moves = single_moves(incumbent, value_of, self._rules.trust, context.guardrails, context.parameters)
         used: set[str] = set()
         proposals: list[Proposal] = []

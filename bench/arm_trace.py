@@ -206,13 +206,7 @@ def next_step(world: World, seed: int, final: CascadeConfig, rules: CriticRules,
         e = world.expected(config, at_s=0.0)
         return float(e.north_star) if meets_slo(world, e) else 0.0
 
-    view = oracle_view(world)
-    here_raw = view(final)[0]  # the incumbent's own value, even over the SLO (as the ceiling reads it)
-    feasible = feasible_value(view)
-
-    def value_of(config: CascadeConfig) -> float:
-        return here_raw if config is final else feasible(config)
-
+    value_of = feasible_value(oracle_view(world), final)
     start, best = value(default_config()), oracle_best(world, seed, default_config(), 0.0, ORACLE_EVALUATIONS)
     top, here = value(best.config), value(final)
     moves = single_moves(final, value_of, rules.trust, rules.guardrails)
