@@ -245,15 +245,15 @@ class _Route:
     """Everything `Router.assign` needs for one snapshot; `by_bucket` fills lazily (idempotent, race-safe).
 
     `fixed` is the control-only assignment served when there is no allocation;
-    `per_request` says the allocation hashes request ids (`Allocation.unit`).
+    `per_request` is the allocation when it hashes request ids (`Allocation.unit`), else None.
     """
 
-    __slots__ = ("allocation", "by_bucket", "fixed", "hasher", "per_request", "snapshot", "table")
+    __slots__ = ("by_bucket", "fixed", "hasher", "per_request", "snapshot", "table")
 
     def __init__(self, snapshot: Snapshot, hasher: BucketHasher | None) -> None:
         self.snapshot = snapshot
-        self.allocation = allocation = snapshot.allocation
-        self.per_request = allocation is not None and allocation.unit == "request"
+        allocation = snapshot.allocation
+        self.per_request = allocation if allocation is not None and allocation.unit == "request" else None
         self.fixed = _control_only(snapshot)
         self.table = ArmTable.from_allocation(allocation) if allocation is not None else None
         self.hasher = hasher
@@ -306,8 +306,8 @@ class Router:
         if hasher is None:
             return route.fixed
         bucket: int | None
-        if route.per_request and route.allocation is not None:
-            bucket = hasher.uncached(assignment_key(route.allocation, user_id, request_id))
+        if route.per_request is not None:
+            bucket = hasher.uncached(assignment_key(route.per_request, user_id, request_id))
         else:
             bucket = hasher.cache.get(user_id)
             if bucket is None:
