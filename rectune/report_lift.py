@@ -22,7 +22,7 @@ from typing import Final
 import numpy as np
 
 from agents.stats.errors import StatsError
-from agents.stats.ratio import Comparison, compare, ratio_from_sums
+from agents.stats.ratio import Comparison, compare_sums
 from rectune.demo_view import holdout_surface
 from rectune.report_records import RunRecords
 from schemas.config import CascadeConfig
@@ -108,7 +108,8 @@ def final_lift(records: RunRecords) -> tuple[Lift | None, str]:
     hold_sums = np.sum([window_arrays(w)[0] for w in holdout], axis=0)
     num, den = records.north_star
     try:
-        main = compare(ratio_from_sums(hold_sums, num, den), ratio_from_sums(inc_sums, num, den))
+        # the holdout is a user-level split (its own surface), so the two sides hold different users
+        main = compare_sums(hold_sums, inc_sums, num, den)
     except StatsError as err:
         return None, f"the north star cannot be compared ({err})"
     if not math.isfinite(main.lift):
@@ -116,7 +117,7 @@ def final_lift(records: RunRecords) -> tuple[Lift | None, str]:
     secondary: list[tuple[str, Comparison | None]] = []
     for name, n, d in SECONDARY:
         try:
-            secondary.append((name, compare(ratio_from_sums(hold_sums, n, d), ratio_from_sums(inc_sums, n, d))))
+            secondary.append((name, compare_sums(hold_sums, inc_sums, n, d)))
         except StatsError:
             secondary.append((name, None))
     req = FIELD_INDEX["requests"]
