@@ -155,12 +155,35 @@ class SkillNote(msgspec.Struct, frozen=True, kw_only=True):
     confidence: float
 
 
+class LatencyLimit(msgspec.Struct, frozen=True, kw_only=True):
+    """The Critic's latency rule as the Actor sees it: the p99 budget and the model it predicts with.
+
+    Predicted p99 (ms) = `intercept_ms` + `per_candidate_ms`·pre_rank.candidate_cut
+    + `per_rank_ms`·rank.cut + `per_list_item_ms`·re_rank.list_size + `margin_ms`;
+    a candidate that does no more work than the incumbent is predicted at
+    most `incumbent_p99_ms` (its measured p99) when that is known.  The
+    Critic rejects a candidate predicted above `budget_ms`, so a brain that
+    proposes one wastes a slot of its round.  Built by the loop from the
+    latency model it refitted (`agents.critic_latency.LatencyModel.limit`).
+    """
+
+    budget_ms: float
+    intercept_ms: float
+    per_candidate_ms: float
+    per_rank_ms: float
+    per_list_item_ms: float
+    margin_ms: float = 0.0
+    incumbent_p99_ms: float | None = None
+
+
 class ProposalContext(msgspec.Struct, frozen=True, kw_only=True):
     """What the Actor's brain is given.
 
     `parameters`, when non-empty, is the only set of paths that may change
     (the Skillhub tightens the search space); `max_changes` bounds a
-    candidate's size; `guardrails` are checked on every candidate.
+    candidate's size; `guardrails` are checked on every candidate;
+    `latency`, when given, is the Critic's latency rule (candidates it would
+    reject are not worth proposing).
     """
 
     surface: str
@@ -171,6 +194,7 @@ class ProposalContext(msgspec.Struct, frozen=True, kw_only=True):
     parameters: tuple[str, ...] = ()
     max_changes: int = 4
     guardrails: Guardrails = msgspec.field(default_factory=Guardrails)
+    latency: LatencyLimit | None = None
 
     def __post_init__(self) -> None:
         """Check the sizes."""

@@ -21,7 +21,12 @@ verdict's `rule`; every reason names its rule and the figures):
 3. `latency_budget` — the predicted p99 of the candidate (`LatencyModel`, a
    linear model of p99 in candidate cut, rank cut and list size, fitted to
    observed (config, p99) pairs, conservative when there are none) must be
-   within `CriticRules.latency_budget_ms`.
+   within `CriticRules.latency_budget_ms`.  A candidate that does no more
+   work than the incumbent (no larger cut or list, `no_more_work`) is
+   predicted at most the incumbent's measured p99 when the caller passes it
+   (`incumbent_p99_ms`): the model's safety margin covers its uncertainty
+   about more work, and must not reject a step that keeps or cuts the work
+   of a config whose latency was measured within the budget.
 4. `diversity_floor` — the guaranteed number of distinct categories in a full
    list, ceil(list_size / max_per_category), must be at least
    `DiversityFloor.min_categories_per_list`, and `mmr_lambda` at most
@@ -78,7 +83,14 @@ from agents.brain import (
 )
 from agents.critic_diversity import DiversityFloor, diversity_problems, guaranteed_categories
 from agents.critic_failures import FailedMove, FailureMemory, FailureRecord, _failure_text
-from agents.critic_latency import LatencyModel, LatencySource, latency_features
+from agents.critic_latency import (
+    LatencyModel,
+    LatencySource,
+    bounded_p99,
+    latency_features,
+    no_more_work,
+    within_limit,
+)
 from agents.critic_trust import (
     CUT_PARAMS,
     CriticError,
@@ -107,13 +119,16 @@ __all__ = [
     "RuleName",
     "TrustRegion",
     "Verdict",
+    "bounded_p99",
     "candidate_distance",
     "critique",
     "diversity_problems",
     "guaranteed_categories",
     "latency_features",
+    "no_more_work",
     "param_class",
     "trust_coordinate",
+    "within_limit",
 ]
 
 RuleName: TypeAlias = Literal[
@@ -256,6 +271,7 @@ def _hard_rules(
     latency_model: LatencyModel,
     failures: FailureMemory,
     surface: str,
+    incumbent_p99_ms: float | None,
 ) -> None:
     # trust region
     widest = (0.0, "")
@@ -269,12 +285,13 @@ def _hard_rules(
             widest = max(widest, (used, change.name))
     # latency budget
     config = judgement.proposal.config
-    predicted = latency_model.predict(config, surface)
-    judgement.predicted = predicted
+    predicted, bounded = bounded_p99(latency_model, config, incumbent, incumbent_p99_ms, surface)
     candidates, ranked, shown = latency_features(config, surface)
+    basis = "no more work than the incumbent, whose measured p99 bounds it" if bounded else latency_model.describe()
+    judgement.predicted = predicted
     latency_text = (
         f"predicted p99 {predicted:.1f} ms (candidate_cut {candidates:g}, rank.cut {ranked:g}, list_size {shown:g}; "
-        f"{latency_model.describe()})"
+        f"{basis})"
     )
     if predicted > rules.latency_budget_ms:
         judgement.reject("latency_budget", f"latency_budget: {latency_text} > budget {rules.latency_budget_ms:g} ms")
@@ -319,10 +336,13 @@ def critique(
     ope_estimates: Mapping[str, OffPolicyDifference] | None = None,
     brain_verdicts: Iterable[CritiqueVerdict] | None = None,
     surface: str = "",
+    incumbent_p99_ms: float | None = None,
 ) -> list[Verdict]:
     """One `Verdict` per candidate, in order (see the module docstring for the rules and their order).
 
     `surface` selects the served config (overrides) for latency and diversity.
+    `incumbent_p99_ms` is the incumbent's measured p99 when the caller has
+    one (rule 3 bounds candidates that do no more work by it).
     `brain_verdicts` can only reject: a "keep" for a rule-rejected candidate
     is noted as ignored, never honoured.
     """
@@ -332,7 +352,7 @@ def critique(
     # rules 1-5, per candidate
     for judgement in judgements:
         if _schema(judgement, incumbent, rules):
-            _hard_rules(judgement, incumbent, specs, rules, latency_model, failures, surface)
+            _hard_rules(judgement, incumbent, specs, rules, latency_model, failures, surface, incumbent_p99_ms)
     # rule 6: near-duplicates of the incumbent or of an earlier survivor
     survivors: list[_Judgement] = []
     for judgement in judgements:

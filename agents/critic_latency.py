@@ -1,8 +1,9 @@
 """The Critic's latency model: a linear p99 in candidate cut, rank cut and list size (pure, no I/O).
 
 Lives here: `LatencyModel` (the conservative prior, `fit` to observed
-(config, p99) pairs with its fallbacks), `latency_features` and the private
-least-squares helpers.  Callers: `agents.critic` (rule 3, `latency_budget`),
+(config, p99) pairs with its fallbacks), `latency_features`,
+`no_more_work`, `bounded_p99` (the rule's prediction, shared by the Critic
+and the offline Actor) and the private least-squares helpers.  Callers: `agents.critic` (rule 3, `latency_budget`),
 the agent loop (its settings hold one and pass it to `critique`) and
 `rectune.simloop` (which fits it to observations); it is re-exported by
 `agents.critic`.
@@ -17,6 +18,7 @@ from typing import Literal, TypeAlias
 
 import numpy as np
 
+from agents.brain_values import LatencyLimit
 from agents.critic_trust import CriticError
 from schemas.config import CascadeConfig
 
@@ -27,6 +29,45 @@ def latency_features(config: CascadeConfig, surface: str = "") -> tuple[float, f
     """(pre_rank.candidate_cut, rank.cut, re_rank.list_size) of the config served on `surface`."""
     resolved = config.for_surface(surface) if surface else config
     return float(resolved.pre_rank.candidate_cut), float(resolved.rank.cut), float(resolved.re_rank.list_size)
+
+
+def no_more_work(config: CascadeConfig, incumbent: CascadeConfig, surface: str = "") -> bool:
+    """Whether `config` does no more work than `incumbent`: none of its latency features is larger.
+
+    Called by the Critic's rule `latency_budget`: such a candidate cannot be
+    slower than the incumbent (more work never costs less, the assumption the
+    model's non-negative slopes encode), so the incumbent's measured p99
+    bounds it however uncertain the fitted model is.
+    """
+    return all(
+        c <= i for c, i in zip(latency_features(config, surface), latency_features(incumbent, surface), strict=True)
+    )
+
+
+def bounded_p99(
+    model: LatencyModel,
+    config: CascadeConfig,
+    incumbent: CascadeConfig,
+    incumbent_p99_ms: float | None,
+    surface: str = "",
+) -> tuple[float, bool]:
+    """The latency rule's prediction for `config`: (p99 ms, whether the incumbent's measured p99 bounded it).
+
+    `model.predict`, lowered to `incumbent_p99_ms` when that is known and
+    `config` does no more work than `incumbent` (`no_more_work`).  Called by
+    the Critic's rule `latency_budget` and, through `within_limit`, by the
+    offline Actor, so both judge a candidate alike.
+    """
+    predicted = model.predict(config, surface)
+    if incumbent_p99_ms is not None and incumbent_p99_ms < predicted and no_more_work(config, incumbent, surface):
+        return incumbent_p99_ms, True
+    return predicted, False
+
+
+def within_limit(limit: LatencyLimit, config: CascadeConfig, incumbent: CascadeConfig, surface: str = "") -> bool:
+    """Whether the Critic's latency rule, as `limit` carries it, would pass `config` (the offline Actor's filter)."""
+    predicted, _ = bounded_p99(LatencyModel.of_limit(limit), config, incumbent, limit.incumbent_p99_ms, surface)
+    return predicted <= limit.budget_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +122,34 @@ class LatencyModel:
     def predict(self, config: CascadeConfig, surface: str = "") -> float:
         """The conservative p99 of `config` (ms): the fitted value plus the margin.  The Critic compares this."""
         return self.point(config, surface) + self.margin_ms
+
+    def limit(self, budget_ms: float, incumbent_p99_ms: float | None = None) -> LatencyLimit:
+        """The rule this model and `budget_ms` make, as the Actor's context carries it (`ProposalContext.latency`).
+
+        Called by `agents.loop_propose.propose_round`, so the Actor is told
+        what the Critic will check.
+        """
+        return LatencyLimit(
+            budget_ms=budget_ms,
+            intercept_ms=self.intercept_ms,
+            per_candidate_ms=self.per_candidate_ms,
+            per_rank_ms=self.per_rank_ms,
+            per_list_item_ms=self.per_list_item_ms,
+            margin_ms=self.margin_ms,
+            incumbent_p99_ms=incumbent_p99_ms,
+        )
+
+    @classmethod
+    def of_limit(cls, limit: LatencyLimit) -> LatencyModel:
+        """The model a `LatencyLimit` carries (its coefficients; source "fit" is not claimed)."""
+        return cls(
+            intercept_ms=limit.intercept_ms,
+            per_candidate_ms=limit.per_candidate_ms,
+            per_rank_ms=limit.per_rank_ms,
+            per_list_item_ms=limit.per_list_item_ms,
+            margin_ms=limit.margin_ms,
+            source="scaled_prior",
+        )
 
     def describe(self) -> str:
         """The model as a formula with its source, for reasons and logs."""

@@ -7,6 +7,8 @@ in `LoopState.latency_seen`, the p99 every experiment arm (and A/A pre-period
 arm) showed, by the config version it served, and refits the model before
 each critique, adding the incumbent's p99 since the last round ended (the
 baseline arms), so the first round is judged on observed latency too.
+`incumbent_p99` is that measured p99 on its own: the Critic bounds a
+candidate that does no more work than the incumbent by it.
 
 Callers: `agents.loop.AgentLoop` (`observe_latency` on each running tick) and
 `agents.loop_propose.propose_round` (`latency_model` before the Critic).  Pure: no I/O, no clock.
@@ -64,6 +66,16 @@ def observe_latency(
     if p99 is not None and plan.control.config_version not in points:
         points[plan.control.config_version] = p99
     return tuple(points.items())[-MAX_LATENCY_POINTS:]
+
+
+def incumbent_p99(seen: LatencySeen, version: int, baseline: Sequence[ArmTotals], min_requests: float) -> float | None:
+    """The incumbent's measured p99: over `baseline` (its traffic since the last round) when that has
+    `min_requests` requests, else the latest reading of config `version` in `seen`; None when neither has one.
+
+    Called by `agents.loop_propose.propose_round` for the Critic's `incumbent_p99_ms`.
+    """
+    now = _p99(baseline, min_requests)
+    return now if now is not None else dict(seen).get(version)
 
 
 def latency_model(

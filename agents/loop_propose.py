@@ -27,7 +27,7 @@ import msgspec
 from agents.brain import MAX_TITLE_CHARS, CritiqueContext, ProposalContext, clip_text
 from agents.critic import critique
 from agents.loop_baseline import baseline_marks
-from agents.loop_latency import latency_model
+from agents.loop_latency import incumbent_p99, latency_model
 from agents.loop_learn import failure_memory
 from agents.loop_state import Action, AppendConfig, LoopInput, LoopState
 from agents.skill_search import search_parameters, search_space, skill_notes
@@ -67,6 +67,20 @@ async def propose_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: l
         if skill_parameters and state.explore_wide
         else ""
     )
+    # The Critic's latency rule, refitted to what the arms showed, is built before the Actor proposes so the
+    # Actor is told what will be checked (a candidate over the budget only wastes a slot of the round).
+    latency = s.latency
+    if s.fit_latency:
+        latency = latency_model(
+            s.latency,
+            state.latency_seen,
+            inp.serving.configs,
+            incumbent=incumbent,
+            baseline=baseline,
+            min_requests=s.min_latency_requests,
+            surface=loop.surface,
+        )
+    measured_p99 = incumbent_p99(state.latency_seen, inp.serving.control_version, baseline, s.min_latency_requests)
     context = ProposalContext(
         surface=loop.surface,
         incumbent=incumbent,
@@ -76,6 +90,7 @@ async def propose_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: l
         parameters=() if widened_why else skill_parameters,
         max_changes=s.max_changes,
         guardrails=s.rules.guardrails,
+        latency=latency.limit(s.rules.latency_budget_ms, measured_p99),
     )
     result = await loop.actor.propose(context)
     widened_from = list(skill_parameters)
@@ -103,17 +118,6 @@ async def propose_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: l
             )
         except Exception as err:  # a brain must not raise; if one does, it only loses its say
             log.warning("brain critique raised %s", type(err).__name__)
-    latency = s.latency
-    if s.fit_latency:
-        latency = latency_model(
-            s.latency,
-            state.latency_seen,
-            inp.serving.configs,
-            incumbent=incumbent,
-            baseline=baseline,
-            min_requests=s.min_latency_requests,
-            surface=loop.surface,
-        )
     verdicts = critique(
         result.proposals,
         incumbent,
@@ -122,6 +126,7 @@ async def propose_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: l
         failures=failure_memory(state.failures),
         brain_verdicts=verdicts_brain,
         surface=loop.surface,
+        incumbent_p99_ms=measured_p99,
     )
     out.append(
         loop.record(

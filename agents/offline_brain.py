@@ -28,9 +28,10 @@ space and asks it for `context.k` candidates:
   (`agents.offline_candidates.sampled_changes`: rounded, at most
   `context.max_changes` changes, the largest moves kept), vetted with
   `vet_proposal` (allow-list, guardrails, cross-field rules), and dropped if it
-  repeats the incumbent, an earlier candidate, a tried config, or lies within
-  `rules.near_duplicate_distance` of the incumbent or an earlier candidate
-  (`repeat_reason`).  Up to `attempts_per_candidate` asks per wanted candidate.
+  repeats the incumbent, an earlier candidate, a tried config, lies within
+  `rules.near_duplicate_distance` of the incumbent or an earlier candidate,
+  or is predicted over the Critic's latency budget (`skip_reason`).  Up to
+  `attempts_per_candidate` asks per wanted candidate.
 - *Text*: per change, a hypothesis from the move and the past-trial slope of
   the primary objective in that parameter, and a rationale naming the
   sampler, the box, the warm start and the Skillhub note used
@@ -91,7 +92,7 @@ from agents.brain import (
 )
 from agents.critic import CriticRules
 from agents.diagnostics import DiagnosticRules
-from agents.offline_candidates import ascent_round, diagnostic_candidates, repeat_reason, sampled_changes
+from agents.offline_candidates import ascent_round, diagnostic_candidates, sampled_changes, skip_reason
 from agents.offline_memory import BrainMemory
 from agents.offline_space import _dimension, _freeze, _values
 from agents.offline_study import SamplerChoice, build_study, skill_hints, warm_start_evidence
@@ -320,7 +321,7 @@ class OfflineBrain:
             except SchemaError as err:
                 reason = f"{err.field}: {err.rule}"
             else:
-                reason = repeat_reason(config, context.incumbent, proposals, tried, spec_list, self._rules)
+                reason = skip_reason(config, context, proposals, tried, spec_list, self._rules)
             if reason:
                 study.tell(trial, state=TrialState.FAIL)
                 call.dropped.append(Dropped(attempt, clip_text(reason, 400)))

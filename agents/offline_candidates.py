@@ -27,9 +27,11 @@ uses it (the brain passes its settings in; nothing here keeps state):
   (then clipped to the box), at most `max_changes` changes (the largest moves
   in trust steps are kept, the rest reset to the incumbent), each with a
   hypothesis and a rationale (`agents.offline_text`).
-- `repeat_reason`: why a vetted config must not be proposed — it repeats a
-  tried config, or lies within `rules.near_duplicate_distance` (in trust
-  steps) of the incumbent or an earlier candidate; "" when it may.
+- `skip_reason`: why a vetted config must not be proposed — it repeats a
+  tried config, lies within `rules.near_duplicate_distance` (in trust
+  steps) of the incumbent or an earlier candidate, or the Critic's latency
+  rule as the context carries it (`ProposalContext.latency`) would reject
+  it; "" when it may.
 
 Pure: no I/O.
 """
@@ -56,7 +58,7 @@ from agents.brain import (
     ProposalContext,
     clip_text,
 )
-from agents.critic import CriticRules, TrustRegion, candidate_distance, trust_coordinate
+from agents.critic import CriticRules, TrustRegion, candidate_distance, trust_coordinate, within_limit
 from agents.diagnostics import (
     DiagnosticMove,
     DiagnosticRules,
@@ -70,15 +72,19 @@ from agents.skill_hints import SkillHint
 from schemas.config import CascadeConfig
 
 
-def repeat_reason(
+def skip_reason(
     config: CascadeConfig,
-    incumbent: CascadeConfig,
+    context: ProposalContext,
     proposals: Sequence[Proposal],
     tried: set[bytes],
     specs: Sequence[ParamSpec],
     rules: CriticRules,
 ) -> str:
-    """Why `config` must not be proposed (a tried config, a near-duplicate), "" when it may."""
+    """Why `config` must not be proposed (a tried config, a near-duplicate, over the latency budget), "" when it may.
+
+    Every offline candidate (diagnostic, ascent, sampled) passes through it.
+    """
+    incumbent = context.incumbent
     limit = rules.near_duplicate_distance
     if _freeze(config) in tried:
         return "repeats a config already tried"
@@ -89,6 +95,9 @@ def repeat_reason(
         distance = candidate_distance(config, earlier.config, specs, rules.trust)
         if distance < limit:
             return f"near-duplicate of {earlier.proposal_id} ({distance:.3f} trust steps < {limit:g})"
+    latency = context.latency
+    if latency is not None and not within_limit(latency, config, incumbent, context.surface):
+        return f"predicted p99 over the latency budget of {latency.budget_ms:g} ms (the Critic would reject it)"
     return ""
 
 
@@ -117,7 +126,7 @@ def diagnostic_candidates(
     )
 
     def repeat(config: CascadeConfig, earlier: Sequence[Proposal]) -> str:
-        return repeat_reason(config, context.incumbent, earlier, tried, spec_list, rules)
+        return skip_reason(config, context, earlier, tried, spec_list, rules)
 
     def title(move: DiagnosticMove, changes: Sequence[ParamChange]) -> str:
         moved = ", ".join(_move_text(c, specs) for c in changes)
@@ -154,7 +163,7 @@ def ascent_round(
     }
 
     def repeat(config: CascadeConfig, mine: Sequence[Proposal]) -> str:
-        return repeat_reason(config, context.incumbent, [*earlier, *mine], tried, spec_list, rules)
+        return skip_reason(config, context, [*earlier, *mine], tried, spec_list, rules)
 
     inputs = AscentInputs(
         metric=objective,

@@ -138,6 +138,13 @@ def actor_prompt(context: ProposalContext) -> str:
         untrusted_block("recent_metrics", context.metrics),
         untrusted_block("skills", context.skills),
     ]
+    if context.latency is not None:
+        task += (
+            " The `latency_rule` data is the p99 model the critic checks every candidate with: one predicted "
+            "above budget_ms is rejected (one that raises no cut or list size is predicted at most "
+            "incumbent_p99_ms, when given)."
+        )
+        blocks.insert(4, untrusted_block("latency_rule", context.latency))
     return "\n\n".join([task, *blocks])
 
 

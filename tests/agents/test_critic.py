@@ -34,6 +34,7 @@ from agents.critic import (
     guaranteed_categories,
     param_class,
     trust_coordinate,
+    within_limit,
 )
 from agents.ope import OffPolicyDifference, difference
 from schemas.config import CascadeConfig, ConfigError, default_config
@@ -58,6 +59,7 @@ def judge(
     ope: dict[str, OffPolicyDifference] | None = None,
     brain: Sequence[CritiqueVerdict] | None = None,
     incumbent: CascadeConfig = INC,
+    incumbent_p99_ms: float | None = None,
 ) -> list[Verdict]:
     return critique(
         candidates,
@@ -67,6 +69,7 @@ def judge(
         failures=failures or FailureMemory(),
         ope_estimates=ope,
         brain_verdicts=brain,
+        incumbent_p99_ms=incumbent_p99_ms,
     )
 
 
@@ -203,6 +206,38 @@ def test_observed_latency_drives_the_budget() -> None:
     assert only(judge([candidate])).kept
     verdict = only(judge([candidate], latency_model=observed))
     assert verdict.rule == "latency_budget" and "scaled_prior, n=1" in text(verdict)
+
+
+def test_the_measured_incumbent_bounds_a_candidate_that_does_no_more_work() -> None:
+    # The default config is predicted at 72 ms by the prior; measured at 60 ms it is within a 65 ms budget, and
+    # so is any candidate that keeps or cuts its work, however far off the model's margin puts it.
+    rules = CriticRules(latency_budget_ms=65.0)
+    same_work = make(("re_rank.mmr_lambda", 0.7))
+    less_work = make(("rank.cut", 80))
+    more_work = make(("re_rank.list_size", 14))
+    without = judge([same_work, less_work, more_work], rules=rules)
+    assert [v.rule for v in without] == ["latency_budget"] * 3  # no measurement: the model alone
+    verdicts = judge([same_work, less_work, more_work], rules=rules, incumbent_p99_ms=60.0)
+    assert [v.kept for v in verdicts] == [True, True, False]
+    assert verdicts[0].predicted_p99_ms == pytest.approx(60.0)
+    assert "no more work than the incumbent, whose measured p99 bounds it" in text(verdicts[1])
+    assert verdicts[2].rule == "latency_budget" and "predicted p99 74.0 ms" in text(verdicts[2])
+    # the bound only ever lowers a prediction: a model below the measurement stands
+    low = judge([same_work], rules=rules, incumbent_p99_ms=90.0)
+    assert only(low).predicted_p99_ms == pytest.approx(72.0)
+
+
+def test_the_actor_sees_the_rule_the_critic_applies() -> None:
+    # the incumbent is predicted at 41 ms (margin 10 ms) against a 40 ms budget, and measured at 31 ms
+    model = LatencyModel(intercept_ms=5.0, per_candidate_ms=0.01, per_rank_ms=0.1, per_list_item_ms=0.5, margin_ms=10.0)
+    limit = model.limit(40.0, incumbent_p99_ms=31.0)
+    assert LatencyModel.of_limit(limit).predict(INC) == pytest.approx(model.predict(INC)) == pytest.approx(41.0)
+    rules = CriticRules(latency_budget_ms=40.0)
+    candidates = [make(("re_rank.mmr_lambda", 0.7)), make(("rank.cut", 200)), make(("rank.cut", 60))]
+    kept = [v.kept for v in judge(candidates, rules=rules, latency_model=model, incumbent_p99_ms=31.0)]
+    assert kept == [within_limit(limit, c.config, INC) for c in candidates] == [True, False, True]
+    unmeasured = model.limit(40.0)
+    assert [within_limit(unmeasured, c.config, INC) for c in candidates] == [False, False, True]
 
 
 def _config(candidate_cut: int, rank_cut: int, list_size: int) -> CascadeConfig:

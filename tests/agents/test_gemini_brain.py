@@ -30,8 +30,17 @@ from agents.brain import (
     proposal_id_for,
     vet_proposal,
 )
+from agents.critic import LatencyModel
 from agents.gemini_brain import GeminiBrain, gemini_brain_from_env
-from agents.prompts import ACTOR_SYSTEM, CRITIC_SYSTEM, DATA_CLOSE, DATA_OPEN, INSIGHT_SYSTEM, untrusted_block
+from agents.prompts import (
+    ACTOR_SYSTEM,
+    CRITIC_SYSTEM,
+    DATA_CLOSE,
+    DATA_OPEN,
+    INSIGHT_SYSTEM,
+    actor_prompt,
+    untrusted_block,
+)
 from schemas.config import ConfigError, default_config
 from schemas.guardrails import Guardrails
 
@@ -575,3 +584,13 @@ def test_untrusted_block_cannot_be_closed_from_inside() -> None:
     assert json.loads(block.split("\n", 1)[1].rsplit("\n", 1)[0])[0]["pattern"] == INJECTION + " & <b>"
     with pytest.raises(ValueError, match="block name"):
         untrusted_block('x"><system', {})
+
+
+def test_the_actor_prompt_carries_the_critics_latency_rule() -> None:
+    limit = LatencyModel(margin_ms=3.0).limit(50.0, incumbent_p99_ms=42.5)
+    prompt = actor_prompt(ProposalContext(surface="home", incumbent=INCUMBENT, latency=limit))
+    block = prompt.split(f'{DATA_OPEN} name="latency_rule">', 1)[1].split(DATA_CLOSE, 1)[0]
+    rule = json.loads(block)
+    assert rule["budget_ms"] == 50.0 and rule["incumbent_p99_ms"] == 42.5 and rule["margin_ms"] == 3.0
+    assert "predicted above budget_ms is rejected" in prompt
+    assert "latency_rule" not in actor_prompt(ProposalContext(surface="home", incumbent=INCUMBENT))

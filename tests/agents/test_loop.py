@@ -28,7 +28,7 @@ from agents.brain import (
     ProposalContext,
     Usage,
 )
-from agents.critic import CriticRules
+from agents.critic import CriticRules, LatencyModel, bounded_p99, no_more_work
 from agents.experiment import GuardrailSpec
 from agents.insight import ALL_COHORTS
 from agents.loop import (
@@ -415,7 +415,9 @@ def test_the_power_gate_learns_the_variance_curve_from_an_experiments_reads() ->
 
 async def test_the_first_round_is_judged_on_the_incumbents_observed_latency() -> None:
     # A 50 ms budget: the prior puts the default config at 72 ms and would reject every candidate;
-    # the incumbent's observed p99 (~20 ms) lets the Critic keep them.
+    # the incumbent's observed p99 (~20 ms) lets the Critic keep them.  Without the fit, only candidates that
+    # do no more work than the incumbent can pass (its measured p99 bounds them), and the Actor, told the
+    # rule, proposes only those.
     outcomes = []
     for fit in (True, False):
         h = Harness()
@@ -425,10 +427,15 @@ async def test_the_first_round_is_judged_on_the_incumbents_observed_latency() ->
         )
         state = await h.tick(T0)
         critique = h.kinds("critique")[-1]["payload"]["verdicts"]  # type: ignore[index]
-        outcomes.append((state.phase, [v["kept"] for v in critique], " ".join(critique[0]["reasons"])))
-    (fitted_phase, fitted_kept, fitted_text), (prior_phase, prior_kept, prior_text) = outcomes
-    assert fitted_phase == "registering" and all(fitted_kept) and "scaled_prior" in fitted_text
-    assert prior_phase == "idle" and not any(prior_kept) and "latency_budget" in prior_text
+        configs = [p.config for p in state.candidates]
+        outcomes.append(
+            (state.phase, [v["kept"] for v in critique], [" ".join(v["reasons"]) for v in critique], configs)
+        )
+    (fitted_phase, fitted_kept, fitted_texts, _), (prior_phase, prior_kept, prior_texts, prior_configs) = outcomes
+    assert fitted_phase == "registering" and all(fitted_kept) and "scaled_prior" in fitted_texts[0]
+    assert prior_phase == "registering" and prior_kept and all(prior_kept)
+    assert all("whose measured p99 bounds it" in text for text in prior_texts)
+    assert all(no_more_work(config, default_config(), "home") for config in prior_configs)
 
 
 async def test_the_power_gate_plans_on_the_persistent_share_its_baseline_window_shows() -> None:
@@ -530,3 +537,36 @@ async def test_an_arm_the_serving_breaker_opened_is_rolled_back_not_promoted() -
     assert "SLO breaker" in rollbacks[0]["reasons"][0]  # type: ignore[index]
     assert not [a for a in h.appended if a.activate], "nothing promoted"
     assert any(f.moves for f in state.failures), "the move enters the failure memory like any rollback"
+
+
+class ContextRecordingBrain(OfflineBrain):
+    """The offline brain, recording every proposal context it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=1)
+        self.contexts: list[ProposalContext] = []
+
+    async def propose(self, context: ProposalContext) -> list[Proposal]:
+        self.contexts.append(context)
+        return await super().propose(context)
+
+
+async def test_the_actor_is_told_the_latency_rule_the_critic_then_applies() -> None:
+    brain = ContextRecordingBrain()
+    h = Harness(brain=brain)
+    loop = h.driver.loop
+    loop.settings = replace(loop.settings, rules=CriticRules(latency_budget_ms=50.0), min_latency_requests=1.0)
+    state = await h.tick(T0)
+    assert state.phase == "registering"
+    (context,) = brain.contexts
+    limit = context.latency
+    assert limit is not None and limit.budget_ms == 50.0
+    assert limit.incumbent_p99_ms is not None and 15.0 < limit.incumbent_p99_ms < 25.0  # the harness serves ~20 ms
+    verdicts = h.kinds("critique")[-1]["payload"]["verdicts"]  # type: ignore[index]
+    predicted = [float(v["reasons"][1].split("predicted p99 ")[1].split(" ms")[0]) for v in verdicts]
+    model = LatencyModel.of_limit(limit)
+    proposals = {p.proposal_id: p for p in state.candidates}
+    for verdict, p99 in zip(verdicts, predicted, strict=True):
+        config = proposals[verdict["proposal_id"]].config
+        expected, _ = bounded_p99(model, config, context.incumbent, limit.incumbent_p99_ms, "home")
+        assert p99 == pytest.approx(expected, abs=0.05)

@@ -10,7 +10,7 @@ import pytest
 from agents.critic import LatencyModel
 from agents.experiment import ArmSpec
 from agents.loop_baseline import pre_period_arm
-from agents.loop_latency import latency_model, observe_latency
+from agents.loop_latency import incumbent_p99, latency_model, observe_latency
 from agents.stats.proofs import simulated_totals
 from agents.stats.simulate import TrafficModel, simulate_experiment
 from schemas.config import default_config
@@ -67,3 +67,13 @@ def test_latency_model_falls_back_to_the_prior_and_scales_it_to_what_was_seen() 
     observed = latency_quantile(base[0].latency_hist, 0.99)  # type: ignore[attr-defined]
     assert model.source == "scaled_prior" and model.predict(start, "home") == pytest.approx(observed)
     assert prior.predict(start, "home") == pytest.approx(72.0)
+
+
+def test_the_incumbents_measured_p99_comes_from_its_baseline_traffic_else_its_last_reading() -> None:
+    base = [_totals({"control": 18.0, "other": 18.0})["control"]]
+    measured = latency_quantile(base[0].latency_hist, 0.99)  # type: ignore[attr-defined]
+    seen = ((1, 40.0), (2, 55.0))
+    assert incumbent_p99(seen, 2, base, 1.0) == pytest.approx(measured)  # type: ignore[arg-type]
+    assert incumbent_p99(seen, 2, base, 1e12) == 55.0  # type: ignore[arg-type]  # too little baseline traffic
+    assert incumbent_p99(seen, 2, [], 1.0) == 55.0
+    assert incumbent_p99(seen, 3, [], 1.0) is None

@@ -28,7 +28,15 @@ from agents.brain import (
     proposal_id_for,
     vet_proposal,
 )
-from agents.critic import CriticRules, FailureMemory, LatencyModel, TrustRegion, critique, trust_coordinate
+from agents.critic import (
+    CriticRules,
+    FailureMemory,
+    LatencyModel,
+    TrustRegion,
+    critique,
+    trust_coordinate,
+    within_limit,
+)
 from agents.offline_brain import Objective, OfflineBrain, parse_skill_note
 from schemas.config import CascadeConfig, default_config
 from schemas.guardrails import Guardrails
@@ -397,3 +405,21 @@ async def test_actor_over_the_offline_brain_keeps_everything_it_proposes() -> No
     assert all(
         not math.isnan(float(c.value)) for p in result.proposals for c in p.changes if not isinstance(c.value, str)
     )
+
+
+def test_no_candidate_over_the_critics_latency_budget_is_proposed() -> None:
+    # Budget 75 ms; the prior puts the default config at 72 ms and charges 0.2 ms per ranked item and 1 ms per
+    # shown one, so a sampler free to raise the cuts and the list size would often exceed it.
+    cuts = ("pre_rank.candidate_cut", "rank.cut", "re_rank.list_size", "re_rank.mmr_lambda")
+    limit = LatencyModel().limit(75.0)
+    free = [p for seed in range(3) for p in OfflineBrain(seed=seed).propose_sync(context(k=5, parameters=cuts))]
+    assert any(not within_limit(limit, p.config, INC) for p in free)  # the filter has something to do
+    for seed in range(3):
+        proposals = OfflineBrain(seed=seed).propose_sync(context(k=5, parameters=cuts, latency=limit))
+        assert len(proposals) == 5
+        assert all(within_limit(limit, p.config, INC) for p in proposals)
+        verdicts = critique(
+            proposals, INC, CriticRules(latency_budget_ms=75.0), latency_model=LatencyModel(), failures=FailureMemory()
+        )
+        # the Critic's own rule agrees (the diversity floor may still reject a short list)
+        assert all(v.rule != "latency_budget" for v in verdicts), [v.reasons for v in verdicts]
