@@ -7,16 +7,25 @@ key still holds our token (Lua compare-and-pexpire); `release()` deletes it
 only if it is ours (compare-and-del).  A process whose renew fails has lost
 the lease and must stop acting; the epoch goes into every decision record and
 the state store writes only while the lease key holds our token.
+
+`keep_alive(stop)` renews every third of the TTL in a task of its own, so a
+loop step that outlasts the TTL (a slow brain call with its retries) does
+not lose the lease half-way: without it, every step longer than the TTL
+would have its fenced writes refused and its work dropped, again and again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
 from typing import Final
 
 from redis import asyncio as aioredis
 
 PREFIX: Final = "rectune:agents"
+log = logging.getLogger(__name__)
 
 _RENEW: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -71,6 +80,27 @@ class Lease:
         if not ok:
             self.token, self.epoch = "", 0
         return bool(ok)
+
+    async def keep_alive(self, stop: asyncio.Event) -> None:
+        """Renew the lease every third of its TTL while we hold it, until `stop` is set.
+
+        Run as a task beside the loop by `agents.runtime.AgentRuntime.run`;
+        the loop's own acquire each tick stays the way to take the lease.
+        A failed renew clears our token (see `renew`), which the loop's next
+        acquire and the fenced writes then see.
+        """
+        interval_s = self.ttl_ms / 3000.0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
+            if stop.is_set() or not self.token:
+                continue
+            epoch = self.epoch
+            try:
+                if not await self.renew():
+                    log.warning("lease of %s lost (epoch %d): another process holds it now", self.surface, epoch)
+            except Exception as err:  # a Redis hiccup: the next beat or the loop's acquire tries again
+                log.warning("lease of %s not renewed: %s", self.surface, type(err).__name__)
 
     async def release(self) -> None:
         """Give the lease up if it is still ours."""

@@ -4,7 +4,9 @@
 surface's Redis lease (`agents.lease`); only while it holds the lease does
 it poll the metrics feed and run one `LoopDriver.tick` (`agents.loop`) with
 the lease epoch (fencing: in every decision record, and the state store
-writes only while the lease is ours).  A standby process keeps trying and
+writes only while the lease is ours).  A task beside the loop renews the
+lease every third of its TTL (`Lease.keep_alive`), so a tick that outlasts
+the TTL — a slow brain call — keeps it.  A standby process keeps trying and
 takes over, from the stored state, once the leader's lease expires (at once
 when the leader stopped cleanly: it releases the lease).
 
@@ -190,6 +192,7 @@ class AgentRuntime:
         await feed.start()
         await breaker.start()
         leading = False
+        beating = asyncio.create_task(lease.keep_alive(stop))
         try:
             while not stop.is_set():
                 held = await lease.acquire()
@@ -214,6 +217,9 @@ class AgentRuntime:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), s.tick_s)
         finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
             await lease.release()
             await writer.close()
             await feed.stop()

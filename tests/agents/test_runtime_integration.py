@@ -11,7 +11,9 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from redis import asyncio as aioredis
 
+from agents.brain import Proposal, ProposalContext
 from agents.loop import LoopSettings, LoopState
+from agents.offline_brain import OfflineBrain
 from agents.runtime import AgentRuntime, RuntimeSettings
 from agents.state_store import state_key
 from rectune.admin import ensure_topics
@@ -76,32 +78,40 @@ async def _wait(pred: object, timeout_s: float = 15.0) -> None:
     raise AssertionError(msg)
 
 
-async def test_one_leader_and_failover_from_stored_state(tansu_broker: str, redis_url: str) -> None:
+async def _seeded_surface(bootstrap: str) -> str:
+    """A fresh surface on `bootstrap`: the topics, a signed default config and one metric window."""
     surface = f"s{uuid.uuid4().hex[:6]}"
-    await ensure_topics(tansu_broker, [CONFIG, DECISIONS, ALERTS, METRICS])
+    await ensure_topics(bootstrap, [CONFIG, DECISIONS, ALERTS, METRICS])
     keyring = Keyring.parse(KEYS, "k1")
     await append_change(
-        tansu_broker, draft("config", author="test", reason="seed", config=default_config(), activate=True), keyring
+        bootstrap, draft("config", author="test", reason="seed", config=default_config(), activate=True), keyring
     )
-    producer = AIOKafkaProducer(bootstrap_servers=tansu_broker)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     await producer.send_and_wait(METRICS.name, _window(surface), partition=0)
     await producer.stop()
+    return surface
 
-    def settings(owner: str) -> RuntimeSettings:
-        return RuntimeSettings(
-            bootstrap=tansu_broker,
-            redis_url=redis_url,
-            surface=surface,
-            tick_s=0.3,
-            lease_ttl_ms=1_500,
-            owner=owner,
-            config_keys=KEYS,
-            config_key_id="k1",
-            loop=LoopSettings(k=1, cooldown_s=0.5),
-        )
 
-    a, b = AgentRuntime(settings("a")), AgentRuntime(settings("b"))
+def _settings(bootstrap: str, redis_url: str, surface: str, owner: str, *, lease_ttl_ms: int) -> RuntimeSettings:
+    return RuntimeSettings(
+        bootstrap=bootstrap,
+        redis_url=redis_url,
+        surface=surface,
+        tick_s=0.3,
+        lease_ttl_ms=lease_ttl_ms,
+        owner=owner,
+        config_keys=KEYS,
+        config_key_id="k1",
+        loop=LoopSettings(k=1, cooldown_s=0.5),
+    )
+
+
+async def test_one_leader_and_failover_from_stored_state(tansu_broker: str, redis_url: str) -> None:
+    surface = await _seeded_surface(tansu_broker)
+
+    a = AgentRuntime(_settings(tansu_broker, redis_url, surface, "a", lease_ttl_ms=1_500))
+    b = AgentRuntime(_settings(tansu_broker, redis_url, surface, "b", lease_ttl_ms=1_500))
     stop_a, stop_b = asyncio.Event(), asyncio.Event()
     task_a = asyncio.create_task(a.run(stop_a))
 
@@ -146,4 +156,47 @@ async def test_one_leader_and_failover_from_stored_state(tansu_broker: str, redi
         stop_b.set()
         stop_a.set()
         await asyncio.gather(task_a, task_b, return_exceptions=True)
+        await redis.aclose()
+
+
+class SlowBrain(OfflineBrain):
+    """The offline brain, taking `delay_s` over every proposal (a slow LLM call with its retries)."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(seed=1)
+        self.delay_s = delay_s
+        self.calls = 0
+
+    async def propose(self, context: ProposalContext) -> list[Proposal]:
+        self.calls += 1
+        await asyncio.sleep(self.delay_s)
+        return await super().propose(context)
+
+
+async def test_a_step_longer_than_the_lease_ttl_keeps_the_lease_and_its_work(tansu_broker: str, redis_url: str) -> None:
+    # Without the heartbeat, the lease expired during every proposal, the fenced intent write was refused,
+    # and the round was dropped: the loop never left `idle`.
+    surface = await _seeded_surface(tansu_broker)
+    brain = SlowBrain(delay_s=2.5)
+    runtime = AgentRuntime(_settings(tansu_broker, redis_url, surface, "slow", lease_ttl_ms=1_000), brain=brain)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.run(stop))
+    redis = aioredis.from_url(redis_url)
+    try:
+
+        async def running() -> bool:
+            raw = await redis.get(state_key(surface))
+            return raw is not None and LoopState.from_bytes(raw).phase == "running"
+
+        try:
+            await _wait(running, timeout_s=30.0)
+        except AssertionError:
+            raise AssertionError(runtime.last_error, runtime.ticks, brain.calls) from None
+        assert brain.calls == 1  # the first round's work was kept, not dropped and redone
+        assert runtime.lease is not None and runtime.lease.held
+        records = [r for r in await _records(tansu_broker) if r["surface"] == surface]
+        assert {r["epoch"] for r in records} == {runtime.lease.epoch}  # one lease throughout
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
         await redis.aclose()
