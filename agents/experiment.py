@@ -312,6 +312,19 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     latency: tuple[tuple[int, ...], ...]
 
 
+class PeriodMark(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, array_like=True):
+    """Cumulative per-arm sums when an allocation period after the first began: the reads stratify on them.
+
+    Taken with the SRM snapshot (`settle_s` after a ramp, a stopped arm or a
+    rollback changed the shares); `sums[i]` is arm `ExperimentPlan.arm_ids[i]`'s
+    (fields × buckets) table, flattened row by row.  See
+    `agents.stats.ratio.compare_sums` for why a read must not pool periods.
+    """
+
+    taken_ms: int
+    sums: tuple[tuple[float, ...], ...]
+
+
 class PrePeriod(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One arm's pre-period bucket sums of the primary metric (its own users, before the experiment): CUPED."""
 
@@ -342,7 +355,9 @@ class ExperimentState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     current ramp stage began; `allocation_ms` when the allocation last
     changed (ramp, stopped arm, rollback), which restarts the SRM window.
     `stage_start_requests` are the cumulative requests per arm when the stage
-    began (minimum samples per stage).  `history` keeps the last
+    began (minimum samples per stage).  `periods` marks where each allocation
+    period after the first began (the primary and non-inferiority reads are
+    stratified by period).  `history` keeps the last
     `plan.max_history` primary reads; `seq` numbers the decisions.
     """
 
@@ -355,6 +370,7 @@ class ExperimentState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     allocation: Allocation | None = None
     snapshot: Snapshot | None = None
     stage_start_requests: tuple[float, ...] = ()
+    periods: tuple[PeriodMark, ...] = ()
     arms: tuple[ArmState, ...] = ()
     pre_period: tuple[PrePeriod, ...] | None = None
     history: tuple[ReadPoint, ...] = ()

@@ -39,7 +39,12 @@ One `step`, in this order (the first that ends the experiment wins):
    Breach → rollback of that arm only (its lane goes to 0; the other lanes
    stay put), alert `guardrail_breach`.
 3. **Primary read**: delta-method difference treatment − control over user
-   buckets (CUPED-adjusted when pre-period covariates exist), folded into
+   buckets, stratified by allocation period (`ExperimentState.periods`,
+   marked with each SRM window: a ramp, a stopped arm or a rollback changes
+   every arm's share, and pooled sums would then compare arms served at
+   different mixes of time — `agents.stats.ratio.compare_sums`; the
+   non-inferiority reads are stratified the same way), CUPED-adjusted when
+   pre-period covariates exist and the allocation never changed, folded into
    each arm's mixture SPRT (`SequentialState`, τ² fixed at launch by the
    power plan, at the plan's `sequential_alpha` = α − `final_alpha`); Holm
    across all treatment arms of the experiment on the always-valid
@@ -66,8 +71,10 @@ Guardrail tests use τ from their own scale
 most sensitive to harms of about twice the margin; a much noisier read
 (a 1% stage) widens their sequences a lot.
 
-Honest limits: the primary read pools all stages, so a metric that drifts
-in time while the shares ramp biases the comparison (Simpson); the SRM
+Honest limits: a period's first `settle_s` is counted in the period before
+it (the mark is taken with the SRM snapshot); a per-user read with CUPED
+drops CUPED once the allocation changed (CUPED pools the periods); Insight
+and the brain's readings still read pooled totals; the SRM
 check is repeated at every step against a fixed 0.001 threshold (not a
 sequential SRM test); guardrail tests are not corrected across arms or
 metrics (more rollbacks, never fewer); the latency p99 is accurate to one

@@ -19,6 +19,7 @@ from agents.experiment import (
     ExperimentState,
     Figure,
     GuardrailRead,
+    PeriodMark,
     Snapshot,
 )
 from agents.online_ramp import served_shares, stage_allocation
@@ -53,7 +54,13 @@ def _srm(state: ExperimentState, data: _Arrays, log: _Log, now_ms: int) -> tuple
                 requests=tuple(tuple(data.sums[a][_REQUESTS].tolist()) for a in plan.arm_ids),
                 latency=tuple(tuple(data.hist[a].tolist()) for a in plan.arm_ids),
             )
-            state = msgspec.structs.replace(state, snapshot=snap)
+            periods = state.periods
+            if state.allocation_ms != state.started_ms:  # a new allocation period begins (not the launch's)
+                mark = PeriodMark(
+                    taken_ms=now_ms, sums=tuple(tuple(data.sums[a].ravel().tolist()) for a in plan.arm_ids)
+                )
+                periods = (*periods, mark)
+            state = msgspec.structs.replace(state, snapshot=snap, periods=periods)
         return state, False
     base = np.asarray(state.snapshot.requests, dtype=np.float64)
     counts = np.stack([data.sums[a][_REQUESTS] for a in plan.arm_ids])
@@ -140,7 +147,16 @@ def _guardrails(
             for name, margin, tau2 in checks:
                 if margin is None:
                     continue
-                arm, read = _non_inferiority(arm, name, control, sums, margin, tau2, g.alpha, paired=plan.paired)
+                arm, read = _non_inferiority(
+                    arm,
+                    name,
+                    data.by_period(plan.control.arm_id, plan, state.periods),
+                    data.by_period(arm.arm_id, plan, state.periods),
+                    margin,
+                    tau2,
+                    g.alpha,
+                    paired=plan.paired,
+                )
                 reads.append(read)
                 if read.breached:
                     breaches.append(read)

@@ -52,13 +52,23 @@ def _read(
     updated: set[str] = set()
     # A paired read already removes the users' own propensity, which is what the covariates would explain.
     fit = None if plan.paired else _cuped(state, data, [a.arm_id for a in active], notes)
+    periods = state.periods
+    if fit is not None and periods:
+        # CUPED here pools the periods, which a stratified read must not (agents.stats.ratio): read raw instead
+        fit = None
+        notes.append("CUPED off: the allocation changed during the experiment (read stratified by period)")
+    control_periods = data.by_period(control_id, plan, periods)
     for i, arm in enumerate(active, start=1):
         try:
             if fit is not None:
                 comparisons[arm.arm_id] = (fit.compare(i, 0), fit.variance_reduction(i, 0))
             else:
                 cmp = compare_sums(
-                    control, data.sums[arm.arm_id], metric.numerator, metric.denominator, paired=plan.paired
+                    control_periods,
+                    data.by_period(arm.arm_id, plan, periods),
+                    metric.numerator,
+                    metric.denominator,
+                    paired=plan.paired,
                 )
                 comparisons[arm.arm_id] = (cmp, None)
         except StatsError as err:

@@ -24,6 +24,7 @@ from agents.experiment import (
     ExperimentPlan,
     ExperimentState,
     GuardrailRead,
+    PeriodMark,
     PrePeriod,
 )
 from agents.stats.errors import StatsError
@@ -64,6 +65,20 @@ class _Arrays:
 
     def requests(self, arm_id: str) -> float:
         return float(self.sums[arm_id][_REQUESTS].sum())
+
+    def by_period(self, arm_id: str, plan: ExperimentPlan, marks: Sequence[PeriodMark]) -> FloatArray:
+        """`arm_id`'s sums per allocation period, (periods × fields × buckets); its cumulative sums without marks.
+
+        What `compare_sums` reads, so no comparison pools traffic served
+        under different shares (`agents.stats.ratio`).
+        """
+        now = self.sums[arm_id]
+        if not marks:
+            return now
+        index = plan.arm_ids.index(arm_id)
+        marked = [np.asarray(mark.sums[index], dtype=np.float64).reshape(now.shape) for mark in marks]
+        edges = np.stack([np.zeros_like(now), *marked, now])
+        return np.maximum(np.diff(edges, axis=0), 0.0)
 
 
 def _readable(sums: FloatArray, plan: ExperimentPlan) -> bool:

@@ -22,9 +22,12 @@ greedily — add the move that raises the oracle's value of the set most, up
 to `context.max_changes`, while it still raises it (moves interact: a
 combination is scored as a whole) — and each set after the first uses
 parameters the earlier ones did not.  Each candidate is vetted like any
-brain answer (`vet_in_context`), a config it proposed before is never
-proposed again, and the Critic and Online agent then treat it as they treat
-the offline brain's.
+brain answer (`vet_in_context`); a config it proposed before is proposed
+again only when every set worth proposing was (an inconclusive experiment
+is no evidence against a config the oracle ranks best, and a fresh one is
+fresh evidence; before session 15 it never re-proposed, and stalled the
+surface for the rest of the budget); the Critic and Online agent then treat
+it as they treat the offline brain's.
 
 Called by `bench/tuning.py --ceiling` (method `ceiling`).
 """
@@ -184,17 +187,24 @@ class OracleGuidedBrain(OfflineBrain):
         incumbent = context.incumbent
         value_of = feasible_value(self._view, incumbent)
         moves = single_moves(incumbent, value_of, self._rules.trust, context.guardrails, context.parameters)
+        proposals = self._sets(context, value_of, moves, lambda config: msgspec.json.encode(config) in self._proposed)
+        if not proposals:
+            # every set worth proposing was proposed before and none was promoted: a perfect Actor proposes the
+            # best again (a fresh experiment is fresh evidence) rather than stall the surface
+            proposals = self._sets(context, value_of, moves, lambda _config: False)
+        return proposals
+
+    def _sets(
+        self,
+        context: ProposalContext,
+        value_of: Callable[[CascadeConfig], float],
+        moves: Sequence[Move],
+        skip: Callable[[CascadeConfig], bool],
+    ) -> list[Proposal]:
         used: set[str] = set()
         proposals: list[Proposal] = []
         for _ in range(context.k):
-            chosen, gain = greedy_set(
-                incumbent,
-                value_of,
-                moves,
-                context.max_changes,
-                used=used,
-                skip=lambda config: msgspec.json.encode(config) in self._proposed,
-            )
+            chosen, gain = greedy_set(context.incumbent, value_of, moves, context.max_changes, used=used, skip=skip)
             if not chosen:
                 break
             used.update(m.name for m in chosen)

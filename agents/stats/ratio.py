@@ -41,6 +41,26 @@ the simulated apparel worlds this read's variance is about a tenth of a
 CUPED-adjusted per-user read at the same traffic (BENCHMARKS.md).
 `compare_sums` picks the read for an allocation's unit.
 
+Reads stratified by allocation period (`compare_sums` given (periods ×
+fields × buckets) sums).  When an experiment's allocation changes — a ramp
+from 10% to 50%, a stopped arm's traffic handed back — the arms' traffic
+comes from different mixes of time, and pooled sums compare an arm served
+mostly after a shift in the base rate (weekly turnover, a weekday, a
+campaign) with a control served mostly before it: Simpson's paradox
+(Kohavi & Longbotham, "Online Experiments: Lessons Learned", 2007; traced
+here in apparel_core, where a +0.3% arm read −4.4% across the day-7
+turnover and was stopped as a significant loser).  Within one period the
+shares are constant, so each period's arms sample the same times.  The
+stratified value of an arm is r = Σ_s w_s r_s over the periods s, with
+Cochran–Mantel–Haenszel weights w_s ∝ n_C,s·n_T,s/(n_C,s + n_T,s) (n: the
+arms' denominators in the period; the same weights for both arms, and the
+most precise fixed weights when a request's variance is the same in every
+period: a long 10% stage weighs what its few treated requests say, not
+its many control ones), and its linearised value per bucket
+l_b = Σ_s w_s (x_sb − r_s y_sb)/ȳ_s, so every variance above holds as
+written (a bucket's users in several periods stay one cluster).  With one
+period it is the plain read exactly.
+
 Callers: the Online agent (interim reads, guardrail metrics), `cuped`,
 `power` (variance per unit from observed buckets), `proofs` and the tests.
 Pure numpy.
@@ -265,26 +285,80 @@ def paired_comparison(
     if cx.ndim != 1 or cx.shape != tx.shape:
         msg = f"control, treatment: must be 1-D over the same buckets, got {cx.shape} and {tx.shape}"
         raise StatsError(msg, "pair the arms' rows of the same bucket layout")
-    n = cx.size
-    rc, rt = float(cx.sum() / cy.sum()), float(tx.sum() / ty.sum())
-    lc, lt = linearize(cx, cy), linearize(tx, ty)
+    return _paired(*stratified_linear((cx[None, :], cy[None, :]), (tx[None, :], ty[None, :])))
+
+
+def _paired(rc: float, rt: float, lc: FloatArray, lt: FloatArray) -> Comparison:
+    """The paired `Comparison` from both arms' values and per-bucket linearised values (module doc)."""
+    n = lc.size
     difference_variance = float(((lt - lc) ** 2).sum() / (n * (n - 1)))
     return _comparison(rc, rt, difference_variance, lambda: float(((lt / rt - lc / rc) ** 2).sum() / (n * (n - 1))))
+
+
+def _period_rows(sums: npt.ArrayLike, numerator: str, denominator: str) -> tuple[FloatArray, FloatArray]:
+    """(periods × buckets) numerator and denominator rows of (fields × buckets) or (periods × fields × buckets) sums."""
+    table = np.asarray(sums, dtype=np.float64)
+    if table.ndim == 3:
+        rows = [named_rows(period, numerator, denominator) for period in table]
+        if not rows:
+            msg = "sums: no allocation period"
+            raise StatsError(msg, "pass the arm's sums of at least one period")
+        return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+    x, y = named_rows(table, numerator, denominator)
+    return x[None, :], y[None, :]
+
+
+def stratified_linear(
+    control: tuple[FloatArray, FloatArray], treatment: tuple[FloatArray, FloatArray]
+) -> tuple[float, float, FloatArray, FloatArray]:
+    """(r_C, r_T, l_C, l_T): each arm's period-stratified ratio and per-bucket linearised values (module doc).
+
+    Each argument is a (numerator, denominator) pair of (periods × buckets)
+    arrays.  Periods in which either arm has no denominator are left out (an
+    arm with no traffic then cannot be compared on them); one period gives
+    `ratio_estimate`'s value and `linearize`'s values.  Called by `compare_sums`.
+    """
+    cx, cy = control
+    tx, ty = treatment
+    if cx.shape != tx.shape or cx.shape != cy.shape or tx.shape != ty.shape or cx.ndim != 2:
+        msg = f"control, treatment: must be (periods × buckets) of one shape, got {cx.shape} and {tx.shape}"
+        raise StatsError(msg, "pair the arms' rows of the same periods and bucket layout")
+    keep = (cy.sum(axis=-1) > 0.0) & (ty.sum(axis=-1) > 0.0)
+    if keep.any() and not keep.all():
+        cx, cy, tx, ty = cx[keep], cy[keep], tx[keep], ty[keep]
+    cx, cy = bucket_pair(cx, cy, name="control")
+    tx, ty = bucket_pair(tx, ty, name="treatment")
+    nc, nt = cy.sum(axis=-1), ty.sum(axis=-1)
+    information = nc * nt / (nc + nt)  # Cochran–Mantel–Haenszel: a period's weight is what it tells of a difference
+    weights = information / information.sum()
+
+    def arm(x: FloatArray, y: FloatArray) -> tuple[float, FloatArray]:
+        r = x.sum(axis=-1) / y.sum(axis=-1)
+        lin = (x - r[:, None] * y) / y.mean(axis=-1, keepdims=True)
+        return float(weights @ r), weights @ lin
+
+    (rc, lc), (rt, lt) = arm(cx, cy), arm(tx, ty)
+    return rc, rt, lc, lt
 
 
 def compare_sums(
     control: npt.ArrayLike, treatment: npt.ArrayLike, numerator: str, denominator: str, *, paired: bool = False
 ) -> Comparison:
-    """Treatment vs control on a ratio of two named rows of each arm's (fields × buckets) sums.
+    """Treatment vs control on a ratio of two named rows of each arm's sums, stratified by allocation period.
 
-    `paired` (the experiment's allocation randomises requests) reads with
-    `paired_comparison`, otherwise with `compare` (disjoint users).  Called by
-    the Online agent's primary and non-inferiority reads, Insight, the
-    report's lift and the tuning bench's baselines, so all read an
-    experiment the same way.
+    Each arm's sums are (fields × buckets) (`schemas.metrics.ArmTotals.sums`)
+    or, when the allocation changed during the experiment, (periods × fields
+    × buckets): one table per allocation period (module doc).  `paired` (the
+    experiment's allocation randomises requests) keeps the covariance of the
+    arms' buckets (`paired_comparison`), otherwise the arms are independent
+    (`compare`, disjoint users).  Called by the Online agent's primary and
+    non-inferiority reads, Insight, the brain's readings, the report's lift
+    and the tuning bench's baselines, so all read an experiment the same way.
     """
-    c = named_rows(control, numerator, denominator)
-    t = named_rows(treatment, numerator, denominator)
+    rc, rt, lc, lt = stratified_linear(
+        _period_rows(control, numerator, denominator), _period_rows(treatment, numerator, denominator)
+    )
     if paired:
-        return paired_comparison(c, t)
-    return compare(ratio_estimate(*c), ratio_estimate(*t))
+        return _paired(rc, rt, lc, lt)
+    n = lc.size
+    return comparison(rc, float((lc * lc).sum() / (n * (n - 1))), rt, float((lt * lt).sum() / (n * (n - 1))))

@@ -51,6 +51,7 @@ from agents.online_guard import latency_holds
 from agents.online_plan import power_plan
 from agents.stats.power import plan_experiment
 from agents.stats.proofs import simulated_totals
+from agents.stats.ratio import compare_sums
 from agents.stats.simulate import SimulatedExperiment, TrafficModel, simulate_experiment
 from schemas.config import Allocation, ArmShare, validate_allocation
 from schemas.metrics import FIELD_INDEX, N_FIELDS, N_LATENCY_BINS, ArmTotals, latency_bins
@@ -796,3 +797,40 @@ def test_a_per_request_plan_drops_the_persistent_share_of_the_variance() -> None
     assert plans["request"].mde_relative < 0.5 * plans["user"].mde_relative
     with pytest.raises(ExperimentError, match="randomization_unit='session': 'user' or 'request'"):
         OnlinePolicy(surface="home", randomization_unit="session")  # type: ignore[arg-type]
+
+
+def test_reads_are_stratified_by_allocation_period_so_a_ramp_across_a_drop_in_the_base_rate_reads_no_effect() -> None:
+    # No treatment effect.  The arm ramps from 10% to 50%; right after the ramp the click rate of every arm drops
+    # by a third (a weekly turnover).  Pooled sums would compare a treatment served mostly after the drop with a
+    # control served mostly before it and call the arm a loser; the agent's read is per period and sees nothing.
+    rng = np.random.default_rng(21)
+    traffic_model = BucketTraffic(rng, requests_per_hour=40_000.0)
+    traffic, baseline = baseline_for(traffic_model)
+    policy = OnlinePolicy(
+        surface="home",
+        target_mde=0.5,
+        stages=(0.1, 0.5),
+        min_dwell_s=4 * 3600.0,
+        min_stage_requests=1_000.0,
+        horizon_s=10 * 86_400.0,
+        settle_s=0.0,
+        guardrails=GuardrailSpec(),
+    )
+    agent = OnlineAgent(policy)
+    state, _ = agent.plan(CANDIDATES[:1], 1, traffic, baseline, T0)
+    assert state is not None and state.allocation is not None
+    control_id, arm_id = state.plan.control.arm_id, state.plan.treatments[0].arm_id
+    dropped = False
+    totals: dict[str, ArmTotals] = {}
+    for hour in range(1, 30):
+        drop = {control_id: -1 / 3, arm_id: -1 / 3} if dropped else None
+        totals = traffic_model.advance(state.allocation, 1.0, ctr_lift=drop)
+        state, out = agent.step(state, totals, None, T0 + hour * HOUR_MS)
+        assert "stop_arm" not in kinds(out) and "stop" not in kinds(out), [d.reasons for d in out]
+        dropped = dropped or "ramp" in kinds(out)
+    assert dropped and state.stage == 1 and len(state.periods) == 1
+    assert ExperimentState.from_bytes(state.to_bytes()) == state  # the marks survive a restart
+    pooled = compare_sums(totals[control_id].sums, totals[arm_id].sums, "clicks", "impressions")
+    assert pooled.lift < -0.07  # the bias an unstratified read would act on (about -10%)
+    read = state.arm(arm_id).primary
+    assert read is not None and read.lower < 0.0 < read.upper and abs(read.estimate) < 2.0 * math.sqrt(read.variance)
