@@ -51,7 +51,7 @@ def test_sets_are_built_greedily_on_the_joint_value_and_use_disjoint_parameters(
     assert value(proposals[0].config) > value(START)
 
 
-def test_max_changes_allow_list_and_no_repeat() -> None:
+def test_max_changes_allow_list_and_repeats_only_when_nothing_new_helps() -> None:
     b = brain()
     context = ProposalContext(surface="home", incumbent=START, k=3, max_changes=1)
     first = b.propose_sync(context)
@@ -60,7 +60,18 @@ def test_max_changes_allow_list_and_no_repeat() -> None:
         {"re_rank.max_per_category"},
         {"re_rank.mmr_lambda"},
     ]
-    assert b.propose_sync(context) == []  # each was proposed once; nothing else helps
+    # each was proposed once and nothing else helps: the best are proposed again rather than nothing
+    assert [p.config for p in b.propose_sync(context)] == [p.config for p in first]
+    # a set not yet proposed comes before a repeat
+    one = ProposalContext(surface="home", incumbent=START, k=1, max_changes=1)
+    fresh = brain()
+    rounds = [moved(p) for _ in range(4) for p in fresh.propose_sync(one)]
+    assert rounds == [
+        {"re_rank.near_duplicate_threshold"},
+        {"re_rank.max_per_category"},
+        {"re_rank.mmr_lambda"},
+        {"re_rank.near_duplicate_threshold"},
+    ]
     only = ProposalContext(surface="home", incumbent=START, k=3, max_changes=3, parameters=("re_rank.mmr_lambda",))
     assert [moved(p) for p in brain().propose_sync(only)] == [{"re_rank.mmr_lambda"}]
 
