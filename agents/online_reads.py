@@ -76,6 +76,9 @@ class _Arrays:
         if not marks:
             return now
         index = plan.arm_ids.index(arm_id)
+        if any(len(mark.sums[index]) != now.size for mark in marks):
+            msg = f"totals: bucket layout of {arm_id} changed mid-experiment (its period marks hold another shape)"
+            raise ExperimentError(msg)
         marked = [np.asarray(mark.sums[index], dtype=np.float64).reshape(now.shape) for mark in marks]
         edges = np.stack([np.zeros_like(now), *marked, now])
         return np.maximum(np.diff(edges, axis=0), 0.0)

@@ -49,6 +49,7 @@ from agents.online import (
 )
 from agents.online_guard import latency_holds
 from agents.online_plan import power_plan
+from agents.online_reads import _Arrays
 from agents.stats.power import plan_experiment
 from agents.stats.proofs import simulated_totals
 from agents.stats.ratio import compare_sums
@@ -830,6 +831,9 @@ def test_reads_are_stratified_by_allocation_period_so_a_ramp_across_a_drop_in_th
         dropped = dropped or "ramp" in kinds(out)
     assert dropped and state.stage == 1 and len(state.periods) == 1
     assert ExperimentState.from_bytes(state.to_bytes()) == state  # the marks survive a restart
+    other_layout = {a: _totals(a, np.ones((N_FIELDS, 32)), np.zeros(N_LATENCY_BINS)) for a in state.plan.arm_ids}
+    with pytest.raises(ExperimentError, match=r"bucket layout of .* changed mid-experiment"):
+        _Arrays(state.plan, other_layout).by_period(arm_id, state.plan, state.periods)
     pooled = compare_sums(totals[control_id].sums, totals[arm_id].sums, "clicks", "impressions")
     assert pooled.lift < -0.07  # the bias an unstratified read would act on (about -10%)
     read = state.arm(arm_id).primary
