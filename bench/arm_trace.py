@@ -26,6 +26,13 @@ of one parameter from the final incumbent, and of the greedy set of up to
 `max_changes` of the best of them, the most a perfect Actor could propose in
 one arm.  It prints the share of the oracle's lift the run reached and the
 share after that set (BENCHMARKS.md, session 13).
+
+`--climb` runs no loop: it climbs from the starting config with those greedy
+sets and no reads at all (each step is the set `--next-step` would print,
+applied as if every experiment resolved it), printing each step's true gain
+and the share reached.  It separates what the reads cost from what the
+one-step moves can reach (BENCHMARKS.md, session 15: in core, a first step
+worth +8% and later ones of +1% and less).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from _tuning_ceiling import feasible_value, greedy_set, moved, oracle_view, single_moves
+from _tuning_ceiling import Move, feasible_value, greedy_set, moved, oracle_view, single_moves
 from tuning import TruthCache
 
 from agents.arm_ids import parse_arm_id
@@ -147,11 +154,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--next-step", action="store_true", help="the oracle's best one-step moves from the final incumbent"
     )
+    parser.add_argument(
+        "--climb", action="store_true", help="no loop: climb with the oracle's greedy one-step sets, no reads"
+    )
     args = parser.parse_args(argv)
     scenario = load_scenario(args.scenario)
     world = World(scenario, seed=args.seed)
     budget_s = args.days * 86_400.0
     preset = preset_for(scenario, budget_s)
+    if args.climb:
+        for line in climb(world, args.seed, preset.settings.rules, preset.settings.max_changes):
+            print(line)
+        return 0
     if args.futility_fraction is not None:
         policy = dataclasses.replace(preset.policy, futility_fraction=args.futility_fraction)
         preset = dataclasses.replace(preset, policy=policy)
@@ -194,21 +208,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def next_step(world: World, seed: int, final: CascadeConfig, rules: CriticRules, max_changes: int) -> str:
-    """What one more arm could gain from `final` (see the module docstring's `--next-step`).
-
-    The arm is the one the ceiling's Actor would propose first from `final`
-    (`_tuning_ceiling.single_moves` and `greedy_set`, the oracle at week 0).
-    """
+def _scale(world: World, seed: int) -> tuple[Callable[[CascadeConfig], float], Callable[[float], float]]:
+    """(value, share): the oracle's week-0 value of a config (0 over the SLO, as in its search), and a value's share
+    of the lift from the starting config to the oracle's best."""
     from tuning import ORACLE_EVALUATIONS, oracle_best
 
     def value(config: CascadeConfig) -> float:
         e = world.expected(config, at_s=0.0)
         return float(e.north_star) if meets_slo(world, e) else 0.0
 
-    value_of = feasible_value(oracle_view(world), final)
     start, best = value(default_config()), oracle_best(world, seed, default_config(), 0.0, ORACLE_EVALUATIONS)
-    top, here = value(best.config), value(final)
+    top = value(best.config)
+    return value, lambda v: (v - start) / (top - start)
+
+
+def _best_set(config: CascadeConfig, world: World, rules: CriticRules, max_changes: int) -> tuple[list[Move], float]:
+    value_of = feasible_value(oracle_view(world), config)
+    moves = single_moves(config, value_of, rules.trust, rules.guardrails)
+    chosen, gain = greedy_set(config, value_of, moves, max_changes)
+    return chosen, gain
+
+
+def next_step(world: World, seed: int, final: CascadeConfig, rules: CriticRules, max_changes: int) -> str:
+    """What one more arm could gain from `final` (see the module docstring's `--next-step`).
+
+    The arm is the one the ceiling's Actor would propose first from `final`
+    (`_tuning_ceiling.single_moves` and `greedy_set`, the oracle at week 0).
+    """
+    value, share = _scale(world, seed)
+    here = value(final)
+    value_of = feasible_value(oracle_view(world), final)
     moves = single_moves(final, value_of, rules.trust, rules.guardrails)
     chosen, _ = greedy_set(final, value_of, moves, max_changes)
     arm = moved(final, chosen) if chosen else final
@@ -216,10 +245,27 @@ def next_step(world: World, seed: int, final: CascadeConfig, rules: CriticRules,
     singles = ", ".join(f"{m.name}={m.value} {100 * m.gain:+.2f}%" for m in moves[:6])
     gain = reached / here - 1.0 if here > 0.0 else float("nan")
     return (
-        f"next step from the final incumbent: share {(here - start) / (top - start):.2f} -> "
-        f"{(reached - start) / (top - start):.2f} with {{{', '.join(f'{m.name}={m.value}' for m in chosen)}}} "
+        f"next step from the final incumbent: share {share(here):.2f} -> "
+        f"{share(reached):.2f} with {{{', '.join(f'{m.name}={m.value}' for m in chosen)}}} "
         f"({100 * gain:+.2f}%); best single steps: {singles}"
     )
+
+
+def climb(world: World, seed: int, rules: CriticRules, max_changes: int, max_steps: int = 60) -> list[str]:
+    """The noiseless climb of `--climb`: one line per step (true gain, share after it, the moves), then the end."""
+    value, share = _scale(world, seed)
+    config = default_config()
+    lines = []
+    for step in range(1, max_steps + 1):
+        chosen, gain = _best_set(config, world, rules, max_changes)
+        after = moved(config, chosen) if chosen else None
+        if after is None:
+            break
+        config = after
+        moves = ", ".join(f"{m.name}={m.value}" for m in chosen)
+        lines.append(f"step {step:2d}: {100 * gain:+.2f}% true, share {share(value(config)):.3f}: {moves}")
+    lines.append(f"no one-step set gains from here: share {share(value(config)):.3f} after {len(lines)} step(s)")
+    return lines
 
 
 if __name__ == "__main__":
