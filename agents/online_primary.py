@@ -53,10 +53,6 @@ def _read(
     # A paired read already removes the users' own propensity, which is what the covariates would explain.
     fit = None if plan.paired else _cuped(state, data, [a.arm_id for a in active], notes)
     periods = state.periods
-    if fit is not None and periods:
-        # CUPED here pools the periods, which a stratified read must not (agents.stats.ratio): read raw instead
-        fit = None
-        notes.append("CUPED off: the allocation changed during the experiment (read stratified by period)")
     control_periods = data.by_period(control_id, plan, periods)
     for i, arm in enumerate(active, start=1):
         try:
@@ -188,13 +184,18 @@ def _read(
 
 
 def _cuped(state: ExperimentState, data: _Arrays, arm_ids: Sequence[str], notes: list[str]) -> CupedFit | None:
-    """CUPED fit over control + `arm_ids` when pre-period covariates cover them (None: raw read)."""
+    """CUPED fit over control + `arm_ids` when pre-period covariates cover them and the allocation never changed
+    (None: raw read)."""
     if state.pre_period is None:
         return None
     pre = {p.arm_id: p for p in state.pre_period}
     ids = [state.plan.control.arm_id, *arm_ids]
     if any(a not in pre for a in ids):
         notes.append("CUPED off: pre-period covariates missing for some arms")
+        return None
+    if state.periods:
+        # CUPED here pools the periods, which a stratified read must not (agents.stats.ratio): read raw instead
+        notes.append("CUPED off: the allocation changed during the experiment (read stratified by period)")
         return None
     m = state.plan.primary
     try:

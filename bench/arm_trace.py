@@ -222,11 +222,14 @@ def _scale(world: World, seed: int) -> tuple[Callable[[CascadeConfig], float], C
     return value, lambda v: (v - start) / (top - start)
 
 
-def _best_set(config: CascadeConfig, world: World, rules: CriticRules, max_changes: int) -> tuple[list[Move], float]:
+def _best_set(
+    config: CascadeConfig, world: World, rules: CriticRules, max_changes: int
+) -> tuple[list[Move], list[Move], float]:
+    """(the best single moves, the greedy set of them, its gain) from `config`: the ceiling's first proposal."""
     value_of = feasible_value(oracle_view(world), config)
     moves = single_moves(config, value_of, rules.trust, rules.guardrails)
     chosen, gain = greedy_set(config, value_of, moves, max_changes)
-    return chosen, gain
+    return moves, chosen, gain
 
 
 def next_step(world: World, seed: int, final: CascadeConfig, rules: CriticRules, max_changes: int) -> str:
@@ -237,9 +240,7 @@ def next_step(world: World, seed: int, final: CascadeConfig, rules: CriticRules,
     """
     value, share = _scale(world, seed)
     here = value(final)
-    value_of = feasible_value(oracle_view(world), final)
-    moves = single_moves(final, value_of, rules.trust, rules.guardrails)
-    chosen, _ = greedy_set(final, value_of, moves, max_changes)
+    moves, chosen, _ = _best_set(final, world, rules, max_changes)
     arm = moved(final, chosen) if chosen else final
     reached = value(arm) if arm is not None else here
     singles = ", ".join(f"{m.name}={m.value} {100 * m.gain:+.2f}%" for m in moves[:6])
@@ -257,7 +258,7 @@ def climb(world: World, seed: int, rules: CriticRules, max_changes: int, max_ste
     config = default_config()
     lines = []
     for step in range(1, max_steps + 1):
-        chosen, gain = _best_set(config, world, rules, max_changes)
+        _, chosen, gain = _best_set(config, world, rules, max_changes)
         after = moved(config, chosen) if chosen else None
         if after is None:
             break

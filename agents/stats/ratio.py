@@ -333,9 +333,7 @@ def stratified_linear(
     weights = information / information.sum()
 
     def arm(x: FloatArray, y: FloatArray) -> tuple[float, FloatArray]:
-        r = x.sum(axis=-1) / y.sum(axis=-1)
-        lin = (x - r[:, None] * y) / y.mean(axis=-1, keepdims=True)
-        return float(weights @ r), weights @ lin
+        return float(weights @ (x.sum(axis=-1) / y.sum(axis=-1))), weights @ linearize(x, y)
 
     (rc, lc), (rt, lt) = arm(cx, cy), arm(tx, ty)
     return rc, rt, lc, lt
@@ -352,8 +350,8 @@ def compare_sums(
     experiment's allocation randomises requests) keeps the covariance of the
     arms' buckets (`paired_comparison`), otherwise the arms are independent
     (`compare`, disjoint users).  Called by the Online agent's primary and
-    non-inferiority reads, Insight, the brain's readings, the report's lift
-    and the tuning bench's baselines, so all read an experiment the same way.
+    non-inferiority reads, Insight, the report's lift and the tuning bench's
+    baselines, so all read an experiment the same way.
     """
     rc, rt, lc, lt = stratified_linear(
         _period_rows(control, numerator, denominator), _period_rows(treatment, numerator, denominator)
