@@ -53,12 +53,17 @@ class AscentError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ArmEffect:
-    """One past treatment arm: its move from its control in trust steps, and the relative lift it read."""
+    """One past treatment arm: its move from its control in trust steps, and the relative lift it read.
+
+    `distance` is how far its control lies from the config the model is fitted
+    for (the current incumbent), in trust steps (Euclidean); 0 when unknown.
+    """
 
     arm: str
     moves: tuple[tuple[str, float], ...]
     lift: float
     se: float
+    distance: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -125,14 +130,18 @@ def arm_effects(
     config_of: Callable[[str], CascadeConfig | None],
     trust: TrustRegion,
     cohort: str = "",
+    origin: CascadeConfig | None = None,
 ) -> list[ArmEffect]:
     """Every past treatment arm whose read, its control's read and both configs are known, as `ArmEffect`s.
 
     Readings of `metric` for `cohort` carry a 95% interval (the loop's
     `_metrics`); the relative lift t/c − 1 gets the delta-method standard error
-    of a ratio of independent estimates.  Arms with no interval, a zero
-    control, or no move are skipped, and so are A/A pre-period arms
-    (`agents.arm_ids`).  Called by `OfflineBrain.propose_sync`.
+    of a ratio of independent estimates.  Given `origin` (the config the model
+    will be fitted for), each effect carries its control's distance from it
+    in trust steps (`fit_effects` discounts far evidence).  Arms with no
+    interval, a zero control, or no move are skipped, and so are A/A
+    pre-period arms (`agents.arm_ids`).  Called by
+    `agents.ascent_candidates.ascent_candidates`.
     """
     values: dict[str, MetricReading] = {}
     for reading in readings:
@@ -154,9 +163,14 @@ def arm_effects(
         ratio = reading.value / control.value
         se = ratio * math.sqrt((se_t / max(reading.value, _TINY)) ** 2 + (se_c / control.value) ** 2)
         moves = coordinates(control_config, arm_config, trust)
+        distance = 0.0 if origin is None else _norm(coordinates(origin, control_config, trust).values())
         if moves and se > 0.0:
-            out.append(ArmEffect(arm, tuple(sorted(moves.items())), ratio - 1.0, se))
+            out.append(ArmEffect(arm, tuple(sorted(moves.items())), ratio - 1.0, se, distance))
     return out
+
+
+def _norm(steps: Iterable[float]) -> float:
+    return math.sqrt(sum(step * step for step in steps))
 
 
 def fit_effects(
@@ -165,14 +179,26 @@ def fit_effects(
     *,
     prior_sd: float,
     prior_mean: Mapping[str, float] | None = None,
+    drift_sd: float = 0.0,
 ) -> EffectModel:
     """The Gaussian posterior of per-step effects given `effects` (weighted ridge regression, no intercept).
 
-    Moves on parameters outside `names` are ignored (their effect is absorbed
-    by the noise).  Raises `AscentError` for a non-positive or non-finite prior.
+    The model is local: the effects are the gradient at the origin, and the
+    surface curves, so the gradient at a control c lying `distance` trust
+    steps away is β + H·c with H's entries independent N(0, `drift_sd`²); an
+    arm's move x read there carries the extra variance
+    (drift_sd · distance · |x|)² on top of its se².  Evidence from where the incumbent used to be fades as the
+    incumbent moves on (response-surface practice re-screens around each new
+    centre); `drift_sd` 0 treats the surface as linear everywhere.  Moves on
+    parameters outside `names` are ignored (their effect is absorbed by the
+    noise).  Raises `AscentError` for a non-positive or non-finite prior or a
+    negative drift.
     """
     if not (prior_sd > 0.0 and math.isfinite(prior_sd)):
         msg = f"prior_sd: must be a positive finite lift per trust step, got {prior_sd!r}"
+        raise AscentError(msg)
+    if not (drift_sd >= 0.0 and math.isfinite(drift_sd)):
+        msg = f"drift_sd: must be a finite lift per trust step per step of distance >= 0, got {drift_sd!r}"
         raise AscentError(msg)
     index = {name: j for j, name in enumerate(names)}
     d = len(names)
@@ -190,7 +216,8 @@ def fit_effects(
                 x[index[name]] = step
         if not x.any():
             continue
-        w = 1.0 / effect.se**2
+        drift = drift_sd * effect.distance
+        w = 1.0 / (effect.se**2 + drift * drift * float(x @ x))
         precision += w * np.outer(x, x)
         rhs += w * effect.lift * x
         used += 1
@@ -263,6 +290,9 @@ class AscentSettings:
     - `z_min` (default 1.0): the greedy candidate moves only parameters whose
       effect is at least one posterior sd from 0.
     - `draws` (default 8): posterior draws tried per wanted candidate.
+    - `drift_sd` (default 0.01): how fast the per-step effects change as the
+      incumbent moves (per trust step of distance); evidence read around an
+      old incumbent counts less (`fit_effects`).
     - `guard_metric`, `guard_margin`: a second model of the same form on the
       guardrail metric's reads (default conversions per request, the Online
       agent's non-inferiority metric); a direction whose step is known to cost
@@ -274,6 +304,7 @@ class AscentSettings:
     prior_sd: float = 0.03
     z_min: float = 1.0
     draws: int = 8
+    drift_sd: float = 0.01
     guard_metric: str | None = "conversion_rate"
     guard_margin: float = 0.02
 
@@ -283,12 +314,13 @@ class AscentSettings:
             ("prior_sd", self.prior_sd > 0.0 and math.isfinite(self.prior_sd)),
             ("z_min", self.z_min >= 0.0 and math.isfinite(self.z_min)),
             ("draws", self.draws >= 1),
+            ("drift_sd", self.drift_sd >= 0.0 and math.isfinite(self.drift_sd)),
             ("guard_margin", 0.0 < self.guard_margin < 1.0),
         )
         for name, ok in checks:
             if not ok:
                 msg = (
                     f"AscentSettings.{name}: out of range ({getattr(self, name)!r}); "
-                    "hint: candidates >= 0, prior_sd > 0, z_min >= 0, draws >= 1, guard_margin in (0, 1)"
+                    "hint: candidates >= 0, prior_sd > 0, z_min >= 0, draws >= 1, drift_sd >= 0, guard_margin in (0, 1)"
                 )
                 raise AscentError(msg)

@@ -264,9 +264,16 @@ def ascent_candidates(
     if not names:
         return [], ("ascent: no parameter can move",)
     effects = arm_effects(
-        context.metrics, metric=inputs.metric, config_of=inputs.config_of, trust=rules.trust, cohort=inputs.cohort
+        context.metrics,
+        metric=inputs.metric,
+        config_of=inputs.config_of,
+        trust=rules.trust,
+        cohort=inputs.cohort,
+        origin=context.incumbent,
     )
-    model = fit_effects(effects, names, prior_sd=settings.prior_sd, prior_mean=inputs.prior_mean)
+    model = fit_effects(
+        effects, names, prior_sd=settings.prior_sd, prior_mean=inputs.prior_mean, drift_sd=settings.drift_sd
+    )
     blocked = _guard_blocked(context, rules, settings, inputs, names)
     if blocked:
         movable = {name: frozenset(s for s in signs if (name, s) not in blocked) for name, signs in movable.items()}
@@ -318,11 +325,16 @@ def _guard_blocked(
         return frozenset()
     metric = settings.guard_metric
     effects = arm_effects(
-        context.metrics, metric=metric, config_of=inputs.config_of, trust=rules.trust, cohort=inputs.cohort
+        context.metrics,
+        metric=metric,
+        config_of=inputs.config_of,
+        trust=rules.trust,
+        cohort=inputs.cohort,
+        origin=context.incumbent,
     )
     if not effects:
         return frozenset()
-    guard = fit_effects(effects, names, prior_sd=settings.prior_sd)
+    guard = fit_effects(effects, names, prior_sd=settings.prior_sd, drift_sd=settings.drift_sd)
     return harmful_directions(guard, settings.guard_margin)
 
 

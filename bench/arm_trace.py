@@ -17,7 +17,7 @@ experiment ended.  A summary counts arms with a true lift above +1% by how
 they ended.  Scoring only: the loop never sees the oracle.
 
 Run: `.venv/bin/python bench/arm_trace.py --scenario apparel_seasonal --seed 4 [--days 28] [--ceiling]
-[--futility-fraction 1] [--next-step]` (`--futility-fraction 1` reproduces the session-9 line).
+[--futility-fraction 1] [--next-step] [--climb [--bound]]` (`--futility-fraction 1` reproduces the session-9 line).
 
 `--next-step` asks what one more experiment could have gained from where the
 run ended: the oracle's value (week 0, as the bench scores; a config over
@@ -32,7 +32,15 @@ sets and no reads at all (each step is the set `--next-step` would print,
 applied as if every experiment resolved it), printing each step's true gain
 and the share reached.  It separates what the reads cost from what the
 one-step moves can reach (BENCHMARKS.md, session 15: in core, a first step
-worth +8% and later ones of +1% and less).
+worth +8% and later ones of +1% and less).  With `--bound` it first runs the
+agents loop to measure the planned MDE of its one-arm experiments (the
+median), then prints beside each step the days of traffic a one-arm
+experiment at the loop's reads needs to resolve that step with the planned
+power: horizon · (MDE / gain)², since the MDE shrinks as 1/√time.  Their sum
+up to the step that passes a share of 0.9 is the traffic a perfect Actor
+walking the greedy path would need, against the budget (BENCHMARKS.md,
+session 16).  An estimate, not a proof: the loop's reads are always-valid
+with a ramp, and another path could have larger steps.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import math
+import statistics
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -157,13 +167,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--climb", action="store_true", help="no loop: climb with the oracle's greedy one-step sets, no reads"
     )
+    parser.add_argument(
+        "--bound", action="store_true", help="with --climb: the days of traffic each step needs at the loop's reads"
+    )
     args = parser.parse_args(argv)
     scenario = load_scenario(args.scenario)
     world = World(scenario, seed=args.seed)
     budget_s = args.days * 86_400.0
     preset = preset_for(scenario, budget_s)
     if args.climb:
-        for line in climb(world, args.seed, preset.settings.rules, preset.settings.max_changes):
+        resolution = None
+        if args.bound:
+            sim = asyncio.run(
+                run_simloop(world, budget_s=budget_s, seed=args.seed, preset=preset, start=default_config())
+            )
+            mde = one_arm_mde(sim.steps, sim.records)
+            resolution = None if mde is None else Resolution(mde, preset.policy.horizon_s / 86_400.0, args.days)
+        for line in climb(world, args.seed, preset.settings.rules, preset.settings.max_changes, resolution=resolution):
             print(line)
         return 0
     if args.futility_fraction is not None:
@@ -252,20 +272,73 @@ def next_step(world: World, seed: int, final: CascadeConfig, rules: CriticRules,
     )
 
 
-def climb(world: World, seed: int, rules: CriticRules, max_changes: int, max_steps: int = 60) -> list[str]:
-    """The noiseless climb of `--climb`: one line per step (true gain, share after it, the moves), then the end."""
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What the loop's reads resolve: a one-arm experiment's planned relative MDE over `horizon_days`; the budget."""
+
+    mde: float
+    horizon_days: float
+    budget_days: float
+
+    def days_for(self, gain: float) -> float:
+        """Days a one-arm experiment needs to resolve `gain` with the planned power (the MDE shrinks as 1/√time)."""
+        return self.horizon_days * (self.mde / gain) ** 2 if gain > 0.0 else math.inf
+
+
+def one_arm_mde(steps: Iterable[SimStep], records: Iterable[Mapping[str, Any]]) -> float | None:
+    """The median planned relative MDE of a run's experiments with one treatment arm (None without any)."""
+    ended = endings(records)
+    arms = Counter(row.experiment_id for row in arm_rows(steps, ended))
+    planned = sorted(mde for experiment, mde in ended[2].items() if arms.get(experiment) == 1)
+    return statistics.median(planned) if planned else None
+
+
+def climb(
+    world: World,
+    seed: int,
+    rules: CriticRules,
+    max_changes: int,
+    max_steps: int = 60,
+    *,
+    resolution: Resolution | None = None,
+    target_share: float = 0.9,
+) -> list[str]:
+    """The noiseless climb of `--climb`: one line per step (true gain, share after it, the moves), then the end.
+
+    With `resolution` (`--bound`) each line also gives the days of traffic the
+    step needs and the running total, and a last line the total to pass
+    `target_share` against the budget.
+    """
     value, share = _scale(world, seed)
     config = default_config()
     lines = []
+    total_days, reached_at, in_budget = 0.0, None, share(value(config))
     for step in range(1, max_steps + 1):
         _, chosen, gain = _best_set(config, world, rules, max_changes)
         after = moved(config, chosen) if chosen else None
         if after is None:
             break
         config = after
+        now = share(value(config))
         moves = ", ".join(f"{m.name}={m.value}" for m in chosen)
-        lines.append(f"step {step:2d}: {100 * gain:+.2f}% true, share {share(value(config)):.3f}: {moves}")
+        needs = ""
+        if resolution is not None:
+            days = resolution.days_for(gain)
+            total_days += days
+            needs = f" (needs {days:.1f} d, {total_days:.1f} d so far)"
+            if reached_at is None and now >= target_share:
+                reached_at = total_days
+            if total_days <= resolution.budget_days:
+                in_budget = now
+        lines.append(f"step {step:2d}: {100 * gain:+.2f}% true, share {now:.3f}{needs}: {moves}")
     lines.append(f"no one-step set gains from here: share {share(value(config)):.3f} after {len(lines)} step(s)")
+    if resolution is not None:
+        passed = "never" if reached_at is None else f"after {reached_at:.1f} d"
+        lines.append(
+            f"at the loop's reads (one-arm MDE {100 * resolution.mde:.2f}% in {resolution.horizon_days:.2f} d): "
+            f"share {target_share:g} passed {passed}; budget {resolution.budget_days:g} d, "
+            f"share within it {in_budget:.3f}"
+        )
     return lines
 
 

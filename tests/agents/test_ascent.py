@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import msgspec
@@ -94,6 +95,47 @@ def test_readings_without_an_interval_carry_no_evidence() -> None:
     configs = {"e1.c": base, "e1.t1": with_re_rank(base, mmr_lambda=0.7)}
     readings = [MetricReading(name="m", value=0.7, arm="e1.c"), MetricReading(name="m", value=0.8, arm="e1.t1")]
     assert arm_effects(readings, metric="m", config_of=configs.get, trust=TRUST) == []
+
+
+def test_each_effect_carries_its_controls_distance_from_the_origin() -> None:
+    base = default_config()
+    old = with_re_rank(base, near_duplicate_threshold=0.7, max_per_category=6)  # two parameters moved
+    configs = {
+        "e1.c": old,
+        "e1.t1": with_re_rank(old, mmr_lambda=0.7),
+        "e2.c": base,
+        "e2.t1": with_re_rank(base, mmr_lambda=0.7),
+    }
+    readings = [reading("e1.c", 0.70, 0.014), reading("e1.t1", 0.72, 0.014)]
+    readings += [reading("e2.c", 0.70, 0.014), reading("e2.t1", 0.69, 0.014)]
+    far, near = arm_effects(readings, metric="clicks_per_request", config_of=configs.get, trust=TRUST, origin=base)
+    assert (far.arm, near.arm) == ("e1.t1", "e2.t1")
+    moves = coordinates(base, old, TRUST)
+    assert far.distance == pytest.approx(math.sqrt(sum(v * v for v in moves.values())))
+    assert far.distance > 1.0 and near.distance == 0.0
+    unplaced = arm_effects(readings, metric="clicks_per_request", config_of=configs.get, trust=TRUST)
+    assert [e.distance for e in unplaced] == [0.0, 0.0]  # no origin: every control counts as here
+
+
+def test_evidence_from_a_distant_incumbent_counts_less() -> None:
+    """Here a step of mmr_lambda read +1%; three steps away it read −5%.  The local read should lead."""
+    here = ArmEffect("e2.t1", ((NAMES[2], 1.0),), 0.01, 0.005, distance=0.0)
+    there = ArmEffect("e1.t1", ((NAMES[2], 1.0),), -0.05, 0.005, distance=3.0)
+    flat = fit_effects([here, there], NAMES, prior_sd=0.03)
+    local = fit_effects([here, there], NAMES, prior_sd=0.03, drift_sd=0.01)
+    assert flat.effect(NAMES[2]) == pytest.approx(-0.02, abs=1e-3)  # equal weights: the average
+    # extra variance (0.01 * 3 * 1)^2 = 36 se^2, so the far read weighs 1/37 of the near one
+    w_here, w_there, w_prior = 1 / 0.005**2, 1 / (37 * 0.005**2), 1 / 0.03**2
+    expected = (0.01 * w_here - 0.05 * w_there) / (w_here + w_there + w_prior)
+    assert local.effect(NAMES[2]) == pytest.approx(expected, rel=1e-9)
+    assert local.effect(NAMES[2]) > 0.0
+    # with no drift a distance changes nothing
+    moved = fit_effects([here, dataclasses.replace(there, distance=0.0)], NAMES, prior_sd=0.03)
+    assert np.allclose(moved.mean, flat.mean)
+    with pytest.raises(AscentError, match="drift_sd"):
+        fit_effects([here], NAMES, prior_sd=0.03, drift_sd=-0.01)
+    with pytest.raises(AscentError, match=r"AscentSettings\.drift_sd"):
+        AscentSettings(drift_sd=math.inf)
 
 
 def test_the_model_recovers_the_sign_and_size_of_effects() -> None:

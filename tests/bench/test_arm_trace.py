@@ -94,3 +94,35 @@ def test_true_lift_compares_arm_and_control_in_the_week_the_arm_started() -> Non
 def test_summary_counts_good_arms_by_the_kind_of_their_ending() -> None:
     lifts = [(0.03, "stop_arm: futile"), (0.02, "stop_arm: futile"), (0.05, "promote: x"), (0.005, "stop_arm: y")]
     assert at.summary(lifts) == {"stop_arm": 2, "promote": 1}
+
+
+def test_one_arm_mde_is_the_median_over_experiments_with_a_single_treatment_arm() -> None:
+    records = [
+        *RECORDS,
+        {
+            "kind": "allocation",
+            "payload": {
+                "kind": "allocate",
+                "experiment_id": "e2",
+                "figures": [{"name": "mde_relative", "value": 0.02}],
+            },
+        },
+        {
+            "kind": "allocation",
+            "payload": {
+                "kind": "allocate",
+                "experiment_id": "e3",
+                "figures": [{"name": "mde_relative", "value": 0.04}],
+            },
+        },
+    ]
+    # e1 has two treatment arms (its 8% MDE is left out); e2 and e3 one each
+    assert at.one_arm_mde(STEPS, records) == pytest.approx(0.03)
+    assert at.one_arm_mde(STEPS[:3], records) is None
+
+
+def test_a_step_needs_the_horizon_scaled_by_the_squared_ratio_of_mde_to_gain() -> None:
+    resolution = at.Resolution(mde=0.02, horizon_days=1.5, budget_days=28.0)
+    assert resolution.days_for(0.02) == pytest.approx(1.5)
+    assert resolution.days_for(0.01) == pytest.approx(6.0)  # half the lift: four times the traffic
+    assert resolution.days_for(0.0) == float("inf")
