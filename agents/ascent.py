@@ -290,9 +290,13 @@ class AscentSettings:
     - `z_min` (default 1.0): the greedy candidate moves only parameters whose
       effect is at least one posterior sd from 0.
     - `draws` (default 8): posterior draws tried per wanted candidate.
-    - `drift_sd` (default 0.01): how fast the per-step effects change as the
+    - `drift_sd` (default 0.003): how fast the per-step effects change as the
       incumbent moves (per trust step of distance); evidence read around an
-      old incumbent counts less (`fit_effects`).
+      old incumbent counts less (`fit_effects`).  Why: in core seed 0 the
+      early +6% arms, read before the re-rank moves, kept the model's sign
+      for `mmr_lambda` wrong for the rest of the run.  On the tuning bench it
+      is neutral within the noise (agents only, 20 seeds; 0.01 was worse in
+      core on seeds 10-19; BENCHMARKS.md, session 16).
     - `guard_metric`, `guard_margin`: a second model of the same form on the
       guardrail metric's reads (default conversions per request, the Online
       agent's non-inferiority metric); a direction whose step is known to cost
@@ -304,7 +308,7 @@ class AscentSettings:
     prior_sd: float = 0.03
     z_min: float = 1.0
     draws: int = 8
-    drift_sd: float = 0.01
+    drift_sd: float = 0.003
     guard_metric: str | None = "conversion_rate"
     guard_margin: float = 0.02
 
