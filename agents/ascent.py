@@ -292,9 +292,10 @@ class AscentSettings:
     - `draws` (default 8): posterior draws tried per wanted candidate.
     - `drift_sd` (default 0.003): how fast the per-step effects change as the
       incumbent moves (per trust step of distance); evidence read around an
-      old incumbent counts less (`fit_effects`).  Why: in core seed 0 the
-      early +6% arms, read before the re-rank moves, kept the model's sign
-      for `mmr_lambda` wrong for the rest of the run.  On the tuning bench it
+      old incumbent counts less (`fit_effects`).  Why: without it, core seed 0
+      ended with `mmr_lambda` at −0.76% ± 0.45% per step, driven by +6% arms
+      read before the re-rank moves, where the oracle's step up from the
+      final incumbent gains +0.59%.  On the tuning bench it
       is neutral within the noise (agents only, 20 seeds; 0.01 was worse in
       core on seeds 10-19; BENCHMARKS.md, session 16).
     - `guard_metric`, `guard_margin`: a second model of the same form on the
