@@ -94,10 +94,9 @@ from agents.loop_latency import observe_latency
 from agents.loop_learn import learn
 from agents.loop_plan import approve_round, plan_round
 from agents.loop_propose import propose_round
-from agents.loop_readings import GUARD_CONVERSION, brain_readings, settled_readings
+from agents.loop_readings import GUARD_CONVERSION, brain_readings
 from agents.loop_records import AUTHOR, RECORD_TYPE, SCHEMA_VERSION, RecordKind, agent_record, decision_actions
 from agents.loop_state import (
-    SETTLED_KEPT,
     Action,
     AppendConfig,
     BaselineMark,
@@ -236,10 +235,9 @@ class AgentLoop:
 
     # ---- what the phases share: readings, cool-down, baseline
 
-    def metrics(self, inp: LoopInput, state: LoopState) -> tuple[MetricReading, ...]:
-        """The brain's readings of `inp` under the Online policy (`agents.loop_readings.brain_readings`), with
-        `state`'s ended experiments read stratified by period."""
-        return brain_readings(self.online.policy, inp, state.settled)
+    def metrics(self, inp: LoopInput) -> tuple[MetricReading, ...]:
+        """The brain's readings of `inp` under the Online policy (`agents.loop_readings.brain_readings`)."""
+        return brain_readings(self.online.policy, inp)
 
     def cool(self, state: LoopState, inp: LoopInput) -> LoopState:
         """End the round: back to `idle` after the cool-down, with a new baseline mark (`baseline_marks`)."""
@@ -285,9 +283,6 @@ class AgentLoop:
         state = msgspec.structs.replace(state, experiment=exp.to_bytes(), curve_points=points, latency_seen=seen)
         if not exp.terminal:
             return state
-        settled = settled_readings(self.online.policy, exp, inp.totals)
-        if settled:
-            state = msgspec.structs.replace(state, settled=(*state.settled, *settled)[-SETTLED_KEPT:])
         state = learn_variance_curve(state)
         state = await learn(self.brain, self.surface, self.settings.objective, state, exp, arms, inp, out)
         return self.cool(state, inp)

@@ -44,8 +44,8 @@ class LoopHost(Protocol):
     @property
     def online(self) -> OnlineAgent: ...
 
-    def metrics(self, inp: LoopInput, state: LoopState) -> tuple[MetricReading, ...]:
-        """The brain's readings of `inp` (and of `state`'s ended experiments)."""
+    def metrics(self, inp: LoopInput) -> tuple[MetricReading, ...]:
+        """The brain's readings of `inp`."""
         ...
 
     def baseline_arms(self, inp: LoopInput, state: LoopState) -> list[ArmTotals]:

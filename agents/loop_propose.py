@@ -85,7 +85,7 @@ async def propose_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: l
         surface=loop.surface,
         incumbent=incumbent,
         k=s.k,
-        metrics=loop.metrics(inp, state),
+        metrics=loop.metrics(inp),
         skills=tuple(skill_notes(inp.skills, loop.surface)),
         parameters=() if widened_why else skill_parameters,
         max_changes=s.max_changes,

@@ -4,35 +4,28 @@ What lives here: `brain_readings` (the `ProposalContext.metrics` of a round:
 at most `_MAX_READINGS` `MetricReading`s, in priority order),
 `GUARD_CONVERSION` (the conversion guardrail's ratio as the brain reads it),
 `_ratio_reading` (one arm's ratio with its 95% interval), `_cuped_readings`
-(an experiment's arms adjusted with their A/A pre-period, as the Online agent reads them),
-`_paired_readings` (a per-request experiment's arms with the paired read's intervals) and
-`settled_readings` (an ended experiment's arms read stratified by allocation period).
+(an experiment's arms adjusted with their A/A pre-period, as the Online agent reads them) and
+`_paired_readings` (a per-request experiment's arms with the paired read's intervals).
 
 Who calls it: `agents.loop.AgentLoop.metrics` (for the idle phase,
-`agents.loop_propose`) and `AgentLoop` when an experiment ends (`settled_readings`);
-`GUARD_CONVERSION` is re-exported by `agents.loop`.
+`agents.loop_propose`); `GUARD_CONVERSION` is re-exported by `agents.loop`.
 Pure functions: no I/O.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from typing import Final
-
-import numpy.typing as npt
 
 from agents.arm_ids import is_experiment_arm, is_pre_period_arm, parse_arm_id, pre_period_id
 from agents.brain import MetricReading
 from agents.diagnostics import diagnostic_values
-from agents.experiment import ExperimentError, ExperimentState
 from agents.loop_state import LoopInput
 from agents.online import OnlinePolicy
-from agents.online_reads import period_sums
 from agents.stats.cuped import cuped_from_sums
 from agents.stats.distributions import two_sided_z
 from agents.stats.errors import StatsError
-from agents.stats.ratio import compare_sums, ratio_from_sums
+from agents.stats.ratio import named_rows, paired_comparison, ratio_from_sums
 from schemas.metrics import ArmTotals
 
 _MAX_READINGS: Final = 64
@@ -98,140 +91,75 @@ def _cuped_readings(
     return out
 
 
-def _split(
-    name: str, control_id: str, control_value: float, reads: Mapping[str, tuple[float, float]]
-) -> dict[str, MetricReading]:
-    """Readings for an experiment's arms whose intervals carry each treatment arm's comparison with the control.
-
-    `reads` maps a treatment arm to (its value, the comparison's log-ratio
-    variance).  A brain reads an arm's lift as t/c − 1 of two independent
-    readings (`agents.ascent.arm_effects`), whose squared relative standard
-    errors add, so each V_a is split: the control's reading gets min_a V_a / 2
-    and arm a's the rest, and t/c − 1 read as independent has exactly the
-    comparison's standard error.
-    """
-    control_share = min(v for _, v in reads.values()) / 2.0
-    split = {control_id: (control_value, control_share)}
-    split.update({a: (value, v - control_share) for a, (value, v) in reads.items()})
-    out: dict[str, MetricReading] = {}
-    for arm_id, (value, relative_variance) in split.items():
-        half = _Z95 * value * math.sqrt(relative_variance)
-        out[arm_id] = MetricReading(name=name, value=value, lower=value - half, upper=value + half, arm=arm_id)
-    return out
-
-
 def _paired_readings(
     name: str, numerator: str, denominator: str, arms: list[tuple[str, ArmTotals]]
 ) -> dict[str, MetricReading]:
     """A per-request experiment's arms with intervals that carry its paired read (as the Online agent reads it).
 
-    The arms of a per-request experiment hold the same users, so their own
-    intervals carry the between-user variance the paired read cancels (about
-    ten times the paired variance in the simulated worlds); `_split` gives
-    the arms intervals that carry the paired read instead.
+    A brain reads an arm's lift as t/c − 1 of two independent readings
+    (`agents.ascent.arm_effects`), whose squared relative standard errors
+    add.  The arms of a per-request experiment hold the same users, so their
+    own intervals carry the between-user variance the paired read cancels
+    (about ten times the paired variance in the simulated worlds).  Each
+    treatment arm a's paired log-ratio variance V_a is therefore split: the
+    control's reading gets min_a V_a / 2 and arm a's the rest, so t/c − 1
+    read as independent has exactly the paired read's standard error.
     """
     by_experiment = _by_experiment(arms)
     out: dict[str, MetricReading] = {}
     for members in by_experiment.values():
-        controls = [a for a, _ in members if (p := parse_arm_id(a)) is not None and p.is_control]
+        controls = [(a, t) for a, t in members if (p := parse_arm_id(a)) is not None and p.is_control]
         if len(controls) != 1:
             continue
-        control_id = controls[0]
-        sums = {arm_id: totals.sums for arm_id, totals in members}
-        out.update(_compared(name, numerator, denominator, control_id, sums, paired=True))
+        control_id, control = controls[0]
+        control_rows = named_rows(control.sums, numerator, denominator)
+        reads: dict[str, tuple[float, float]] = {}  # arm -> (value, paired log-ratio variance)
+        control_value = math.nan
+        for arm_id, totals in members:
+            if arm_id == control_id:
+                continue
+            try:
+                cmp = paired_comparison(control_rows, named_rows(totals.sums, numerator, denominator))
+            except StatsError:
+                continue
+            if math.isfinite(cmp.log_ratio_variance) and cmp.log_ratio_variance > 0.0:
+                reads[arm_id] = (cmp.treatment, cmp.log_ratio_variance)
+                control_value = cmp.control
+        if not reads:
+            continue
+        control_share = min(v for _, v in reads.values()) / 2.0
+        split = {control_id: (control_value, control_share)}
+        split.update({a: (value, v - control_share) for a, (value, v) in reads.items()})
+        for arm_id, (value, relative_variance) in split.items():
+            half = _Z95 * value * math.sqrt(relative_variance)
+            out[arm_id] = MetricReading(name=name, value=value, lower=value - half, upper=value + half, arm=arm_id)
     return out
 
 
-def _compared(
-    name: str,
-    numerator: str,
-    denominator: str,
-    control_id: str,
-    sums: Mapping[str, npt.ArrayLike],
-    *,
-    paired: bool,
-) -> dict[str, MetricReading]:
-    """Each treatment arm in `sums` compared with `control_id` (`compare_sums`), as `_split` readings named `name`."""
-    reads: dict[str, tuple[float, float]] = {}
-    control_value = math.nan
-    for arm_id, arm_sums in sums.items():
-        if arm_id == control_id:
-            continue
-        try:
-            cmp = compare_sums(sums[control_id], arm_sums, numerator, denominator, paired=paired)
-        except StatsError:
-            continue
-        if math.isfinite(cmp.log_ratio_variance) and cmp.log_ratio_variance > 0.0:
-            reads[arm_id] = (cmp.treatment, cmp.log_ratio_variance)
-            control_value = cmp.control
-    if not reads:
-        return {}
-    return _split(name, control_id, control_value, reads)
-
-
-def _ratios(policy: OnlinePolicy) -> list[tuple[str, str, str]]:
-    """The ratios a brain reads: the primary metric, then the conversion guardrail's when the policy has one."""
-    metric = policy.primary
-    ratios = [(metric.name, metric.numerator, metric.denominator)]
-    if policy.guardrails.conversion_margin is not None:
-        ratios.append(GUARD_CONVERSION)  # so a brain can learn which moves cost conversions
-    return ratios
-
-
-def settled_readings(
-    policy: OnlinePolicy, exp: ExperimentState, totals: Mapping[str, ArmTotals]
-) -> tuple[MetricReading, ...]:
-    """An ended experiment's arms read stratified by allocation period, as the Online agent read them.
-
-    `brain_readings` recomputes every arm from its cumulative sums, which
-    pools the periods of an experiment whose shares changed (a ramp, a
-    stopped arm); across a shift in the base rate that reads a null arm as a
-    loser or a winner (`agents.stats.ratio.compare_sums`), and the brain's
-    lift model would learn the bias.  The period marks end with the
-    experiment, so the loop keeps these readings instead (`LoopState.settled`)
-    and `brain_readings` prefers them.  Empty when the allocation never
-    changed (the cumulative read is the same) or the sums cannot be split.
-    Called by `AgentLoop` on the step an experiment ends.
-    """
-    if not exp.periods:
-        return ()
-    plan = exp.plan
-    try:
-        sums = period_sums(plan, {a: t for a, t in totals.items() if a in plan.arm_ids}, exp.periods)
-    except ExperimentError:
-        return ()
-    out: list[MetricReading] = []
-    for name, numerator, denominator in _ratios(policy):
-        out.extend(_compared(name, numerator, denominator, plan.control.arm_id, sums, paired=plan.paired).values())
-    return tuple(out)
-
-
-def brain_readings(
-    policy: OnlinePolicy, inp: LoopInput, settled: Sequence[MetricReading] = ()
-) -> tuple[MetricReading, ...]:
+def brain_readings(policy: OnlinePolicy, inp: LoopInput) -> tuple[MetricReading, ...]:
     """The brain's readings (at most 64), in priority order: the incumbent arms' diagnostics
     (`agents.diagnostics.diagnostic_values`: near_duplicate_share, categories_per_list, fresh_share,
     long_tail_share; NaN left out — the diagnostic rules read them), then each arm's primary metric (the Online
     policy's) with its 95% interval (the brain's warm start and lift model; CUPED-adjusted for an experiment's
     arms when its A/A pre-period covers them, `_cuped_readings`; under a per-request policy with the paired
     read's intervals, `_paired_readings`), then the experiment arms'
-    diagnostics.  A/A pre-period arms serve the incumbent and are left out.  `settled` (`LoopState.settled`:
-    ended experiments read stratified by period, `settled_readings`) replace the cumulative read of their arms.
-    A brain that needs more history than fits keeps it itself (the offline brain remembers every reading it was
-    shown)."""
+    diagnostics.  A/A pre-period arms serve the incumbent and are left out.  A brain that needs more history
+    than fits keeps it itself (the offline brain remembers every reading it was shown)."""
+    metric = policy.primary
     arms = sorted((a, t) for a, t in inp.totals.items() if not is_pre_period_arm(a))
     incumbent = [(a, t) for a, t in arms if not is_experiment_arm(a)]
     experiment = [(a, t) for a, t in arms if is_experiment_arm(a)]
     out: list[MetricReading] = []
     for arm_id, totals in incumbent:
         out.extend(MetricReading(name=n, value=v, arm=arm_id) for n, v in diagnostic_values(totals).items())
-    kept = {(r.arm, r.name): r for r in settled}
-    for name, numerator, denominator in _ratios(policy):
+    ratios = [(metric.name, metric.numerator, metric.denominator)]
+    if policy.guardrails.conversion_margin is not None:
+        ratios.append(GUARD_CONVERSION)  # so a brain can learn which moves cost conversions
+    for name, numerator, denominator in ratios:
         if policy.randomization_unit == "request":
             adjusted = _paired_readings(name, numerator, denominator, arms)
         else:
             adjusted = _cuped_readings(name, numerator, denominator, arms, inp)
-        adjusted.update({arm: r for (arm, n), r in kept.items() if n == name})
         out.extend(
             r
             for arm_id, totals in arms

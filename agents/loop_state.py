@@ -20,7 +20,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
-from agents.brain import MetricReading, Proposal
+from agents.brain import Proposal
 from agents.experiment import ExperimentState
 from agents.insight import TriedConfig
 from agents.skills import Skill
@@ -62,10 +62,6 @@ class BaselineMark(msgspec.Struct, frozen=True, array_like=True):
     buckets: int
 
 
-#: how many stratified readings of ended experiments `LoopState.settled` keeps (a few per arm; oldest out)
-SETTLED_KEPT: Final = 256
-
-
 class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the loop needs between steps (persisted by the `StateStore` as msgpack bytes).
 
@@ -95,10 +91,7 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     parameters, `explore_wide` whether such a round ended without a
     promotion since the last promotion (the next rounds then search every
     parameter, see `agents.loop_propose`); `latency_seen` the (config version,
-    p99 ms) its arms showed (`agents.loop_latency`); `settled` the brain's
-    readings of ended experiments whose allocation changed, read stratified
-    by period when they ended (`agents.loop_readings.settled_readings`; the
-    last `SETTLED_KEPT`).
+    p99 ms) its arms showed (`agents.loop_latency`).
     """
 
     surface: str
@@ -127,7 +120,6 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     round_restricted: bool = False
     explore_wide: bool = False
     latency_seen: tuple[tuple[int, float], ...] = ()
-    settled: tuple[MetricReading, ...] = ()
 
     def to_bytes(self) -> bytes:
         """msgpack bytes (exact round trip)."""

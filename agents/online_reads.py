@@ -2,9 +2,7 @@
 and the guardrail tests (non-inferiority, diversity) folded one look at a time.
 
 Called only from `agents.online` and its step modules (`agents.online_guard`,
-`agents.online_primary`, `agents.online_stage`), except `period_sums`, which
-the loop's brain readings call so that they read an ended experiment as the
-Online agent did (`agents.loop_readings.settled_readings`).
+`agents.online_primary`, `agents.online_stage`).
 """
 
 from __future__ import annotations
@@ -84,19 +82,6 @@ class _Arrays:
         marked = [np.asarray(mark.sums[index], dtype=np.float64).reshape(now.shape) for mark in marks]
         edges = np.stack([np.zeros_like(now), *marked, now])
         return np.maximum(np.diff(edges, axis=0), 0.0)
-
-
-def period_sums(
-    plan: ExperimentPlan, totals: Mapping[str, ArmTotals], marks: Sequence[PeriodMark]
-) -> dict[str, FloatArray]:
-    """Each arm's sums per allocation period (periods × fields × buckets), in `plan.arm_ids` order.
-
-    What the Online agent's reads stratify on (`_Arrays.by_period`); without
-    `marks` each arm's cumulative (fields × buckets) sums.  Raises
-    `ExperimentError` when the bucket layout changed mid-experiment.
-    """
-    data = _Arrays(plan, totals)
-    return {arm_id: data.by_period(arm_id, plan, marks) for arm_id in plan.arm_ids}
 
 
 def _readable(sums: FloatArray, plan: ExperimentPlan) -> bool:

@@ -336,10 +336,8 @@ async def run_simloop(
         index += 1
     final_state = await store.load()
     history: tuple[str, ...] = ()
-    settled: tuple[str, ...] = ()
     if final_state is not None:
-        last = LoopState.from_bytes(final_state)
-        history, settled = last.history, tuple(dict.fromkeys(r.arm for r in last.settled))
+        history = LoopState.from_bytes(final_state).history
     return SimTrace(
         scenario=world.scenario.name,
         seed=seed,
@@ -352,5 +350,4 @@ async def run_simloop(
         alerts=tuple(alerts),
         final_version=writer.state.control_version,
         history=history,
-        settled_arms=settled,
     )

@@ -76,8 +76,6 @@ class SimTrace:
     alerts: tuple[str, ...]
     final_version: int
     history: tuple[str, ...] = field(default=())
-    #: arms of ended experiments whose allocation changed, which the loop keeps read stratified by period
-    settled_arms: tuple[str, ...] = field(default=())
 
     @property
     def start(self) -> CascadeConfig:

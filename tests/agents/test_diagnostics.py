@@ -11,7 +11,7 @@ import pytest
 from agents.brain import MetricReading, Proposal, ProposalContext, parameter_specs
 from agents.critic import CriticRules, FailureMemory, LatencyModel, TrustRegion, critique, trust_coordinate
 from agents.diagnostics import DiagnosticRules, diagnostic_moves, diagnostic_values, step_down
-from agents.loop import AgentLoop, LoopInput, LoopSettings, LoopState
+from agents.loop import AgentLoop, LoopInput, LoopSettings
 from agents.offline_brain import OfflineBrain
 from agents.online import OnlineAgent, OnlinePolicy
 from schemas.config import CascadeConfig, default_config
@@ -73,7 +73,7 @@ def test_loop_sends_incumbent_diagnostics_then_primary_readings_then_experiment_
         "control": totals("control", requests=10, impressions=100, clicks=4, near_duplicates=30),
         "home-round1.pre.t1": totals("home-round1.pre.t1", requests=10, impressions=100, clicks=4),  # A/A arm
     }
-    out = loop.metrics(LoopInput(totals=arms, serving=ServingState(), now_ms=0), LoopState(surface="home"))
+    out = loop.metrics(LoopInput(totals=arms, serving=ServingState(), now_ms=0))
     assert all(".pre." not in r.arm for r in out)  # A/A pre-period arms serve the incumbent: left out
     head = [(r.name, r.arm, r.value) for r in out[:4]]
     assert all(arm == "control" for _, arm, _ in head) and ("near_duplicate_share", "control", 0.3) in head
@@ -90,7 +90,7 @@ def test_many_arms_never_push_the_incumbents_diagnostics_out() -> None:
     loop = AgentLoop(OfflineBrain(), OnlineAgent(OnlinePolicy(surface="home")), LoopSettings())
     arms = {f"exp-{i:03d}.t1": totals(f"exp-{i:03d}.t1", requests=10, impressions=100, clicks=5) for i in range(80)}
     arms["control"] = totals("control", requests=10, impressions=100, clicks=4, near_duplicates=30)
-    out = loop.metrics(LoopInput(totals=arms, serving=ServingState(), now_ms=0), LoopState(surface="home"))
+    out = loop.metrics(LoopInput(totals=arms, serving=ServingState(), now_ms=0))
     assert len(out) == 64
     assert ("near_duplicate_share", "control") in [(r.name, r.arm) for r in out]
 

@@ -27,7 +27,6 @@ import numpy as np
 import orjson
 import pytest
 
-from agents.brain import MetricReading
 from agents.experiment import (
     CONVERSION,
     CTR,
@@ -40,8 +39,6 @@ from agents.experiment import (
     MetricSpec,
     decode_decision,
 )
-from agents.loop_readings import brain_readings, settled_readings
-from agents.loop_state import LoopInput
 from agents.online import (
     Baseline,
     OnlineAgent,
@@ -58,7 +55,6 @@ from agents.stats.proofs import simulated_totals
 from agents.stats.ratio import compare_sums
 from agents.stats.simulate import SimulatedExperiment, TrafficModel, simulate_experiment
 from schemas.config import Allocation, ArmShare, validate_allocation
-from schemas.config_log import ServingState
 from schemas.metrics import FIELD_INDEX, N_FIELDS, N_LATENCY_BINS, ArmTotals, latency_bins
 
 HOUR_MS = 3_600_000
@@ -842,22 +838,3 @@ def test_reads_are_stratified_by_allocation_period_so_a_ramp_across_a_drop_in_th
     assert pooled.lift < -0.07  # the bias an unstratified read would act on (about -10%)
     read = state.arm(arm_id).primary
     assert read is not None and read.lower < 0.0 < read.upper and abs(read.estimate) < 2.0 * math.sqrt(read.variance)
-    # The brain's lift model reads the same arms after the experiment ends: from cumulative sums (pooled) unless
-    # the loop kept the stratified readings (`settled_readings`, `LoopState.settled`), which `brain_readings` prefers.
-    inp = LoopInput(totals=totals, serving=ServingState(), now_ms=T0 + 30 * HOUR_MS)
-
-    def lift(readings: Sequence[MetricReading]) -> tuple[float, float]:
-        by_arm = {r.arm: r for r in readings if r.name == policy.primary.name}
-        t, c = by_arm[arm_id], by_arm[control_id]
-        assert t.lower is not None and t.upper is not None and c.lower is not None and c.upper is not None
-        se = (t.value / c.value) * math.hypot((t.upper - t.lower) / t.value, (c.upper - c.lower) / c.value) / 3.92
-        return t.value / c.value - 1.0, se
-
-    pooled_lift, _ = lift(brain_readings(policy, inp))
-    assert pooled_lift < -0.07
-    settled = settled_readings(policy, state, totals)
-    assert {r.arm for r in settled} == {control_id, arm_id}
-    settled_lift, settled_se = lift(brain_readings(policy, inp, settled))
-    assert abs(settled_lift) < 2.0 * settled_se < abs(pooled_lift)  # no effect, and the pooled bias would show
-    ended_without_a_ramp = msgspec.structs.replace(state, periods=())
-    assert settled_readings(policy, ended_without_a_ramp, totals) == ()  # one period: the cumulative read is the same

@@ -58,12 +58,6 @@ async def test_the_loop_runs_proposal_critique_ramp_and_decision(trace: SimTrace
     assert {"promote", "stop", "stop_arm", "rollback"} & set(decisions), decisions
     assert trace.experiments() == decisions.count("allocate") >= 1
     assert trace.history, "a finished experiment is in the loop's history"
-    # an experiment that ramped and ended has its arms' stratified readings kept for the brain
-    ramped = {r["payload"]["experiment_id"] for r in trace.records if r["payload"].get("kind") == "ramp"}
-    ended = {entry.split(":", 1)[0] for entry in trace.history}
-    settled = {arm.rsplit(".", 1)[0] for arm in trace.settled_arms}
-    assert ramped & ended, (ramped, ended)
-    assert settled == ramped & ended
 
 
 async def test_served_mix_follows_the_config_log(trace: SimTrace) -> None:
