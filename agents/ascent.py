@@ -12,7 +12,10 @@ steps per parameter (`agents.critic.trust_coordinate` against its control's
 config; a two-valued choice is ±1 by the index of its value) and y_i = lift,
 with se_i.  Locally y_i ≈ Σ_j β_j · x_ij; with a Gaussian prior β_j ~
 N(m_j, τ²) (m_j from Skillhub directions, else 0) and weights 1/se_i² the
-posterior is Gaussian (`fit_effects`, ridge regression in closed form).
+posterior is Gaussian (`fit_effects`, ridge regression in closed form).  The
+fit is local: an arm whose control lies d trust steps from today's incumbent
+has its variance raised by (drift · d · |x_i|)², so the model follows the
+incumbent instead of averaging the slopes of places it has left.
 
 Candidates (`ascent_moves`):
 - *greedy* — the posterior mean: each parameter whose |mean| ≥ `z_min`·sd
@@ -187,12 +190,12 @@ def fit_effects(
     surface curves, so the gradient at a control c lying `distance` trust
     steps away is β + H·c with H's entries independent N(0, `drift_sd`²); an
     arm's move x read there carries the extra variance
-    (drift_sd · distance · |x|)² on top of its se².  Evidence from where the incumbent used to be fades as the
-    incumbent moves on (response-surface practice re-screens around each new
-    centre); `drift_sd` 0 treats the surface as linear everywhere.  Moves on
-    parameters outside `names` are ignored (their effect is absorbed by the
-    noise).  Raises `AscentError` for a non-positive or non-finite prior or a
-    negative drift.
+    (drift_sd · distance · |x|)² on top of its se².  Evidence from where the
+    incumbent used to be fades as the incumbent moves on (response-surface
+    practice re-screens around each new centre); `drift_sd` 0 treats the
+    surface as linear everywhere.  Moves on parameters outside `names` are
+    ignored (their effect is absorbed by the noise).  Raises `AscentError`
+    for a non-positive or non-finite prior or a negative or infinite drift.
     """
     if not (prior_sd > 0.0 and math.isfinite(prior_sd)):
         msg = f"prior_sd: must be a positive finite lift per trust step, got {prior_sd!r}"
@@ -295,9 +298,9 @@ class AscentSettings:
       old incumbent counts less (`fit_effects`).  Why: without it, core seed 0
       ended with `mmr_lambda` at −0.76% ± 0.45% per step, driven by +6% arms
       read before the re-rank moves, where the oracle's step up from the
-      final incumbent gains +0.59%.  On the tuning bench it
-      is neutral within the noise (agents only, 20 seeds; 0.01 was worse in
-      core on seeds 10-19; BENCHMARKS.md, session 16).
+      final incumbent gains +0.59%.  On the tuning bench it is neutral
+      within the noise (agents only, 20 seeds; 0.01 was worse in core on
+      seeds 10-19; BENCHMARKS.md, session 16).
     - `guard_metric`, `guard_margin`: a second model of the same form on the
       guardrail metric's reads (default conversions per request, the Online
       agent's non-inferiority metric); a direction whose step is known to cost
