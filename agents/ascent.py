@@ -166,8 +166,8 @@ def arm_effects(
         ratio = reading.value / control.value
         se = ratio * math.sqrt((se_t / max(reading.value, _TINY)) ** 2 + (se_c / control.value) ** 2)
         moves = coordinates(control_config, arm_config, trust)
-        distance = 0.0 if origin is None else _norm(coordinates(origin, control_config, trust).values())
         if moves and se > 0.0:
+            distance = 0.0 if origin is None else _norm(coordinates(origin, control_config, trust).values())
             out.append(ArmEffect(arm, tuple(sorted(moves.items())), ratio - 1.0, se, distance))
     return out
 
