@@ -144,3 +144,15 @@ def relative(config: CascadeConfig, name: str) -> tuple[float, ...]:
         members = [float(v) for k, v in values.items() if k.rsplit(".", 1)[0] == group]
         return tuple(v / max(members) for v in members)
     return (float(values[name]),)
+
+
+def test_budget_left_after_the_local_phase_converges_is_spent_on_restarts(
+    make_scenario: Callable[..., Scenario],
+) -> None:
+    # Without restarts this search stopped at its first local optimum after 452 of 700 evaluations, 18.7% over
+    # the start; the restarts spend the rest of the budget and find a better one (19.6% when measured).
+    world = World(make_scenario(prototypes=16, users=1_000), seed=4)
+    result = best_config(world, default_config(), at_s=0.0, evaluations=700, seed=2)
+    assert result.evaluations == 700
+    assert result.relative_lift > 0.19
+    _check_feasible(world, result, Guardrails())
