@@ -392,13 +392,19 @@ def _search(
     def flip(comb: Combination) -> Combination:
         return "weighted_product" if comb == "weighted_sum" else "weighted_sum"
 
+    def jump(x: np.ndarray, comb: Combination, *, at_least_one: bool) -> tuple[np.ndarray, Combination]:
+        # a random third of the coordinates move by N(0, 0.35); the combination flips with probability 0.2
+        mask = rng.random(dims) < 1.0 / 3.0
+        if at_least_one:
+            mask[rng.integers(dims)] = True
+        out = x.copy()
+        out[mask] = np.clip(out[mask] + 0.35 * rng.standard_normal(int(mask.sum())), 0.0, 1.0)
+        return out, comb if rng.random() < 0.8 else flip(comb)
+
     # 1. Global: jumps around the incumbent on a random third of the coordinates.
     global_budget = max(evaluations * 3 // 20, 1)
     while used < global_budget:
-        x = best_x.copy()
-        mask = rng.random(dims) < 1.0 / 3.0
-        x[mask] = np.clip(x[mask] + 0.35 * rng.standard_normal(int(mask.sum())), 0.0, 1.0)
-        comb = best_comb if rng.random() < 0.8 else flip(best_comb)
+        x, comb = jump(best_x, best_comb, at_least_one=False)
         v, c = evaluate(x, comb)
         if v > best_value:
             best_value, best_cfg, best_x, best_comb = v, c, x, comb
@@ -444,11 +450,7 @@ def _search(
     #    at least one coordinate) and descend again, keeping the better end (iterated local search).
     while used < evaluations:
         spent = used
-        x = best_x.copy()
-        mask = rng.random(dims) < 1.0 / 3.0
-        mask[rng.integers(dims)] = True
-        x[mask] = np.clip(x[mask] + 0.35 * rng.standard_normal(int(mask.sum())), 0.0, 1.0)
-        comb = best_comb if rng.random() < 0.8 else flip(best_comb)
+        x, comb = jump(best_x, best_comb, at_least_one=True)
         v, c = evaluate(x, comb)
         end = descend((x, comb, v, c))
         if end[2] > best_value:
