@@ -153,6 +153,18 @@ def test_budget_left_after_the_local_phase_converges_is_spent_on_restarts(
     # the start; the restarts spend the rest of the budget and find a better one (19.6% when measured).
     world = World(make_scenario(prototypes=16, users=1_000), seed=4)
     result = best_config(world, default_config(), at_s=0.0, evaluations=700, seed=2)
-    assert result.evaluations == 700
+    assert result.evaluations == 400 + 700  # both searches spend their whole budget
     assert result.relative_lift > 0.19
     _check_feasible(world, result, Guardrails())
+
+
+def test_a_bigger_budget_never_ends_below_the_default_one(make_scenario: Callable[..., Scenario]) -> None:
+    # In this world a lone 700-evaluation search ends 9.94% over the start, below the 400-evaluation search's
+    # 10.27% (its longer global phase takes another path); the bigger budget runs both and keeps the better end.
+    world = World(make_scenario(prototypes=16, users=1_000), seed=1)
+    default = best_config(world, default_config(), at_s=0.0, evaluations=400, seed=1)
+    bigger = best_config(world, default_config(), at_s=0.0, evaluations=700, seed=1)
+    assert default.evaluations == 400
+    assert bigger.evaluations == 400 + 700
+    assert bigger.value >= default.value
+    assert bigger.relative_lift > 0.1
