@@ -79,7 +79,8 @@ FIGURES: Final = (
 )
 ALPHA: Final = 0.05
 CONVERSION_MARGIN: Final = 0.02  # the agents' non-inferiority margin (rectune.simloop.preset_for)
-#: 400 until session 17, when a greedy climb of one-trust-step moves beat the search's best in four seasonal seeds
+#: 400 until session 17, when a greedy climb of one-trust-step moves beat the search's best in four seasonal seeds;
+#: `best_config` also runs its 400-evaluation search and keeps the better end (never weaker than before)
 ORACLE_EVALUATIONS: Final = 1500
 QUICK_ORACLE_EVALUATIONS: Final = 40  # --quick: a rough oracle (its share figures are then only indicative)
 
