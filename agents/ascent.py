@@ -87,6 +87,13 @@ class EffectModel:
         """Posterior mean of `name`'s effect (relative lift per trust step)."""
         return float(self.mean[self.names.index(name)])
 
+    def move(self, steps: Sequence[tuple[str, float]]) -> tuple[float, float]:
+        """Posterior mean and sd of the lift of a move of `steps` (parameter, trust steps): Σ x_j·β_j."""
+        x = np.zeros(len(self.names))
+        for name, step in steps:
+            x[self.names.index(name)] += step
+        return float(x @ self.mean), math.sqrt(max(float(x @ self.cov @ x), 0.0))
+
 
 @dataclass(frozen=True, slots=True)
 class Direction:

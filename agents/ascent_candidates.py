@@ -308,10 +308,13 @@ def ascent_candidates(
             notes.append(f"ascent ({how}): not proposed, {reason}")
             continue
         pid = proposal_id_for(changes)
-        # the posterior mean of the move, not the draw that chose it (a draw from a wide prior overstates)
-        gain = sum(d.sign * model.effect(d.name) for d in directions) + 0.0  # no "-0%"
+        # the posterior mean of the move, not the draw that chose it (a draw from a wide prior overstates), and its
+        # posterior sd: the mean is the largest of many noisy step gains, so it reads high (BENCHMARKS.md, session 18)
+        gain, sd = model.move([(d.name, float(d.sign)) for d in directions])
         moved = ", ".join(f"{c.name.split('.', 1)[-1]} -> {c.value}" for c in changes)
-        title = clip_text(f"offline ascent ({100 * gain:+.2g}% expected): {moved}", MAX_TITLE_CHARS)
+        title = clip_text(
+            f"offline ascent ({100 * gain + 0.0:+.2g}% ± {100 * sd:.2g}% expected): {moved}", MAX_TITLE_CHARS
+        )
         out.append(Proposal(proposal_id=pid, title=title, changes=tuple(changes), config=config))
         notes.append(f"ascent ({how}): proposed {pid}")
     return out, tuple(notes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import msgspec
 import numpy as np
@@ -309,7 +310,20 @@ def test_a_draw_from_the_prior_is_not_sold_as_an_expected_gain() -> None:
     drawn = [p for p in proposals if p.title.startswith("offline ascent")]
     assert drawn
     for proposal in drawn:
-        assert proposal.title.startswith("offline ascent (+0% expected)"), proposal.title
+        # the prior's sd of a move of 1, 2 or 3 parameters at one trust step each: 3% * sqrt(k)
+        assert re.match(r"offline ascent \(\+0% ± (3|4\.2|5\.2)% expected\)", proposal.title), proposal.title
         for change in (c for c in proposal.changes if "lift model" in c.hypothesis):  # not a floor companion
             assert "expects +0% on the objective" in change.hypothesis, change.hypothesis
             assert "(the posterior draw: " in change.hypothesis
+
+
+def test_a_move_has_the_posterior_mean_and_sd_of_its_summed_effects() -> None:
+    prior = fit_effects([], NAMES, prior_sd=0.03)
+    assert prior.move([(NAMES[0], 1.0), (NAMES[1], -1.0)]) == pytest.approx((0.0, 0.03 * math.sqrt(2)))
+    effects = [ArmEffect("e1.t1", ((NAMES[0], 1.0), (NAMES[1], 1.0)), 0.04, 0.005)]
+    model = fit_effects(effects, NAMES, prior_sd=0.03)
+    mean, sd = model.move([(NAMES[0], 1.0), (NAMES[1], 1.0)])
+    assert mean == pytest.approx(float(model.mean[0] + model.mean[1]))
+    assert sd == pytest.approx(math.sqrt(float(model.cov[0, 0] + model.cov[1, 1] + 2 * model.cov[0, 1])))
+    assert sd < model.sd(NAMES[0])  # the read pins the sum down better than either part
+    assert model.move([(NAMES[0], 1.0), (NAMES[1], -1.0)])[1] > 0.03  # the difference stays unknown
