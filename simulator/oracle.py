@@ -34,7 +34,7 @@ A budget over 400 (the default) runs the whole search twice from the start
 with the same seed — once with 400 evaluations, once with the budget — and
 keeps the better end, so a bigger budget never ends below the default one: a
 longer global phase sends the search down another path, and with 1,500
-evaluations alone 5 of the benchmark's 30 worlds ended 1.0-7.1% of the lift
+evaluations alone 5 of the benchmark's 30 worlds ended 1.1-7.1% of the lift
 below the 400-evaluation search.  The reported `evaluations` is the sum.
 
 Each search's budget counts the distinct configs it scores (a config it saw
