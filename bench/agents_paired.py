@@ -69,6 +69,7 @@ from simulator.world import World
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 SECTIONS: Final = ("loop", "online", "ascent")
+_RUN_KEYS: Final = ("scenario", "seed", "lift", "gain", "regressions", "promotions", "final_meets_slo")
 
 
 class VariantError(ValueError):
@@ -211,7 +212,11 @@ def paired_summary(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]
     keyed = []
     for name, runs in (("A", a), ("B", b)):
         index: dict[tuple[str, int], Mapping[str, Any]] = {}
-        for run in runs:
+        for i, run in enumerate(runs):
+            missing = [k for k in _RUN_KEYS if k not in run]
+            if missing:
+                msg = f"{name}: runs[{i}].{missing[0]}: missing (a run file written by `agents_paired.py run`)"
+                raise VariantError(msg)
             key = (str(run["scenario"]), int(run["seed"]))
             if key in index:
                 msg = f"{name}: runs[{key}]: a (scenario, seed) may appear once"

@@ -98,6 +98,8 @@ def test_shares_are_compared_only_when_both_files_carry_them() -> None:
 def test_a_repeated_seed_or_no_common_seed_is_refused() -> None:
     with pytest.raises(ap.VariantError, match="may appear once"):
         ap.paired_summary([run("core", 0, 0.0, 0.0)] * 2, [run("core", 0, 0.0, 0.0)])
+    with pytest.raises(ap.VariantError, match=r"B: runs\[0\]\.regressions: missing"):
+        ap.paired_summary([run("core", 0, 0.0, 0.0)], [{"scenario": "core", "seed": 0, "lift": 0.0, "gain": 0.0}])
     with pytest.raises(ap.VariantError, match="no \\(scenario, seed\\) in common"):
         ap.paired_summary([run("core", 0, 0.0, 0.0)], [run("core", 1, 0.0, 0.0)])
 
