@@ -19,7 +19,8 @@ the difference of two methods' regrets, so no oracle search is needed),
 experiments, promotions, regressions shipped, finals over the SLO, and arms
 not better than their incumbent that were promoted.  With `--oracle` it also
 runs (or reads from `.cache/tuning/`) the bench's oracle search and records
-the share of the oracle's lift.
+its best value and the share of the oracle's lift (`--oracle-evaluations`
+sets a smaller budget for a rough share).
 
 A variant is either another checkout (run the tool there) or a settings
 override, `--set SECTION.FIELD=VALUE`, on the loop's settings (`loop`:
@@ -138,8 +139,14 @@ def brain_for(preset: SimPreset, overrides: Sequence[Override], seed: int) -> Of
     return OfflineBrain(**kwargs)
 
 
-def run_one(scenario_ref: str, seed: int, days: float, overrides: Sequence[Override], oracle: bool) -> dict[str, Any]:
-    """One agents run on (scenario, seed), scored as `bench/tuning.py` scores it (called in a worker process)."""
+def run_one(
+    scenario_ref: str, seed: int, days: float, overrides: Sequence[Override], oracle_evaluations: int = 0
+) -> dict[str, Any]:
+    """One agents run on (scenario, seed), scored as `bench/tuning.py` scores it (called in a worker process).
+
+    `oracle_evaluations` > 0 also runs (or reads from the cache) the oracle's search with that budget and
+    records its best value and the share of its lift the run reached.
+    """
     clock = time.perf_counter()
     scenario = load_scenario(scenario_ref)
     world = World(scenario, seed=seed)
@@ -176,8 +183,9 @@ def run_one(scenario_ref: str, seed: int, days: float, overrides: Sequence[Overr
         "null_arms": s.null_arms,
         "null_arms_promoted": s.null_arms_promoted,
     }
-    if oracle:
-        best = oracle_best(world, seed, start, at_s=0.0, evaluations=ORACLE_EVALUATIONS)
+    if oracle_evaluations > 0:
+        best = oracle_best(world, seed, start, at_s=0.0, evaluations=oracle_evaluations)
+        record["oracle_value"] = best.value
         lift = best.value - best.start_value
         record["oracle_share"] = (s.final_value - start_value) / lift if lift > 0.0 else math.nan
     record["seconds"] = time.perf_counter() - clock
@@ -288,6 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     run.add_argument("--set", dest="overrides", action="append", default=[], help="SECTION.FIELD=VALUE (repeat)")
     run.add_argument("--oracle", action="store_true", help="also the share of the oracle's lift (cached search)")
+    run.add_argument(
+        "--oracle-evaluations",
+        type=int,
+        default=ORACLE_EVALUATIONS,
+        help=f"the oracle search's budget with --oracle (default {ORACLE_EVALUATIONS}, the bench's)",
+    )
     run.add_argument("--out", type=Path, required=True, help="the run file to write")
     cmp = sub.add_parser("compare", help="pair two run files by (scenario, seed)")
     cmp.add_argument("a", type=Path)
@@ -309,6 +323,10 @@ def _run(args: argparse.Namespace) -> int:
     if not args.days > 0.0 or args.jobs < 1:
         msg = f"--days must be > 0 and --jobs >= 1, got {args.days} and {args.jobs}"
         raise VariantError(msg)
+    if args.oracle and args.oracle_evaluations < 1:
+        msg = f"--oracle-evaluations: must be >= 1, got {args.oracle_evaluations}"
+        raise VariantError(msg)
+    evaluations = args.oracle_evaluations if args.oracle else 0
     probe = preset_for(load_scenario(scenarios[0]), args.days * 86_400.0, randomization_unit="request")
     brain_for(apply_overrides(probe, overrides), overrides, 0)  # refuse a bad override before any run
     jobs = [(s, seed) for seed in seeds for s in scenarios]
@@ -321,7 +339,7 @@ def _run(args: argparse.Namespace) -> int:
                 [k for _, k in jobs],
                 [args.days] * len(jobs),
                 [overrides] * len(jobs),
-                [args.oracle] * len(jobs),
+                [evaluations] * len(jobs),
             )
         )
     commit, dirty = _commit()
@@ -331,6 +349,7 @@ def _run(args: argparse.Namespace) -> int:
         "overrides": [o.text() for o in overrides],
         "days": args.days,
         "seeds": [seeds.start, seeds.stop],
+        "oracle_evaluations": evaluations,
         "wall_s": time.perf_counter() - clock,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

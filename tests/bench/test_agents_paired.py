@@ -141,3 +141,19 @@ def test_compare_refuses_files_of_different_budgets(tmp_path: Path) -> None:
     (tmp_path / "c.json").write_text("[]")
     with pytest.raises(SystemExit):
         ap.main(["compare", str(tmp_path / "a.json"), str(tmp_path / "c.json")])
+
+
+def test_with_an_oracle_budget_a_run_records_the_share_of_the_oracles_lift(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tuning: Any = importlib.import_module("tuning")
+    monkeypatch.setattr(tuning, "CACHE", tmp_path)  # the repository's oracle cache stays untouched
+    record = ap.run_one("apparel_core", 3, 3.0, [], oracle_evaluations=20)
+    assert list(tmp_path.rglob("*.json")), "the search's result is cached where the bench keeps it"
+    assert record["oracle_value"] > record["start_value"]
+    lift = record["oracle_value"] - record["start_value"]
+    assert record["oracle_share"] == pytest.approx((record["final_value"] - record["start_value"]) / lift)
+    assert record["oracle_share"] > 0.0
+    again = ap.run_one("apparel_core", 3, 3.0, [], oracle_evaluations=20)  # from the cache: the same reference
+    assert again["oracle_value"] == record["oracle_value"]
+    assert "oracle_value" not in ap.run_one("apparel_thin", 3, 0.5, [])
