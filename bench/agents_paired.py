@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from _tuning_methods import trace_from_sim
-from _tuning_score import mean_sd, score
+from _tuning_score import _share_of_lift, mean_sd, score
 from tuning import CONVERSION_MARGIN, DEFAULT_DAYS, ORACLE_EVALUATIONS, TruthCache, _finite, oracle_best
 
 from agents.offline_brain import OfflineBrain, offline_brain_kwargs
@@ -185,9 +185,9 @@ def run_one(
     }
     if oracle_evaluations > 0:
         best = oracle_best(world, seed, start, at_s=0.0, evaluations=oracle_evaluations)
-        record["oracle_value"] = best.value
-        lift = best.value - best.start_value
-        record["oracle_share"] = (s.final_value - start_value) / lift if lift > 0.0 else math.nan
+        # the reference as `_tuning_score.score` takes it: the oracle's view of its best config, not the search's value
+        record["oracle_value"] = truth(best.config, 0.0).value
+        record["oracle_share"] = _share_of_lift(s.final_value, start_value, record["oracle_value"])
     record["seconds"] = time.perf_counter() - clock
     return record
 
@@ -207,6 +207,11 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float]:
     """Mean and its standard error (NaN for fewer than two values)."""
     mean, sd = mean_sd(values)
     return mean, sd / math.sqrt(len(values)) if len(values) > 1 else math.nan
+
+
+def _totals(ra: Sequence[Mapping[str, Any]], rb: Sequence[Mapping[str, Any]], key: str) -> list[int]:
+    """[Σ `key` over `ra`, Σ over `rb`] (counts and flags)."""
+    return [sum(int(run[key]) for run in ra), sum(int(run[key]) for run in rb)]
 
 
 def paired_summary(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -249,9 +254,9 @@ def paired_summary(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]
             "lift_diff_pp": diff_mean,
             "lift_diff_se_pp": diff_se,
             "gain_ratio": gain_b / gain_a if gain_a > 0.0 else math.nan,
-            "regressions": [sum(int(x["regressions"]) for x in ra), sum(int(y["regressions"]) for y in rb)],
-            "promotions": [sum(int(x["promotions"]) for x in ra), sum(int(y["promotions"]) for y in rb)],
-            "finals_over_slo": [sum(not x["final_meets_slo"] for x in ra), sum(not y["final_meets_slo"] for y in rb)],
+            "regressions": _totals(ra, rb, "regressions"),
+            "promotions": _totals(ra, rb, "promotions"),
+            "finals_over_slo": [len(ra) - n for n in _totals(ra, rb, "final_meets_slo")],
         }
         if all("oracle_share" in r for r in (*ra, *rb)):
             shares = [float(y["oracle_share"]) - float(x["oracle_share"]) for x, y in zip(ra, rb, strict=True)]
