@@ -31,8 +31,8 @@ expectation, never shown to the methods) and the oracle's best config:
   benchmark reports it next to the share; `finals_over_slo` counts the runs
   whose final breaks it.
 
-Callers: `bench/tuning.py` and its unit test.  No simulator import: the
-oracle comes in as a function (`bench/tuning.py`'s `TruthCache` builds it
+Callers: the tuning bench and its tools (`bench/_tuning_world.py` scores each run) and the unit test.  No
+simulator import: the oracle comes in as a function (`bench/_tuning_world.py`'s `TruthCache` builds it
 from `World.expected` and `simulator.oracle.meets_slo`).
 """
 

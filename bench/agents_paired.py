@@ -44,7 +44,6 @@ Run:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import math
@@ -59,14 +58,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from _tuning_methods import trace_from_sim
-from _tuning_score import _share_of_lift, mean_sd, score
-from tuning import CONVERSION_MARGIN, DEFAULT_DAYS, ORACLE_EVALUATIONS, TruthCache, _finite, oracle_best
+from _tuning_score import _share_of_lift, mean_sd
+from _tuning_world import ORACLE_EVALUATIONS, TruthCache, bench_world, oracle_best
+from tuning import DEFAULT_DAYS, _finite
 
 from agents.offline_brain import OfflineBrain, offline_brain_kwargs
-from rectune.simloop import SimPreset, preset_for, run_simloop
-from schemas.config import default_config
+from rectune.simloop import SimPreset, preset_for
 from simulator.scenario import load_scenario, shipped_scenarios
-from simulator.world import World
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 SECTIONS: Final = ("loop", "online", "ascent")
@@ -148,27 +146,16 @@ def run_one(
     records its best value and the share of its lift the run reached.
     """
     clock = time.perf_counter()
-    scenario = load_scenario(scenario_ref)
-    world = World(scenario, seed=seed)
-    budget_s = days * 86_400.0
-    start = default_config()
-    preset = apply_overrides(preset_for(scenario, budget_s, randomization_unit="request"), overrides)
-    brain = brain_for(preset, overrides, seed)
-    sim = asyncio.run(run_simloop(world, budget_s=budget_s, seed=seed, preset=preset, start=start, brain=brain))
-    trace = trace_from_sim(sim)
-    truth = TruthCache(world)
+    base = bench_world(scenario_ref, seed, days)
+    bw = base.with_preset(apply_overrides(base.preset, overrides))
+    trace = trace_from_sim(bw.run_loop(brain_for(bw.preset, overrides, seed)))
+    truth = TruthCache(bw.world)
+    start = bw.start
     # scored against the start config: the regret against it is minus the gain, and no oracle search is needed
-    s = score(
-        trace,
-        truth,
-        start,
-        value_at_s=0.0,
-        latency_slo_ms=scenario.latency_slo_ms,
-        conversion_margin=CONVERSION_MARGIN,
-    )
+    s = bw.score(trace, truth, start, at_s=0.0)
     start_value = truth(start, 0.0).value
     record: dict[str, Any] = {
-        "scenario": scenario.name,
+        "scenario": bw.scenario.name,
         "seed": seed,
         "start_value": start_value,
         "final_value": s.final_value,
@@ -184,7 +171,7 @@ def run_one(
         "null_arms_promoted": s.null_arms_promoted,
     }
     if oracle_evaluations > 0:
-        best = oracle_best(world, seed, start, at_s=0.0, evaluations=oracle_evaluations)
+        best = oracle_best(bw.world, seed, start, at_s=0.0, evaluations=oracle_evaluations)
         # the reference as `_tuning_score.score` takes it: the oracle's view of its best config, not the search's value
         record["oracle_value"] = truth(best.config, 0.0).value
         record["oracle_share"] = _share_of_lift(s.final_value, start_value, record["oracle_value"])

@@ -46,7 +46,6 @@ with a ramp, and another path could have larger steps.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import math
 import statistics
@@ -57,15 +56,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from _tuning_ceiling import Move, feasible_value, greedy_set, moved, oracle_view, single_moves
-from tuning import TruthCache
+from _tuning_world import TruthCache, bench_world
 
 from agents.arm_ids import parse_arm_id
 from agents.critic import CriticRules
 from agents.offline_brain import offline_brain_kwargs
-from rectune.simloop import SimStep, preset_for, run_simloop
+from rectune.simloop import SimStep
 from schemas.config import CascadeConfig, default_config
 from simulator.oracle import meets_slo
-from simulator.scenario import load_scenario
 from simulator.world import World
 
 WEEK_S: Final = 7 * 86_400.0
@@ -171,16 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--bound", action="store_true", help="with --climb: the days of traffic each step needs at the loop's reads"
     )
     args = parser.parse_args(argv)
-    scenario = load_scenario(args.scenario)
-    world = World(scenario, seed=args.seed)
-    budget_s = args.days * 86_400.0
-    preset = preset_for(scenario, budget_s)
+    bw = bench_world(args.scenario, args.seed, args.days)
+    world, preset = bw.world, bw.preset
     if args.climb:
         resolution = None
         if args.bound:
-            sim = asyncio.run(
-                run_simloop(world, budget_s=budget_s, seed=args.seed, preset=preset, start=default_config())
-            )
+            sim = bw.run_loop()
             mde = one_arm_mde(sim.steps, sim.records)
             if mde is None:  # every experiment had several arms: their MDE overstates what one arm needs
                 planned = list(endings(sim.records)[2].values())
@@ -199,9 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         kwargs = offline_brain_kwargs(preset.policy, preset.settings.rules, seed=args.seed)
         brain = OracleGuidedBrain(oracle_view(world), **kwargs)
-    sim = asyncio.run(
-        run_simloop(world, budget_s=budget_s, seed=args.seed, preset=preset, start=default_config(), brain=brain)
-    )
+    sim = bw.with_preset(preset).run_loop(brain)
     truth = TruthCache(world)  # the tuning bench's weekly oracle cache
 
     def value(version: int, at_s: float) -> float:
@@ -235,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _scale(world: World, seed: int) -> tuple[Callable[[CascadeConfig], float], Callable[[float], float]]:
     """(value, share): the oracle's week-0 value of a config (0 over the SLO, as in its search), and a value's share
     of the lift from the starting config to the oracle's best."""
-    from tuning import ORACLE_EVALUATIONS, oracle_best
+    from _tuning_world import ORACLE_EVALUATIONS, oracle_best
 
     def value(config: CascadeConfig) -> float:
         e = world.expected(config, at_s=0.0)

@@ -31,7 +31,6 @@ Last line: one JSON object {scenario: {"arms", "median_ratio", "q25", "q75",
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import statistics
@@ -44,10 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rectune.simloop import preset_for, run_simloop  # noqa: E402
-from schemas.config import default_config  # noqa: E402
-from simulator.scenario import load_scenario  # noqa: E402
-from simulator.world import World  # noqa: E402
+from _tuning_world import bench_world  # noqa: E402
 
 SCENARIOS = ("apparel_core", "apparel_seasonal", "apparel_thin")
 
@@ -55,12 +51,9 @@ SCENARIOS = ("apparel_core", "apparel_seasonal", "apparel_thin")
 def run_one(args: tuple[str, int, float, float]) -> list[tuple[float, float]]:
     """(realised / planned, raw / planned) for each arm of one simulated run (called in a worker process)."""
     name, seed, days, min_requests = args
-    scenario = load_scenario(name)
-    world = World(scenario, seed=seed)
-    budget_s = days * 86_400.0
-    preset = preset_for(scenario, budget_s)
-    step_s = preset.step_s
-    sim = asyncio.run(run_simloop(world, budget_s=budget_s, seed=seed, preset=preset, start=default_config()))
+    bw = bench_world(name, seed, days)
+    step_s = bw.preset.step_s
+    sim = bw.run_loop()
     planned: dict[str, tuple[float, float, float]] = {}  # experiment → (v, φ, window s)
     last_read: dict[str, tuple[int, dict[str, Any]]] = {}
     first_read_ms: dict[str, int] = {}

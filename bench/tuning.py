@@ -38,8 +38,6 @@ Run: `.venv/bin/python bench/tuning.py [--seeds 3] [--days D] [--scenario PATH] 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import hashlib
 import json
 import math
 import os
@@ -53,19 +51,16 @@ from typing import Any, Final
 
 import numpy as np
 from _tuning_ceiling import OracleGuidedBrain, oracle_view
-from _tuning_methods import RandomSearch, TpeSearch, config_key, run_ab_search, run_static, trace_from_sim
-from _tuning_score import MethodTrace, Score, Truth, finals_over_slo, incumbent_path, mean_sd, regret_path, score
+from _tuning_methods import RandomSearch, TpeSearch, run_ab_search, run_static, trace_from_sim
+from _tuning_score import MethodTrace, Score, finals_over_slo, incumbent_path, mean_sd, regret_path
+from _tuning_world import ORACLE_EVALUATIONS, ROOT, TruthCache, bench_world, oracle_best
 
 from agents.offline_brain import offline_brain_kwargs
-from rectune.simloop import SimPreset, north_star_metric, preset_for, run_simloop
-from schemas.config import CascadeConfig, RandomizationUnit, default_config
+from rectune.simloop import north_star_metric
+from schemas.config import RandomizationUnit
 from schemas.guardrails import Guardrails
-from simulator.oracle import best_config, meets_slo
-from simulator.scenario import load_scenario, shipped_scenarios
-from simulator.world import World
+from simulator.scenario import shipped_scenarios
 
-ROOT: Final = Path(__file__).resolve().parents[1]
-CACHE: Final = ROOT / ".cache" / "tuning"
 METHODS: Final = ("static", "random", "tpe", "agentic")
 CEILING: Final = "ceiling"  # --ceiling: the loop with oracle-ranked proposals (bench/_tuning_ceiling.py)
 FIGURES: Final = (
@@ -78,65 +73,7 @@ FIGURES: Final = (
     "guardrail_breaches",
 )
 ALPHA: Final = 0.05
-CONVERSION_MARGIN: Final = 0.02  # the agents' non-inferiority margin (rectune.simloop.preset_for)
-#: 400 until session 17, when a greedy climb of one-trust-step moves beat the search's best in four seasonal seeds;
-#: `best_config` also runs its 400-evaluation search and keeps the better end (never weaker than before)
-ORACLE_EVALUATIONS: Final = 1500
 QUICK_ORACLE_EVALUATIONS: Final = 40  # --quick: a rough oracle (its share figures are then only indicative)
-
-
-# --------------------------------------------------------------------------- oracle
-
-
-def _source_hash() -> str:
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "simulator").glob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-@dataclass(frozen=True, slots=True)
-class OracleBest:
-    """The oracle's best config for one world (cached) and the value function it scores with."""
-
-    config: CascadeConfig
-    value: float
-    start_value: float
-    at_s: float
-
-
-def oracle_best(world: World, seed: int, start: CascadeConfig, at_s: float, evaluations: int) -> OracleBest:
-    """`oracle.best_config` once per (scenario, seed); cached on disk under `.cache/tuning/<simulator source hash>/`."""
-    result = best_config(
-        world,
-        start,
-        at_s=at_s,
-        evaluations=evaluations,
-        seed=seed,
-        guardrails=Guardrails(),
-        cache_dir=CACHE / _source_hash(),
-    )
-    return OracleBest(result.config, float(result.value), float(result.start_value), at_s)
-
-
-class TruthCache:
-    """`World.expected` per (config, week): the value, p99, conversions and SLO verdict the scorer needs."""
-
-    def __init__(self, world: World) -> None:
-        """Keep the world and an empty cache."""
-        self.world = world
-        self.cache: dict[tuple[bytes, int], Truth] = {}
-
-    def __call__(self, config: CascadeConfig, at_s: float) -> Truth:
-        """The oracle's view of `config` at `at_s` (expectations are weekly, so cached per week)."""
-        week = int(at_s // (7 * 86_400.0))
-        key = (config_key(config), week)
-        found = self.cache.get(key)
-        if found is None:
-            e = self.world.expected(config, at_s=week * 7 * 86_400.0)
-            found = Truth(float(e.north_star), float(e.latency_p99_ms), float(e.conversions), meets_slo(self.world, e))
-            self.cache[key] = found
-        return found
 
 
 # --------------------------------------------------------------------------- one run
@@ -168,18 +105,15 @@ def run_one(
 
     `unit` is every method's randomisation unit (`preset_for`'s `randomization_unit`).
     """
-    scenario = load_scenario(scenario_ref)
-    world = World(scenario, seed=seed)
-    budget_s = days * 86_400.0
-    start = default_config()
-    preset: SimPreset = preset_for(scenario, budget_s, randomization_unit=unit)
+    bw = bench_world(scenario_ref, seed, days, unit)
+    world, start, preset = bw.world, bw.start, bw.preset
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     best = oracle_best(world, seed, start, at_s=0.0, evaluations=oracle_evaluations)
     timings["oracle"] = time.perf_counter() - clock
-    metric = north_star_metric(scenario)
+    metric = north_star_metric(bw.scenario)
     traces: dict[str, MethodTrace] = {}
-    common = {"start": start, "budget_s": budget_s, "step_s": preset.step_s, "seed": seed}
+    common = {"start": start, "budget_s": bw.budget_s, "step_s": preset.step_s, "seed": seed}
     clock = time.perf_counter()
     traces["static"] = run_static(world, **common)  # type: ignore[arg-type]
     timings["static"] = time.perf_counter() - clock
@@ -198,7 +132,7 @@ def run_one(
         traces[name] = run_ab_search(world, proposer, method=name, **ab)  # type: ignore[arg-type]
         timings[name] = time.perf_counter() - clock
     clock = time.perf_counter()
-    sim = asyncio.run(run_simloop(world, budget_s=budget_s, seed=seed, preset=preset, start=start))
+    sim = bw.run_loop()
     traces["agentic"] = trace_from_sim(sim)
     timings["agentic"] = time.perf_counter() - clock
     if ceiling:
@@ -207,28 +141,17 @@ def run_one(
             oracle_view(world),
             **offline_brain_kwargs(preset.policy, preset.settings.rules, seed=seed),
         )
-        guided_sim = asyncio.run(
-            run_simloop(world, budget_s=budget_s, seed=seed, preset=preset, start=start, brain=guided)
-        )
-        traces[CEILING] = trace_from_sim(guided_sim)
+        traces[CEILING] = trace_from_sim(bw.run_loop(guided))
         timings[CEILING] = time.perf_counter() - clock
     truth = TruthCache(world)
-    scores = {
-        name: score(
-            trace,
-            truth,
-            best.config,
-            value_at_s=best.at_s,
-            latency_slo_ms=scenario.latency_slo_ms,
-            conversion_margin=CONVERSION_MARGIN,
-        )
-        for name, trace in traces.items()
-    }
+    scores = {name: bw.score(trace, truth, best.config, at_s=best.at_s) for name, trace in traces.items()}
     curves = {name: incumbent_path(trace, truth) for name, trace in traces.items()}
     regret_curves = {name: regret_path(trace, truth, best.config) for name, trace in traces.items()}
     refusals = sim.decision_kinds().count("refuse")
     notes = (*preset.notes, f"agentic: {refusals} power-gate refusals, history {list(sim.history)[-6:]}")
-    return RunResult(scenario.name, seed, scores, curves, regret_curves, truth(best.config, 0.0).value, timings, notes)
+    return RunResult(
+        bw.scenario.name, seed, scores, curves, regret_curves, truth(best.config, 0.0).value, timings, notes
+    )
 
 
 # --------------------------------------------------------------------------- report

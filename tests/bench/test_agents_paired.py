@@ -146,8 +146,8 @@ def test_compare_refuses_files_of_different_budgets(tmp_path: Path) -> None:
 def test_with_an_oracle_budget_a_run_records_the_share_of_the_oracles_lift(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tuning: Any = importlib.import_module("tuning")
-    monkeypatch.setattr(tuning, "CACHE", tmp_path)  # the repository's oracle cache stays untouched
+    tuning_world: Any = importlib.import_module("_tuning_world")
+    monkeypatch.setattr(tuning_world, "CACHE", tmp_path)  # the repository's oracle cache stays untouched
     record = ap.run_one("apparel_core", 3, 3.0, [], oracle_evaluations=20)
     assert list(tmp_path.rglob("*.json")), "the search's result is cached where the bench keeps it"
     assert record["oracle_value"] > record["start_value"]
