@@ -97,6 +97,21 @@ def single_moves(
     proposes); `parameters` narrows the tunables when not empty.  Called by
     `OracleGuidedBrain` and `bench/arm_trace.py --next-step`.
     """
+    moves = [m for m in every_single_move(incumbent, value_of, trust, guardrails, parameters) if m.gain > 0.0]
+    return sorted(moves, key=lambda m: m.gain, reverse=True)[:SHORTLIST]
+
+
+def every_single_move(
+    incumbent: CascadeConfig,
+    value_of: Callable[[CascadeConfig], float],
+    trust: TrustRegion,
+    guardrails: Guardrails,
+    parameters: Collection[str] = (),
+) -> list[Move]:
+    """Every one-trust-step move of one parameter, up and down, with its relative gain (−1: breaks a config rule).
+
+    Called by `single_moves` and `bench/interleave_probe.py` (which also needs the moves that lose).
+    """
     base = value_of(incumbent)
     moves: list[Move] = []
     for spec in parameter_specs(incumbent):
@@ -108,9 +123,8 @@ def single_moves(
                 continue
             config = moved(incumbent, [Move(0.0, spec.name, value)])
             gain = -1.0 if config is None else value_of(config) / base - 1.0
-            if gain > 0.0:
-                moves.append(Move(gain, spec.name, value))
-    return sorted(moves, key=lambda m: m.gain, reverse=True)[:SHORTLIST]
+            moves.append(Move(gain, spec.name, value))
+    return moves
 
 
 def greedy_set(
