@@ -2,8 +2,9 @@
 
 Why: the tuning bench's perfect-Actor bound (`bench/arm_trace.py --climb
 --bound`) prices every step at the loop's A/B reads, and at those reads 0.9
-of the oracle's lift is out of reach (README, "How well it tunes").  What
-would move that bound is a more sensitive read.  Interleaving (Radlinski,
+of the oracle's lift is out of reach (README, "How well it tunes").  A more
+sensitive read could move the bound if it could decide promotions, or, as a
+screen before the A/B test, narrow the Actor's gap to the ceiling.  Interleaving (Radlinski,
 Kurup and Joachims 2008; Chapelle et al. 2012) shows each request one list
 merged from control's and the candidate's and credits each click to the list
 that contributed the item; for ranking changes it is known to need far fewer
