@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -30,7 +31,7 @@ from _tuning_methods import config_key
 from _tuning_score import MethodTrace, Score, Truth, TruthFn, score
 
 from agents.offline_brain import OfflineBrain
-from rectune.simloop import SimPreset, SimTrace, preset_for, run_simloop
+from rectune.simloop import SimPreset, SimStep, SimTrace, preset_for, run_simloop
 from schemas.config import CascadeConfig, RandomizationUnit, default_config
 from schemas.guardrails import Guardrails
 from simulator.oracle import best_config, meets_slo
@@ -64,11 +65,22 @@ class BenchWorld:
         """The same world under another preset (`bench/agents_paired.py`'s overrides, `arm_trace`'s futility)."""
         return dataclasses.replace(self, preset=preset)
 
-    def run_loop(self, brain: OfflineBrain | None = None) -> SimTrace:
-        """The agents loop over the whole budget (the offline brain `run_simloop` builds, unless `brain`)."""
+    def run_loop(
+        self, brain: OfflineBrain | None = None, progress: Callable[[SimStep], None] | None = None
+    ) -> SimTrace:
+        """The agents loop over the whole budget (the offline brain `run_simloop` builds, unless `brain`).
+
+        `progress` is called after every simulated step (`bench/_screen.py` keeps its clock with it).
+        """
         return asyncio.run(
             run_simloop(
-                self.world, budget_s=self.budget_s, seed=self.seed, preset=self.preset, start=self.start, brain=brain
+                self.world,
+                budget_s=self.budget_s,
+                seed=self.seed,
+                preset=self.preset,
+                start=self.start,
+                brain=brain,
+                progress=progress,
             )
         )
 

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from _screen import ScreenedBrain, ScreenSettings
 from _tuning_methods import trace_from_sim
 from _tuning_score import _share_of_lift, mean_sd
 from _tuning_world import ORACLE_EVALUATIONS, TruthCache, bench_world, oracle_best
@@ -130,25 +131,43 @@ def apply_overrides(preset: SimPreset, overrides: Sequence[Override]) -> SimPres
     return dataclasses.replace(preset, settings=settings, policy=policy)
 
 
-def brain_for(preset: SimPreset, overrides: Sequence[Override], seed: int) -> OfflineBrain:
-    """The offline brain `run_simloop` would build, with the `ascent` overrides applied."""
+def brain_kwargs(preset: SimPreset, overrides: Sequence[Override], seed: int) -> dict[str, Any]:
+    """The arguments of the offline brain `run_simloop` would build, with the `ascent` overrides applied."""
     kwargs = offline_brain_kwargs(preset.policy, preset.settings.rules, seed=seed)
     kwargs["ascent"] = _replaced(kwargs["ascent"], overrides, "ascent")
-    return OfflineBrain(**kwargs)
+    return kwargs
+
+
+def brain_for(preset: SimPreset, overrides: Sequence[Override], seed: int) -> OfflineBrain:
+    """The offline brain `run_simloop` would build, with the `ascent` overrides applied."""
+    return OfflineBrain(**brain_kwargs(preset, overrides, seed))
 
 
 def run_one(
-    scenario_ref: str, seed: int, days: float, overrides: Sequence[Override], oracle_evaluations: int = 0
+    scenario_ref: str,
+    seed: int,
+    days: float,
+    overrides: Sequence[Override],
+    oracle_evaluations: int = 0,
+    screen: ScreenSettings | None = None,
 ) -> dict[str, Any]:
     """One agents run on (scenario, seed), scored as `bench/tuning.py` scores it (called in a worker process).
 
     `oracle_evaluations` > 0 also runs (or reads from the cache) the oracle's search with that budget and
-    records its best value and the share of its lift the run reached.
+    records its best value and the share of its lift the run reached.  `screen` puts the analysis of
+    `bench/_screen.py` (a simulated interleaving screen) in front of the offline brain.
     """
     clock = time.perf_counter()
     base = bench_world(scenario_ref, seed, days)
     bw = base.with_preset(apply_overrides(base.preset, overrides))
-    trace = trace_from_sim(bw.run_loop(brain_for(bw.preset, overrides, seed)))
+    kwargs = brain_kwargs(bw.preset, overrides, seed)
+    screened = None
+    if screen is None:
+        sim = bw.run_loop(OfflineBrain(**kwargs))
+    else:
+        screened = ScreenedBrain(bw.world, horizon_s=bw.preset.policy.horizon_s, screen=screen, **kwargs)
+        sim = bw.run_loop(screened, progress=screened.tick)
+    trace = trace_from_sim(sim)
     truth = TruthCache(bw.world)
     start = bw.start
     # scored against the start config: the regret against it is minus the gain, and no oracle search is needed
@@ -175,6 +194,9 @@ def run_one(
         # the reference as `_tuning_score.score` takes it: the oracle's view of its best config, not the search's value
         record["oracle_value"] = truth(best.config, 0.0).value
         record["oracle_share"] = _share_of_lift(s.final_value, start_value, record["oracle_value"])
+    if screened is not None:
+        record["screens"] = screened.screens
+        record["screen_passed"] = screened.passed
     record["seconds"] = time.perf_counter() - clock
     return record
 
@@ -264,6 +286,15 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
+def _screen_settings(text: str) -> ScreenSettings:
+    pool, _, share = text.partition(":")
+    try:
+        return ScreenSettings(pool=int(pool), share_of_horizon=float(share or "0.25"))
+    except ValueError as err:
+        msg = f"--screen: POOL:SHARE with POOL in [1, 8] and SHARE > 0 (e.g. 8:0.25), got {text!r}: {err}"
+        raise VariantError(msg) from err
+
+
 def _seed_range(text: str) -> range:
     low, sep, high = text.partition(":")
     try:
@@ -294,6 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=ORACLE_EVALUATIONS,
         help=f"the oracle search's budget with --oracle (default {ORACLE_EVALUATIONS}, the bench's)",
     )
+    run.add_argument(
+        "--screen",
+        default=None,
+        metavar="POOL:SHARE",
+        help="analysis: screen a pool of POOL candidates by simulated interleaving for SHARE of a horizon",
+    )
     run.add_argument("--out", type=Path, required=True, help="the run file to write")
     cmp = sub.add_parser("compare", help="pair two run files by (scenario, seed)")
     cmp.add_argument("a", type=Path)
@@ -319,6 +356,7 @@ def _run(args: argparse.Namespace) -> int:
         msg = f"--oracle-evaluations: must be >= 1, got {args.oracle_evaluations}"
         raise VariantError(msg)
     evaluations = args.oracle_evaluations if args.oracle else 0
+    screen = _screen_settings(args.screen) if args.screen else None
     probe = preset_for(load_scenario(scenarios[0]), args.days * 86_400.0, randomization_unit="request")
     brain_for(apply_overrides(probe, overrides), overrides, 0)  # refuse a bad override before any run
     jobs = [(s, seed) for seed in seeds for s in scenarios]
@@ -332,6 +370,7 @@ def _run(args: argparse.Namespace) -> int:
                 [args.days] * len(jobs),
                 [overrides] * len(jobs),
                 [evaluations] * len(jobs),
+                [screen] * len(jobs),
             )
         )
     commit, dirty = _commit()
@@ -342,6 +381,7 @@ def _run(args: argparse.Namespace) -> int:
         "days": args.days,
         "seeds": [seeds.start, seeds.stop],
         "oracle_evaluations": evaluations,
+        "screen": None if screen is None else f"{screen.pool}:{screen.share_of_horizon:g}",
         "wall_s": time.perf_counter() - clock,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -157,3 +157,11 @@ def test_with_an_oracle_budget_a_run_records_the_share_of_the_oracles_lift(
     again = ap.run_one("apparel_core", 3, 3.0, [], oracle_evaluations=20)  # from the cache: the same reference
     assert again["oracle_value"] == record["oracle_value"]
     assert "oracle_value" not in ap.run_one("apparel_thin", 3, 0.5, [])
+
+
+def test_a_screen_flag_is_parsed_or_refused_with_the_rule() -> None:
+    assert ap._screen_settings("6:0.5") == ap.ScreenSettings(pool=6, share_of_horizon=0.5)
+    assert ap._screen_settings("8").share_of_horizon == 0.25
+    for text in ("9:0.25", "x:0.25", "8:-1"):
+        with pytest.raises(ap.VariantError, match="POOL:SHARE"):
+            ap._screen_settings(text)
