@@ -34,7 +34,7 @@ anywhere.  Optimistic in one respect: the screen's merge is free of latency
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import numpy as np
@@ -46,18 +46,25 @@ from rectune.simloop import SimStep
 from schemas.config import CascadeConfig
 from simulator.world import World
 
+FREE_REQUESTS: Final = 200_000
+FREE_TRIES: Final = 4
+
 
 @dataclass(frozen=True, slots=True)
 class ScreenSettings:
-    """The screen: how many candidates it reads per round, and for how long (a share of the A/B horizon)."""
+    """The screen: how many candidates it reads per round, and for how long (a share of the A/B horizon).
+
+    `share_of_horizon` 0 is the bound of any screen: it takes no time and reads each candidate on `FREE_REQUESTS`
+    requests (the probe's precision), so its sign is nearly the true credit's.
+    """
 
     pool: int = 8
     share_of_horizon: float = 0.25
     sequences: int = 8
 
     def __post_init__(self) -> None:
-        if not 1 <= self.pool <= 8 or not self.share_of_horizon > 0.0 or self.sequences < 1:
-            msg = f"screen: pool in [1, 8], share_of_horizon > 0, sequences >= 1; got {self}"
+        if not 1 <= self.pool <= 8 or not self.share_of_horizon >= 0.0 or self.sequences < 1:
+            msg = f"screen: pool in [1, 8], share_of_horizon >= 0, sequences >= 1; got {self}"
             raise ValueError(msg)
 
 
@@ -76,7 +83,8 @@ class ScreenedBrain(OfflineBrain):
         self._world = world
         self._screen = screen
         self._duration_s = screen.share_of_horizon * horizon_s
-        self._requests = max(2, round(world.scenario.requests_per_s * self._duration_s / screen.pool))
+        per_candidate = world.scenario.requests_per_s * self._duration_s / screen.pool
+        self._requests = max(2, round(per_candidate)) if self._duration_s > 0 else FREE_REQUESTS
         self._seed = seed
         self._clock_s = 0.0
         self._pending: _Pending | None = None
@@ -87,17 +95,27 @@ class ScreenedBrain(OfflineBrain):
         """The simulated clock (`run_simloop`'s progress callback): the time at the end of `step`."""
         self._clock_s = step.start_s + step.duration_s
 
-    def propose_sync(self, context: ProposalContext) -> list[Proposal]:
-        """Start a screen of a wider pool, or, once it has run, the pool's candidates it read as gains."""
+    def propose_sync(self, context: ProposalContext, *, tries: int = FREE_TRIES) -> list[Proposal]:
+        """Start a screen of a wider pool, or, once it has run, the pool's candidates it read as gains.
+
+        A free screen (no time) that passes none tries a fresh pool at most `tries` times per call.
+        """
         pending = self._pending
         if pending is None:
             pool = super().propose_sync(msgspec.structs.replace(context, k=self._screen.pool))
-            if pool:
-                self._pending = _Pending(tuple(pool), context.incumbent, self._clock_s + self._duration_s)
-                self.screens += 1
-            return []
+            if not pool:
+                return []
+            self.screens += 1
+            pending = _Pending(tuple(pool), context.incumbent, self._clock_s + self._duration_s)
+            if self._duration_s > 0:
+                self._pending = pending
+                return []
+            return self._read(pending, context, tries)  # the free screen: read at once
         if self._clock_s < pending.until_s:
             return []
+        return self._read(pending, context, tries)
+
+    def _read(self, pending: _Pending, context: ProposalContext, tries: int) -> list[Proposal]:
         self._pending = None
         if pending.incumbent != context.incumbent:  # the incumbent moved on: the screen read the wrong control
             return self.propose_sync(context)
@@ -114,6 +132,6 @@ class ScreenedBrain(OfflineBrain):
             reads.append((z, proposal))
         chosen = [p for z, p in sorted(reads, key=lambda r: r[0], reverse=True) if z > 0.0][: context.k]
         if not chosen:
-            return self.propose_sync(context)
+            return self.propose_sync(context, tries=tries - 1) if tries > 1 else []
         self.passed += len(chosen)
         return chosen

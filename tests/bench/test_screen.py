@@ -52,4 +52,16 @@ def test_a_screen_reads_each_candidate_on_its_share_of_the_screens_requests() ->
     with pytest.raises(ValueError, match="pool in"):
         sc.ScreenSettings(pool=9)
     with pytest.raises(ValueError, match="share_of_horizon"):
-        sc.ScreenSettings(share_of_horizon=0.0)
+        sc.ScreenSettings(share_of_horizon=-0.1)
+
+
+def test_a_free_screen_takes_no_time_and_reads_each_candidate_precisely() -> None:
+    bw = tw.bench_world("apparel_core", 0, 1.0)
+    kwargs = offline_brain_kwargs(bw.preset.policy, bw.preset.settings.rules, seed=0)
+    free = sc.ScreenSettings(pool=4, share_of_horizon=0.0)
+    brain = sc.ScreenedBrain(bw.world, horizon_s=4_000.0, screen=free, **kwargs)
+    assert brain._requests == sc.FREE_REQUESTS
+    context = ProposalContext(surface="home", incumbent=bw.start, k=2, guardrails=bw.preset.settings.rules.guardrails)
+    chosen = brain.propose_sync(context)
+    assert 1 <= len(chosen) <= 2, "read at once, in the same call"
+    assert 1 <= brain.screens <= sc.FREE_TRIES
