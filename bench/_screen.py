@@ -46,7 +46,7 @@ from rectune.simloop import SimStep
 from schemas.config import CascadeConfig
 from simulator.world import World
 
-FREE_REQUESTS: Final = 200_000
+FREE_REQUESTS: Final = 50_000
 FREE_TRIES: Final = 4
 
 
@@ -55,7 +55,7 @@ class ScreenSettings:
     """The screen: how many candidates it reads per round, and for how long (a share of the A/B horizon).
 
     `share_of_horizon` 0 is the bound of any screen: it takes no time and reads each candidate on `FREE_REQUESTS`
-    requests (the probe's precision), so its sign is nearly the true credit's.
+    requests (a quarter of the probe's), so its sign is nearly the true credit's.
     """
 
     pool: int = 8
