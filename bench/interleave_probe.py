@@ -113,7 +113,7 @@ def merged_plans(world: World, a: Plan, b: Plan, week: int, sequences: int, seed
     """`sequences` team-draft merges per prototype and exploration draw of `a`'s and `b`'s shown lists.
 
     Uses the world's week state and the real click model (`simulator.plans.truth`) on the merged lists, so
-    crowding counts the slots above each merged slot.  Called by `probe`.
+    crowding counts the slots above each merged slot.  Called by `probe` and `bench/_screen.py`.
     """
     n_protos = a.rows.shape[0]
     draws = max(a.rows.shape[1], b.rows.shape[1])
@@ -137,7 +137,10 @@ def merged_plans(world: World, a: Plan, b: Plan, week: int, sequences: int, seed
 
 
 def credits(world: World, merged: Merged, requests: int, seed: int) -> F64:
-    """Per simulated request: clicks on B's items − clicks on A's (users by activity, their multipliers)."""
+    """Per simulated request: clicks on B's items − clicks on A's (users by activity, their multipliers).
+
+    Called by `probe` and `bench/_screen.py`; `requests` users are drawn with the world's own activity weights.
+    """
     rng = np.random.default_rng([seed, 98])
     users = world._draw_users(rng, requests)
     protos = world.users.prototype[users]
