@@ -61,7 +61,7 @@ from _tuning_world import TruthCache, bench_world
 from agents.arm_ids import parse_arm_id
 from agents.critic import CriticRules
 from agents.offline_brain import offline_brain_kwargs
-from rectune.simloop import SimStep
+from rectune.simloop import SimStep, SimTrace
 from schemas.config import CascadeConfig, default_config
 from simulator.oracle import meets_slo
 from simulator.world import World
@@ -174,12 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.climb:
         resolution = None
         if args.bound:
-            sim = bw.run_loop()
-            mde = one_arm_mde(sim.steps, sim.records)
-            if mde is None:  # every experiment had several arms: their MDE overstates what one arm needs
-                planned = list(endings(sim.records)[2].values())
-                mde = statistics.median(planned) if planned else None
-                print("no one-arm experiment in the run: the median planned MDE of all of them (an overestimate)")
+            mde, overestimate = loop_mde(bw.run_loop())
+            if overestimate:
+                print(OVERESTIMATE_NOTE)
             resolution = None if mde is None else Resolution(mde, preset.policy.horizon_s / 86_400.0, args.days)
         for line in climb(world, args.seed, preset.settings.rules, preset.settings.max_changes, resolution=resolution):
             print(line)
@@ -287,6 +284,23 @@ def one_arm_mde(steps: Iterable[SimStep], records: Iterable[Mapping[str, Any]]) 
     arms = Counter(row.experiment_id for row in arm_rows(steps, ended))
     planned = sorted(mde for experiment, mde in ended[2].items() if arms.get(experiment) == 1)
     return statistics.median(planned) if planned else None
+
+
+OVERESTIMATE_NOTE: Final = "no one-arm experiment in the run: the median planned MDE of all of them (an overestimate)"
+
+
+def loop_mde(sim: SimTrace) -> tuple[float | None, bool]:
+    """(the MDE the loop's reads resolve, whether it is the overestimate) from one run of the loop.
+
+    `one_arm_mde` when the run had a one-arm experiment; else the median planned MDE of all its experiments, which
+    overstates what one arm needs (flagged); None when it planned none.  Called by `--bound` and
+    `bench/interleave_probe.py`.
+    """
+    mde = one_arm_mde(sim.steps, sim.records)
+    if mde is not None:
+        return mde, False
+    planned = list(endings(sim.records)[2].values())
+    return (statistics.median(planned) if planned else None), True
 
 
 def climb(

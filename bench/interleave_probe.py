@@ -53,7 +53,7 @@ from typing import Final
 import numpy as np
 from _tuning_ceiling import every_single_move, moved, oracle_view
 from _tuning_world import bench_world
-from arm_trace import endings, one_arm_mde
+from arm_trace import OVERESTIMATE_NOTE, loop_mde
 from numpy.typing import NDArray
 
 from agents.critic import CriticRules
@@ -239,14 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     bw = bench_world(args.scenario, args.seed, args.days)
     mde = args.mde
     if mde is None:
-        sim = bw.run_loop()
-        mde = one_arm_mde(sim.steps, sim.records)
-        if mde is None:  # as `arm_trace.py --bound` does: every experiment had several arms, an overestimate
-            planned = list(endings(sim.records)[2].values())
-            if not planned:
-                parser.error("the loop planned no experiment: pass --mde")
-            mde = statistics.median(planned)
-            print("no one-arm experiment in the run: the median planned MDE of all of them (an overestimate)")
+        mde, overestimate = loop_mde(bw.run_loop())
+        if mde is None:
+            parser.error("the loop planned no experiment: pass --mde")
+        if overestimate:
+            print(OVERESTIMATE_NOTE)
     horizon_requests = bw.scenario.requests_per_s * bw.preset.policy.horizon_s
     reads = probe(
         bw.world,
