@@ -291,7 +291,8 @@ def _screen_settings(text: str) -> ScreenSettings:
     try:
         return ScreenSettings(pool=int(pool), share_of_horizon=float(share or "0.25"))
     except ValueError as err:
-        msg = f"--screen: POOL:SHARE with POOL in [1, 8] and SHARE > 0 (e.g. 8:0.25), got {text!r}: {err}"
+        rule = "POOL:SHARE with POOL in [1, 8] and SHARE >= 0 (e.g. 8:0.25; 0 is the free screen)"
+        msg = f"--screen: {rule}, got {text!r}: {err}"
         raise VariantError(msg) from err
 
 
