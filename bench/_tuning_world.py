@@ -34,6 +34,7 @@ from agents.offline_brain import OfflineBrain
 from rectune.simloop import SimPreset, SimStep, SimTrace, preset_for, run_simloop
 from schemas.config import CascadeConfig, RandomizationUnit, default_config
 from schemas.guardrails import Guardrails
+from simulator.catalogue import WEEK_S
 from simulator.oracle import best_config, meets_slo
 from simulator.scenario import Scenario, load_scenario
 from simulator.world import World
@@ -44,7 +45,6 @@ CONVERSION_MARGIN: Final = 0.02  # the agents' non-inferiority margin (rectune.s
 #: 400 until session 17, when a greedy climb of one-trust-step moves beat the search's best in four seasonal seeds;
 #: `best_config` also runs its 400-evaluation search and keeps the better end (never weaker than before)
 ORACLE_EVALUATIONS: Final = 1500
-WEEK_S: Final = 7 * 86_400.0
 
 
 # --------------------------------------------------------------------------- the world

@@ -63,10 +63,10 @@ from agents.critic import CriticRules
 from agents.offline_brain import offline_brain_kwargs
 from rectune.simloop import SimStep, SimTrace
 from schemas.config import CascadeConfig, default_config
+from simulator.catalogue import WEEK_S
 from simulator.oracle import meets_slo
 from simulator.world import World
 
-WEEK_S: Final = 7 * 86_400.0
 GOOD_LIFT: Final = 0.01  # the summary's line between a good arm and a neutral one
 _ENDINGS: Final = ("stop_arm", "promote", "rollback")
 #: `endings`' result: arm → its first ending, experiment → its end, experiment → planned relative MDE
