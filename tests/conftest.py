@@ -6,6 +6,9 @@
   the reference engine for durability tests. Without Java 17+/Maven these
   tests are skipped *loudly* (listed again in the terminal summary), and on CI
   (`CI=true`) they fail instead, so the reference lane can never vanish quietly.
+- `obd_dir`: the Open Bandit Dataset sample, from `shared/data/obd` beside the
+  clone, else `.cache/obd`, else fetched there from the `obp` wheel on the
+  package index (`rectune.obd_sample`). Fails, never skips, when it cannot be had.
 
 All fixtures are session-scoped: one broker per run; tests isolate themselves
 by using fresh topic and group names. Markers are added automatically from the
@@ -26,9 +29,12 @@ from rectune.apache_kafka import (
     java_and_maven_available,
 )
 from rectune.embedded import start_redis, start_tansu
+from rectune.obd_sample import ObdSampleError, fetch, locate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_CACHE = REPO_ROOT / ".cache" / "kafka"
+OBD_BESIDE = REPO_ROOT.parent / "shared" / "data" / "obd"
+OBD_CACHE = REPO_ROOT / ".cache" / "obd"
 # Recognised in skip reports to list every test that lost the Apache Kafka lane.
 _KAFKA_SKIP_TAG = "APACHE KAFKA LANE SKIPPED"
 # Module state rather than config.stash: reports carry no config, and under
@@ -135,3 +141,19 @@ def fresh_kafka(kafka_jars: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     """A new single-node Apache Kafka for one test (its own topics and groups)."""
     with ApacheKafkaBroker(tmp_path_factory.mktemp("kafka"), kafka_jars) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def obd_dir() -> Path:
+    """Directory of the OBD "men" sample (`bts/men.csv`, `random/men.csv`, each with `item_context.csv`).
+
+    The off-policy check on real logs is one of the agents' required proofs, so
+    a missing sample fails the test with the reason instead of skipping it.
+    """
+    found = locate((OBD_BESIDE, OBD_CACHE))
+    if found is not None:
+        return found
+    try:
+        return fetch(OBD_CACHE)
+    except ObdSampleError as err:
+        pytest.fail(f"Open Bandit Dataset sample unavailable: {err}")

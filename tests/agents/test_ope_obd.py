@@ -20,8 +20,9 @@ The rows carry no user id (the user features are hashed cohort features, not
 identities), so the primary variance treats rows as independent; a
 sensitivity read clusters on the user-feature tuple, a conservative grouping.
 
-Run with `-s` to see the figures.  Skipped, with the reason, when
-`shared/data/obd` is not beside the clone.
+Run with `-s` to see the figures.  The sample comes from the `obd_dir`
+fixture: `shared/data/obd` beside the clone, else the identical sample fetched
+from the `obp` wheel on the package index (checksummed).
 """
 
 from __future__ import annotations
@@ -35,16 +36,8 @@ import pytest
 
 from agents import ope
 
-OBD = Path(__file__).resolve().parents[3] / "shared" / "data" / "obd"
-BTS, RANDOM = OBD / "bts" / "men.csv", OBD / "random" / "men.csv"
 ITEMS = 34
 CAPS = (5.0, 10.0, 20.0, 50.0)
-
-pytestmark = pytest.mark.skipif(
-    not (BTS.is_file() and RANDOM.is_file()),
-    reason=f"Open Bandit Dataset sample not found at {OBD} (expected shared/data/obd beside the clone)",
-)
-
 
 @dataclass(frozen=True, slots=True)
 class Log:
@@ -74,13 +67,13 @@ def _read(path: Path) -> Log:
 
 
 @pytest.fixture(scope="module")
-def bts() -> Log:
-    return _read(BTS)
+def bts(obd_dir: Path) -> Log:
+    return _read(obd_dir / "bts" / "men.csv")
 
 
 @pytest.fixture(scope="module")
-def random_log() -> Log:
-    return _read(RANDOM)
+def random_log(obd_dir: Path) -> Log:
+    return _read(obd_dir / "random" / "men.csv")
 
 
 def _fmt(est: ope.OffPolicyEstimate) -> str:

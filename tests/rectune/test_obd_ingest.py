@@ -16,10 +16,11 @@ from rectune.obd import read_obd, summarise_obd
 from rectune.processes import settings_env, start_worker
 from schemas.events import Click, Impression
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "obd"
-LOGS = {"random": DATA / "random" / "men.csv", "bts": DATA / "bts" / "men.csv"}
 
-pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"OBD sample not found at {DATA}")
+@pytest.fixture(scope="module")
+def logs(obd_dir: Path) -> dict[str, Path]:
+    """The two logs by the arm they are ingested as (the sample comes from conftest's `obd_dir`)."""
+    return {"random": obd_dir / "random" / "men.csv", "bts": obd_dir / "bts" / "men.csv"}
 
 
 def rectune(env: dict[str, str], *args: str) -> str:
@@ -35,11 +36,11 @@ def rectune(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-def test_read_obd_maps_rows_to_impressions_and_clicks() -> None:
-    events = list(read_obd(LOGS["random"], arm="random"))
+def test_read_obd_maps_rows_to_impressions_and_clicks(logs: dict[str, Path]) -> None:
+    events = list(read_obd(logs["random"], arm="random"))
     impressions = [e for e in events if isinstance(e, Impression)]
     clicks = [e for e in events if isinstance(e, Click)]
-    summary = summarise_obd(LOGS["random"])
+    summary = summarise_obd(logs["random"])
     assert len(impressions) == summary.rows == 10_000
     assert len(clicks) == summary.clicks == 46
     first = impressions[0]
@@ -50,7 +51,7 @@ def test_read_obd_maps_rows_to_impressions_and_clicks() -> None:
     assert len({e.user_id for e in impressions}) < len(impressions)
 
 
-def test_ingest_and_metrics_match_the_csvs_exactly(tansu_broker: str, tmp_path: Path) -> None:
+def test_ingest_and_metrics_match_the_csvs_exactly(tansu_broker: str, tmp_path: Path, logs: dict[str, Path]) -> None:
     env = settings_env(
         bootstrap=tansu_broker,
         events_partitions=4,
@@ -61,12 +62,12 @@ def test_ingest_and_metrics_match_the_csvs_exactly(tansu_broker: str, tmp_path: 
         log_level="warning",
         app_id=f"obd-{uuid.uuid4().hex[:6]}",
     )
-    for arm, path in LOGS.items():
+    for arm, path in logs.items():
         out = json.loads(rectune(env, "ingest", "obd", str(path), "--arm", arm))
         assert out["arm"] == arm and out["events"] == summarise_obd(path).rows + summarise_obd(path).clicks
     worker = start_worker(tmp_path / "worker.log", env)
     try:
-        expected = {arm: summarise_obd(path) for arm, path in LOGS.items()}
+        expected = {arm: summarise_obd(path) for arm, path in logs.items()}
         rows: dict[str, dict[str, object]] = {}
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
