@@ -1,7 +1,14 @@
-"""The issue's statistical proofs as functions: A/A validity, power at the MDE, early stopping.
+"""Vectorised cross-checks of the issue's statistical proofs: A/A validity, power at the MDE, early stopping.
 
-Each study simulates many experiments (`simulate`), reads every one
-continuously — every look, as the Online agent would — and counts outcomes:
+The headline proofs run through the Online agent itself
+(`agents.online_proofs`: `OnlineAgent.plan`'s power gate, then
+`OnlineAgent.step` at every look); that module depends on the agent, so it
+lives next to it, not here.  This module re-implements the agent's primary
+read over whole simulated paths, fast enough for thousands of runs, and
+serves as a cross-check (its `pilot_plan` reports the agent's MDE and τ² for
+the same pilot, `tests/agents/test_stats_proofs.py`).  Each study simulates
+many experiments (`simulate`), reads every one continuously — every look —
+and counts outcomes:
 
 - `read_sequential`: delta-method CTR over buckets (optionally CUPED), the
   difference treatment − control fed to the mSPRT; the experiment stops at
@@ -17,15 +24,16 @@ continuously — every look, as the Online agent would — and counts outcomes:
   pre-period of the horizon's length), pooled over its arms;
 - `aa_study`: false promotion (verdict +1) and false decision (any verdict)
   rates under no effect, sequential vs naive on the same data;
-- `lift_study`: detection rate within the horizon and mean stopping time
-  under a true lift (power at the MDE; early stop at 3× the MDE);
-- `simulated_totals`: one look of a simulated experiment as the per-arm
-  `schemas.metrics.ArmTotals` the metrics feed would give the Online agent
-  (used by the agents' unit tests).
+- `read_holm`: every arm of a many-arm experiment, Holm-adjusted at every look;
+- `simulated_totals` / `arm_totals`: one look of a simulated experiment (or
+  one arm's cumulative sums) as the per-arm `schemas.metrics.ArmTotals` the
+  metrics feed would give the Online agent (used by the agents' tests and
+  by `agents.online_proofs`, which runs these proofs through the agent).
 
 Rates come with Wilson score intervals (Wilson 1927) so a reader can judge
-the Monte Carlo error.  Callers: the tests (small sizes) and
-`bench/stats.py` (full sizes).  Pure numpy.
+the Monte Carlo error.  Callers: the tests (small sizes), `bench/stats.py`
+(the `reader_*` cross-check keys) and `agents.online_proofs` (`read_naive`,
+`simulated_totals`, `arm_totals`).  Pure numpy.
 """
 
 from __future__ import annotations
@@ -224,80 +232,6 @@ def aa_study(
     return AAStudy(runs, alpha, c[0], c[1], c[2], c[3], c[4], c[5], float(np.mean(ratios)) if ratios else math.nan)
 
 
-@dataclass(frozen=True, slots=True)
-class LiftStudy:
-    """Outcomes under a true lift of `mde_multiple` × the gate's MDE: detections, wrong-sign stops, stop time."""
-
-    runs: int
-    mde_multiple: float
-    mean_lift: float
-    mean_mde: float
-    mde_spread: float
-    detections: int
-    wrong_sign: int
-    mean_stop_fraction: float
-
-    @property
-    def detection_rate(self) -> float:
-        """Share of runs that promoted the (truly better) treatment within the horizon."""
-        return self.detections / self.runs
-
-    @property
-    def saving(self) -> float:
-        """1 − mean stop time / horizon (runs that never stop count as the full horizon)."""
-        return 1.0 - self.mean_stop_fraction
-
-
-def lift_study(
-    model: TrafficModel,
-    runs: int,
-    rng: np.random.Generator,
-    *,
-    mde_multiple: float = 1.0,
-    alpha: float = 0.05,
-    power: float = 0.8,
-    plan: PowerPlan | None = None,
-    cuped: bool = False,
-    variance_confidence: float | None = 0.8,
-    final_alpha: float = 0.0,
-) -> LiftStudy:
-    """`runs` experiments whose arm 1 has a true lift of `mde_multiple` × the MDE the power gate reported.
-
-    With `plan=None` every run first gates on its own fresh A/A pilot
-    (`pilot_plan`), then runs at that plan's MDE and τ²: the end-to-end
-    claim "a lift equal to the reported MDE is detected", averaged over the
-    pilot's own estimation noise.  With a `plan`, all runs share it.
-    """
-    if runs < 1 or not mde_multiple > 0.0:
-        msg = f"runs, mde_multiple: need runs >= 1 and a positive multiple, got {runs}, {mde_multiple}"
-        raise StatsError(msg)
-    detections = wrong = 0
-    stops, lifts, mdes = [], [], []
-    for _ in range(runs):
-        gate = plan or pilot_plan(
-            model, rng, alpha=alpha, power=power, variance_confidence=variance_confidence, final_alpha=final_alpha
-        )
-        lift = mde_multiple * gate.mde_relative
-        arm_lifts = [0.0, lift] + [0.0] * (model.arms - 2)
-        experiment = simulate_experiment(model, arm_lifts, rng)
-        read = read_sequential(experiment, gate.tau2, alpha, cuped=cuped, final_alpha=final_alpha)
-        detections += read.verdict == 1
-        wrong += read.verdict == -1
-        stops.append(read.stop_fraction)
-        lifts.append(lift)
-        mdes.append(gate.mde_relative)
-    return LiftStudy(
-        runs=runs,
-        mde_multiple=mde_multiple,
-        mean_lift=float(np.mean(lifts)),
-        mean_mde=float(np.mean(mdes)),
-        mde_spread=float(np.std(mdes)),
-        detections=detections,
-        wrong_sign=wrong,
-        mean_stop_fraction=float(np.mean(stops)),
-    )
-
-
 def read_holm(
     experiment: SimulatedExperiment, tau2: float, alpha: float = 0.05, *, final_alpha: float = 0.0
 ) -> tuple[int, ...]:
@@ -329,37 +263,6 @@ def read_holm(
     return tuple(verdicts)
 
 
-@dataclass(frozen=True, slots=True)
-class HolmStudy:
-    """Multi-arm A/A outcomes under Holm: runs with any false promotion / any false decision (family-wise)."""
-
-    runs: int
-    treatments: int
-    family_false_promotions: int
-    family_false_decisions: int
-
-
-def aa_holm_study(
-    model: TrafficModel,
-    tau2: float,
-    runs: int,
-    rng: np.random.Generator,
-    *,
-    alpha: float = 0.05,
-    final_alpha: float = 0.0,
-) -> HolmStudy:
-    """`runs` A/A/…/A experiments (all arms equal) read continuously with Holm across the treatment arms."""
-    if runs < 1 or model.arms < 3:
-        msg = f"runs, model.shares: need runs >= 1 and at least 3 arms, got {runs}, {model.arms}"
-        raise StatsError(msg)
-    promotions = decisions = 0
-    for _ in range(runs):
-        verdicts = read_holm(simulate_experiment(model, [0.0] * model.arms, rng), tau2, alpha, final_alpha=final_alpha)
-        promotions += any(v == 1 for v in verdicts)
-        decisions += any(v != 0 for v in verdicts)
-    return HolmStudy(runs, model.arms - 1, promotions, decisions)
-
-
 def simulated_totals(
     experiment: SimulatedExperiment,
     look: int,
@@ -386,20 +289,51 @@ def simulated_totals(
         msg = f"look, arm_ids: need -{looks} <= look < {looks} and at most {experiment.clicks.shape[0]} arm ids"
         raise StatsError(msg)
     index = look % looks
-    out: dict[str, ArmTotals] = {}
-    for arm, arm_id in enumerate(arm_ids):
-        sums = np.zeros((N_FIELDS, experiment.clicks.shape[-1]))
-        requests = experiment.requests[arm, index]
-        clicks = experiment.clicks[arm, index]
-        sums[FIELD_INDEX["requests"]] = requests
-        sums[FIELD_INDEX["impressions"]] = experiment.impressions[arm, index]
-        sums[FIELD_INDEX["clicks"]] = clicks
-        sums[FIELD_INDEX["conversions"]] = conversions_per_click * clicks
-        sums[FIELD_INDEX["revenue"]] = revenue_per_click * clicks
-        sums[FIELD_INDEX["distinct_categories"]] = categories_per_list * requests
-        latency = latency_ms.get(arm_id, 20.0) if isinstance(latency_ms, Mapping) else latency_ms
-        hist = np.zeros(N_LATENCY_BINS, np.int64)
-        hist[int(latency_bins([latency])[0])] = int(requests.sum())
-        events = int(sums[FIELD_INDEX["impressions"]].sum())
-        out[arm_id] = ArmTotals(surface, arm_id, sums, hist, events, 0, index + 1)
-    return out
+    return {
+        arm_id: arm_totals(
+            arm_id,
+            experiment.requests[arm, index],
+            experiment.impressions[arm, index],
+            experiment.clicks[arm, index],
+            index + 1,
+            surface=surface,
+            latency_ms=latency_ms.get(arm_id, 20.0) if isinstance(latency_ms, Mapping) else latency_ms,
+            conversions_per_click=conversions_per_click,
+            revenue_per_click=revenue_per_click,
+            categories_per_list=categories_per_list,
+        )
+        for arm, arm_id in enumerate(arm_ids)
+    }
+
+
+def arm_totals(
+    arm_id: str,
+    requests: np.ndarray,
+    impressions: np.ndarray,
+    clicks: np.ndarray,
+    windows: int,
+    *,
+    surface: str = "home",
+    latency_ms: float = 20.0,
+    conversions_per_click: float = 0.1,
+    revenue_per_click: float = 4.0,
+    categories_per_list: float = 6.0,
+) -> ArmTotals:
+    """One arm's cumulative per-bucket requests, impressions and clicks as the metrics feed's `ArmTotals`.
+
+    Called by `simulated_totals` and by `agents.online_proofs` (traffic that
+    follows the agent's live allocation).  The guardrail rows are filled
+    deterministically so guardrails read "healthy": conversions and revenue
+    proportional to clicks, `categories_per_list` distinct categories per
+    list, every request's latency `latency_ms`.
+    """
+    sums = np.zeros((N_FIELDS, requests.shape[-1]))
+    sums[FIELD_INDEX["requests"]] = requests
+    sums[FIELD_INDEX["impressions"]] = impressions
+    sums[FIELD_INDEX["clicks"]] = clicks
+    sums[FIELD_INDEX["conversions"]] = conversions_per_click * clicks
+    sums[FIELD_INDEX["revenue"]] = revenue_per_click * clicks
+    sums[FIELD_INDEX["distinct_categories"]] = categories_per_list * requests
+    hist = np.zeros(N_LATENCY_BINS, np.int64)
+    hist[int(latency_bins([latency_ms])[0])] = int(requests.sum())
+    return ArmTotals(surface, arm_id, sums, hist, int(impressions.sum()), 0, windows)

@@ -11,9 +11,11 @@ Two traffic sources:
   *current* allocation (or an injected wrong share), with bucket-level
   click/conversion heterogeneity and per-arm latency.
 
-The full A/A validity (200 runs) is proven in `tests/agents/test_stats_proofs.py`
-and `bench/stats.py`; here a few A/A seeds check that the agent's own
-plumbing (Holm, futility, ramp, CUPED) never promotes.
+The issue's proofs (200 A/A runs, power at the reported MDE, early stop) drive
+this agent's `plan` and `step` through `agents.online_proofs`, in
+`tests/agents/test_stats_proofs.py` and `bench/stats.py`; here a few A/A
+seeds check that the agent's plumbing (Holm, futility, ramp, CUPED) never
+promotes, and each guardrail is shown to roll back on its own breach.
 """
 
 from __future__ import annotations
@@ -113,7 +115,15 @@ class BucketTraffic:
         ctr_lift: Mapping[str, float] | None = None,
         conversion_lift: Mapping[str, float] | None = None,
         latency_ms: Mapping[str, float] | None = None,
+        revenue_lift: Mapping[str, float] | None = None,
+        categories_per_list: Mapping[str, float] | None = None,
     ) -> dict[str, ArmTotals]:
+        """Add `hours` of traffic; the mappings (arm id → value) change one arm's metrics, the rest stay healthy.
+
+        `revenue_lift` scales revenue per conversion (conversions unchanged);
+        `categories_per_list` draws that arm's distinct categories per list
+        as Poisson counts around the given mean (others: exactly 6 per list).
+        """
         split = served_shares(allocation) if shares is None else tuple(shares)
         for arm, share in zip(allocation.arms, split, strict=True):
             a = arm.arm_id
@@ -129,8 +139,11 @@ class BucketTraffic:
             sums[FIELD_INDEX["impressions"]] += 12 * req
             sums[FIELD_INDEX["clicks"]] += self.rng.binomial((12 * req).astype(np.int64), p_click)
             sums[FIELD_INDEX["conversions"]] += conv
-            sums[FIELD_INDEX["revenue"]] += 40.0 * conv
-            sums[FIELD_INDEX["distinct_categories"]] += 6.0 * req
+            sums[FIELD_INDEX["revenue"]] += 40.0 * (1.0 + (revenue_lift or {}).get(a, 0.0)) * conv
+            if categories_per_list is not None and a in categories_per_list:
+                sums[FIELD_INDEX["distinct_categories"]] += self.rng.poisson(categories_per_list[a] * req)
+            else:
+                sums[FIELD_INDEX["distinct_categories"]] += 6.0 * req
             lat = self.rng.lognormal(math.log((latency_ms or {}).get(a, 20.0)), 0.3, size=int(req.sum()))
             np.add.at(hist, latency_bins(lat), 1)
         return {a: _totals(a, s.copy(), self.hist[a].copy()) for a, s in self.sums.items()}
@@ -478,6 +491,72 @@ def test_conversion_non_inferiority_breach_rolls_back() -> None:
     assert "non-inferiority breached" in rollback.reasons[0]
     # The only arm is gone: the experiment ends, rolled back, the incumbent stays.
     assert state.status == "rolled_back" and out[-1].kind == "stop" and out[-1].ends_experiment
+
+
+def _every_guardrail_policy() -> OnlinePolicy:
+    """One 50% stage with every guardrail on: latency SLO, conversion and revenue margins, a diversity floor."""
+    return OnlinePolicy(
+        surface="home",
+        target_mde=0.5,
+        stages=(0.5,),
+        min_dwell_s=0.0,
+        horizon_s=7 * 86_400.0,
+        guardrails=GuardrailSpec(
+            latency_p99_slo_ms=250.0, conversion_margin=0.02, revenue_margin=0.02, diversity_floor=4.0
+        ),
+    )
+
+
+def _guardrail_run(
+    seed: int, *, categories_per_list: float | None = None, revenue_lift: float | None = None
+) -> tuple[ExperimentState, str, list[Decision]]:
+    """Run `_every_guardrail_policy` with its one treatment arm harmed as given (else healthy) until it ends."""
+    agent, state, traffic_model = _running(np.random.default_rng(seed), _every_guardrail_policy())
+    arm = state.plan.treatments[0].arm_id
+    out: list[Decision] = []
+    for hour in range(1, 48):
+        assert state.allocation is not None
+        totals = traffic_model.advance(
+            state.allocation,
+            1.0,
+            categories_per_list=None if categories_per_list is None else {arm: categories_per_list},
+            revenue_lift=None if revenue_lift is None else {arm: revenue_lift},
+        )
+        state, out = agent.step(state, totals, None, T0 + hour * HOUR_MS)
+        if state.terminal:
+            break
+    return state, arm, out
+
+
+def test_diversity_below_the_floor_alone_rolls_back_naming_diversity() -> None:
+    # 3.5 distinct categories per list against a floor of 4 (noisy per bucket); CTR, conversions, revenue and
+    # latency are the control's.
+    state, arm, out = _guardrail_run(10, categories_per_list=3.5)
+    rollback = next(d for d in out if d.kind == "rollback")
+    assert rollback.arm_id == arm and rollback.alert == "guardrail_breach"
+    breached = {g.guardrail for g in rollback.guardrails if g.breached}
+    assert breached == {"diversity"}, rollback.guardrails
+    (read,) = [g for g in rollback.guardrails if g.guardrail == "diversity"]
+    assert read.value is not None and 3.3 < read.value < 3.7 and read.bound is not None and read.bound < 4.0
+    assert read.note != "no variation across buckets"  # the always-valid test decided, not a constant read
+    assert "diversity" in rollback.reasons[0] and "< floor 4" in rollback.reasons[0]
+    assert state.arm(arm).status == "rolled_back" and state.status == "rolled_back"
+
+
+def test_revenue_per_request_drop_alone_rolls_back_naming_revenue() -> None:
+    # Revenue per conversion 30% lower, conversions (and CTR, diversity, latency) unchanged: only the revenue
+    # non-inferiority test can see it.
+    state, arm, out = _guardrail_run(11, revenue_lift=-0.3)
+    rollback = next(d for d in out if d.kind == "rollback")
+    assert rollback.arm_id == arm and rollback.alert == "guardrail_breach"
+    breached = {g.guardrail for g in rollback.guardrails if g.breached}
+    assert breached == {"revenue"}, rollback.guardrails
+    (conversion,) = [g for g in rollback.guardrails if g.guardrail == "conversion"]
+    assert not conversion.breached
+    (revenue,) = [g for g in rollback.guardrails if g.guardrail == "revenue"]
+    assert revenue.bound is not None and revenue.bound < -0.02
+    assert "revenue lift" in rollback.reasons[0] and "non-inferiority breached" in rollback.reasons[0]
+    assert state.arm(arm).status == "rolled_back" and state.status == "rolled_back"
 
 
 # --------------------------------------------------------------------------- reads on simulated users
