@@ -19,6 +19,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer, TopicPartition
 from redis import asyncio as aioredis
 
+from agents.brain import Brain
 from agents.experiment import ExperimentState, GuardrailSpec
 from agents.loop import LoopSettings, LoopState, pre_period_arm
 from agents.online import OnlinePolicy, served_shares
@@ -93,7 +94,16 @@ class Live:
     """One surface on the real broker and Redis, its runtime, and a metrics publisher."""
 
     def __init__(
-        self, bootstrap: str, redis_url: str, guardrails: GuardrailSpec, *, pre_period_s: float = 0.0, **kw: Any
+        self,
+        bootstrap: str,
+        redis_url: str,
+        guardrails: GuardrailSpec,
+        *,
+        pre_period_s: float = 0.0,
+        brain: Brain | None = None,
+        loop: LoopSettings | None = None,
+        lease_ttl_ms: int = 3_000,
+        **kw: Any,
     ) -> None:
         self.bootstrap, self.redis_url = bootstrap, redis_url
         self.surface = f"s{uuid.uuid4().hex[:6]}"
@@ -114,13 +124,14 @@ class Live:
                 redis_url=redis_url,
                 surface=self.surface,
                 tick_s=0.2,
-                lease_ttl_ms=3_000,
+                lease_ttl_ms=lease_ttl_ms,
                 owner="live",
                 config_keys=KEYS,
                 config_key_id="k1",
                 policy=policy,
-                loop=LoopSettings(k=1, cooldown_s=3_600.0, pre_period_s=pre_period_s),
-            )
+                loop=loop or LoopSettings(k=1, cooldown_s=3_600.0, pre_period_s=pre_period_s),
+            ),
+            brain=brain,
         )
         self.redis = aioredis.from_url(redis_url)
         self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
@@ -128,17 +139,22 @@ class Live:
         self.task: asyncio.Task[None] | None = None
         self.published = 0
 
-    async def start(self, phase: str = "running") -> ExperimentState:
-        await ensure_topics(self.bootstrap, [CONFIG, DECISIONS, ALERTS, METRICS])
-        seed = draft("config", author="test", reason="seed", config=default_config(), activate=True)
-        await append_change(self.bootstrap, seed, KEYRING)
-        await self.producer.start()
-        await self.producer.send_and_wait(METRICS.name, window(self.surface, "base", 0, 500.0), partition=0)
-        self.task = asyncio.create_task(self.runtime.run(self.stop))
+    async def start(self, phase: str = "running", base: bytes | None = None) -> ExperimentState:
+        await self.launch(base)
         await wait_for(lambda: self.phase_is(phase), f"the loop to reach {phase}")
         exp = (await self.state()).experiment_state()
         assert exp is not None
         return exp
+
+    async def launch(self, base: bytes | None = None) -> None:
+        """Seed the config log, publish the incumbent's first window (`base`) and start the runtime (no wait)."""
+        await ensure_topics(self.bootstrap, [CONFIG, DECISIONS, ALERTS, METRICS])
+        seed = draft("config", author="test", reason="seed", config=default_config(), activate=True)
+        await append_change(self.bootstrap, seed, KEYRING)
+        await self.producer.start()
+        base = base if base is not None else window(self.surface, "base", 0, 500.0)
+        await self.producer.send_and_wait(METRICS.name, base, partition=0)
+        self.task = asyncio.create_task(self.runtime.run(self.stop))
 
     async def state(self) -> LoopState:
         raw = await self.redis.get(state_key(self.surface))
