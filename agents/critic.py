@@ -50,6 +50,10 @@ verdict's `rule`; every reason names its rule and the figures):
 Rules 2–5 are all evaluated for a candidate that passes rule 1, so the
 reasons list every hard rule it breaks (the first one is `rule`).
 
+Rule 7 also runs alone, after registration and before allocation, on the
+sidecars' exploration replays of each registered candidate (`harm_verdict`,
+called by `agents.loop_screen`).
+
 Callers: the runtime's Critic step (before allocation), the offline brain
 (`TrustRegion.box` is its search box, `trust_coordinate` its distance), the
 tests.  Errors in the rules' own configuration or the latency observations are
@@ -124,6 +128,7 @@ __all__ = [
     "critique",
     "diversity_problems",
     "guaranteed_categories",
+    "harm_verdict",
     "latency_features",
     "no_more_work",
     "param_class",
@@ -324,6 +329,24 @@ def _ope(judgement: _Judgement, estimate: OffPolicyDifference, harm_threshold: f
         judgement.reject("ope_harm", f"ope_harm: {figures}: upper bound below -{harm_threshold:g} (estimated harm)")
     else:
         judgement.reasons.append(f"ope_harm: no harm shown, {figures} (threshold -{harm_threshold:g})")
+
+
+def harm_verdict(
+    proposal: Proposal, estimate: OffPolicyDifference | None, harm_threshold: float, *, missing: str = ""
+) -> Verdict:
+    """Rule 7 alone, for a candidate that passed rules 1–6 and was registered: the loop's off-policy screen.
+
+    Called by `agents.loop_screen` once the sidecars' exploration replays of
+    the registered candidate are in (before it gets any traffic); `missing`
+    says why there is no estimate when `estimate` is None, and then the
+    candidate is kept.
+    """
+    judgement = _Judgement(proposal=proposal, reasons=[])
+    if estimate is None:
+        judgement.reasons.append(f"ope_harm: no estimate, {missing or 'no exploration rows'}")
+    else:
+        _ope(judgement, estimate, harm_threshold)
+    return judgement.verdict()
 
 
 def critique(

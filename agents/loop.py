@@ -162,6 +162,9 @@ class LoopSettings:
     `latency` is the Critic's prior latency model; with `fit_latency` the
     loop refits it before each critique to the p99 its arms showed (arms
     with at least `min_latency_requests` requests; `agents.loop_latency`).
+    When sidecars replay this surface (`agents.replay_feed`), the registered
+    candidates wait up to `ope_wait_s` for `ope_min_requests` replayed
+    requests each before the Critic's off-policy screen (`agents.loop_screen`).
     """
 
     k: int = 3
@@ -175,6 +178,8 @@ class LoopSettings:
     latency: LatencyModel = field(default_factory=LatencyModel)
     fit_latency: bool = True
     min_latency_requests: float = 1_000.0
+    ope_wait_s: float = 300.0
+    ope_min_requests: int = 200
 
 
 # --------------------------------------------------------------------------- the loop

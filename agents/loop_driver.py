@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 import msgspec
 
 from agents.loop_state import Action, AppendConfig, LoopInput, LoopState, PublishAlert, PublishRecord, UpsertSkills
+from agents.ope_replay import ReplayRows
 from agents.skillhub import SkillStore
 from agents.skills import Skill
 from schemas.alerts import Alert
@@ -113,6 +114,18 @@ class BreakerSource(Protocol):
         ...
 
 
+class ReplaySource(Protocol):
+    """The sidecars' exploration replays of the surface (`agents.replay_feed.ReplayFeed`)."""
+
+    async def active(self, now_ms: int) -> bool:
+        """Whether any sidecar replays this surface lately."""
+        ...
+
+    async def rows(self, versions: Iterable[int], logging_version: int) -> Mapping[int, ReplayRows]:
+        """Each candidate version's rows from the records `logging_version` logged."""
+        ...
+
+
 class LoopDriver:
     """One tick of I/O around `AgentLoop.step`: load → read → step → save the intent → execute → save."""
 
@@ -127,10 +140,12 @@ class LoopDriver:
         skills: SkillStore,
         approvals: ApprovalSource | None = None,
         breaker: BreakerSource | None = None,
+        replay: ReplaySource | None = None,
     ) -> None:
         """Keep the loop and its ports."""
         self.loop, self.config, self.sink, self.store = loop, config, sink, store
         self.metrics, self.skills, self.approvals, self.breaker = metrics, skills, approvals, breaker
+        self.replay = replay
 
     async def tick(self, now_ms: int, epoch: int = 0) -> tuple[LoopState, list[Action]]:
         """Run one step and execute its actions, exactly once across crashes (called by the runtime every tick).
@@ -156,15 +171,19 @@ class LoopDriver:
             await self._execute(actions, epoch, prior)
             await self.store.save(done.to_bytes())
             return done, actions
+        serving = await self.config.head()
+        replay_active, replay = await self._replay(state, serving, now_ms)
         inp = LoopInput(
             totals=await self.metrics.totals(),
             cohorts=await self.metrics.cohort_totals(),
-            serving=await self.config.head(),
+            serving=serving,
             now_ms=now_ms,
             skills=await self.skills.load_all(),
             approved=await self.approvals.approved() if self.approvals is not None else frozenset(),
             opened_arms=await self.breaker.opened_arms() if self.breaker is not None else frozenset(),
             epoch=epoch,
+            replay=replay,
+            replay_active=replay_active,
         )
         new_state, actions = await self.loop.step(state, inp)
         if actions:
@@ -182,6 +201,17 @@ class LoopDriver:
         if new_state != state or actions:
             await self.store.save(new_state.to_bytes())
         return new_state, actions
+
+    async def _replay(
+        self, state: LoopState, serving: ServingState, now_ms: int
+    ) -> tuple[bool, Mapping[int, ReplayRows]]:
+        """Replay rows only while candidates are registered and unscreened (the only phase that reads them)."""
+        if self.replay is None or state.phase != "registering" or state.screened:
+            return False, {}
+        if not await self.replay.active(now_ms):
+            return False, {}
+        versions = [v for v in serving.configs if v > state.registered_after]
+        return True, await self.replay.rows(versions, serving.control_version)
 
     async def _execute(self, actions: Sequence[Action], epoch: int, prior: LoopState) -> None:
         for action in actions:

@@ -2,7 +2,8 @@
 
 What lives here: `registered_versions` (the config version each kept
 candidate was registered at), `plan_round` (phase `registering`: once every
-candidate is visible in the serving state, the Online agent plans on the
+candidate is visible in the serving state and through the off-policy screen
+when sidecars replay the surface, `agents.loop_screen`, the Online agent plans on the
 incumbent's baseline since the last round, `agents.loop_baseline`, its
 variance projected to the horizon by the variance curve the last
 experiments' reads followed or, before any, by the persistent share the
@@ -27,6 +28,7 @@ import msgspec
 
 from agents.experiment import Candidate
 from agents.loop_baseline import baseline_parts, pool_persistent_share, pre_period_allocation
+from agents.loop_screen import screen_round
 from agents.loop_state import Action, LoopInput, LoopState
 from agents.online import baseline_from_totals, persistent_share_of
 from schemas.config_log import ServingState
@@ -59,6 +61,9 @@ def plan_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: list[Actio
         return state
     if inp.serving.control_version != state.control_version:
         return loop.cool(state, inp)  # the incumbent moved meanwhile (a human change): start over
+    state, ready = screen_round(loop, state, inp, versions, out)
+    if not ready:
+        return state if state.candidates else loop.cool(state, inp)
     baseline_arms = loop.baseline_arms(inp, state)
     if not baseline_arms:
         return state

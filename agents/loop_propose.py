@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from agents.brain import MAX_TITLE_CHARS, CritiqueContext, ProposalContext, clip_text
+from agents.brain import MAX_TITLE_CHARS, CallRecord, CritiqueContext, ProposalContext, clip_text
 from agents.critic import critique
 from agents.loop_baseline import baseline_marks
 from agents.loop_latency import incumbent_p99, latency_model
@@ -36,6 +36,17 @@ if TYPE_CHECKING:
     from agents.loop_host import LoopHost
 
 log = logging.getLogger(__name__)
+
+
+def _call_audit(call: CallRecord) -> dict[str, Any]:
+    """A brain call's audit record for `rectune.decisions`, without its wall-clock latency.
+
+    Records are identified by a hash of their content, so a step replayed from
+    the same state must publish the same bytes; the latency is in the logs.
+    """
+    audit: dict[str, Any] = msgspec.to_builtins(call)
+    audit.pop("latency_s", None)
+    return audit
 
 
 async def propose_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: list[Action]) -> LoopState:
@@ -93,24 +104,30 @@ async def propose_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: l
         latency=latency.limit(s.rules.latency_budget_ms, measured_p99),
     )
     result = await loop.actor.propose(context)
+    calls = [result.brain_call]
     widened_from = list(skill_parameters)
     if not result.proposals and context.parameters:
         # The Skillhub's space can be exhausted (its parameters cannot move any further in their direction
         # within the trust region): search every parameter rather than stall the surface.
         context = msgspec.structs.replace(context, parameters=())
         result = await loop.actor.propose(context)
+        calls.append(result.brain_call)
         widened_why = "the Skillhub's parameters cannot move any further"
     state = msgspec.structs.replace(state, round_restricted=bool(context.parameters))
     payload: dict[str, Any] = {
         "proposals": [{"proposal_id": p.proposal_id, "title": p.title, "changes": p.changes} for p in result.proposals],
         "dropped": [{"index": d.index, "reason": d.reason} for d in result.dropped],
         "usage": result.usage,
+        # the brain's own audit of its calls: what it refused inside its answer (a Gemini proposal out of bounds,
+        # say) never reaches the Actor's `dropped`, and the history must show it
+        "brain_calls": [_call_audit(c) for c in calls if c is not None],
     }
     if widened_from and not context.parameters:
         payload["widened_from"] = widened_from
         payload["widened_because"] = widened_why
     out.append(loop.record(inp, "proposal", exp_tag, payload, state))
     verdicts_brain = []
+    critique_call = None
     if result.proposals:
         try:
             verdicts_brain = await loop.brain.critique(
@@ -118,6 +135,7 @@ async def propose_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: l
             )
         except Exception as err:  # a brain must not raise; if one does, it only loses its say
             log.warning("brain critique raised %s", type(err).__name__)
+        critique_call = loop.brain.last_call()
     verdicts = critique(
         result.proposals,
         incumbent,
@@ -137,7 +155,8 @@ async def propose_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: l
                 "verdicts": [
                     {"proposal_id": v.proposal_id, "kept": v.kept, "rule": v.rule, "reasons": list(v.reasons)}
                     for v in verdicts
-                ]
+                ],
+                "brain_calls": [_call_audit(critique_call)] if critique_call is not None else [],
             },
             state,
         )
@@ -162,6 +181,8 @@ async def propose_round(loop: LoopHost, state: LoopState, inp: LoopInput, out: l
         state,
         phase="registering",
         candidates=kept,
+        screened=False,
+        screen_until_ms=0,
         control_version=inp.serving.control_version,
         registered_after=inp.serving.version,
     )

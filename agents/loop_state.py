@@ -23,6 +23,7 @@ import msgspec
 from agents.brain import Proposal
 from agents.experiment import ExperimentState
 from agents.insight import TriedConfig
+from agents.ope_replay import ReplayRows
 from agents.skills import Skill
 from agents.stats.persistence import VarianceCurve
 from schemas.alerts import Alert
@@ -91,7 +92,9 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     parameters, `explore_wide` whether such a round ended without a
     promotion since the last promotion (the next rounds then search every
     parameter, see `agents.loop_propose`); `latency_seen` the (config version,
-    p99 ms) its arms showed (`agents.loop_latency`).
+    p99 ms) its arms showed (`agents.loop_latency`); `screen_until_ms` when the
+    off-policy screen stops waiting for replay rows, `screened` whether this
+    round's candidates went through it (`agents.loop_screen`).
     """
 
     surface: str
@@ -120,6 +123,8 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     round_restricted: bool = False
     explore_wide: bool = False
     latency_seen: tuple[tuple[int, float], ...] = ()
+    screen_until_ms: int = 0
+    screened: bool = False
 
     def to_bytes(self) -> bytes:
         """msgpack bytes (exact round trip)."""
@@ -202,7 +207,10 @@ class LoopInput:
     `cohorts` (cohort → arm id → totals) splits `totals` by the requests'
     cohort; only Insight reads it (`agents.loop_learn`), and empty means no split.
     `opened_arms` are the arms the serving sidecar's SLO breaker cut back
-    (`agents.alerts_feed`); the Online agent rolls them back.
+    (`agents.alerts_feed`); the Online agent rolls them back.  `replay` holds
+    the registered candidates' exploration rows by config version and
+    `replay_active` whether sidecars replay this surface at all
+    (`agents.replay_feed`; the off-policy screen, `agents.loop_screen`).
     """
 
     totals: Mapping[str, ArmTotals]
@@ -213,3 +221,5 @@ class LoopInput:
     epoch: int = 0
     cohorts: Mapping[str, Mapping[str, ArmTotals]] = field(default_factory=dict)
     opened_arms: frozenset[str] = frozenset()
+    replay: Mapping[int, ReplayRows] = field(default_factory=dict)
+    replay_active: bool = False

@@ -52,6 +52,7 @@ from agents.loop import AgentLoop, LoopDriver, LoopSettings
 from agents.metrics_feed import MetricsFeed
 from agents.offline_brain import offline_brain_for
 from agents.online import OnlineAgent, OnlinePolicy
+from agents.replay_feed import ReplayFeed
 from agents.runtime_kafka import AUTHOR, ConfigRaceError, KafkaConfigWriter, KafkaSink
 from agents.runtime_policy import LOOP_FIELDS, ONLINE_FIELDS, PolicyError, load_policy, parse_policy
 from agents.runtime_records import ConfigLogView, action_id_of, decision_line, decode_record, fold_config_log
@@ -59,7 +60,7 @@ from agents.skillhub import RedisSkillStore
 from agents.state_store import RedisApprovals, RedisStateStore
 from schemas.config_log import CONFIG_KEY_ID_ENV, CONFIG_KEYS_ENV, Keyring, keyring_from_env
 from schemas.guardrails import Guardrails
-from schemas.topics import ALERTS, CONFIG, DECISIONS, METRICS, TopicSpec
+from schemas.topics import ALERTS, CONFIG, DECISIONS, METRICS, REPLAY, TopicSpec
 
 __all__ = [
     "AUTHOR",
@@ -168,12 +169,13 @@ class AgentRuntime:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; releases the lease on the way out (a standby takes over at once)."""
         s, keyring = self.settings, self.keyring
-        await ensure_topics(s.bootstrap, [CONFIG, DECISIONS, ALERTS, METRICS])
+        await ensure_topics(s.bootstrap, [CONFIG, DECISIONS, ALERTS, METRICS, REPLAY])
         client = aioredis.from_url(s.redis_url)
         lease = self.lease = Lease(client, s.surface, s.owner, ttl_ms=s.lease_ttl_ms)
         producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, acks="all")
         feed = MetricsFeed(s.bootstrap, s.surface)
         breaker = AlertsFeed(s.bootstrap)
+        replay = ReplayFeed(s.bootstrap, s.surface)
         skills = RedisSkillStore(s.redis_url, client=client)
         policy = s.policy or OnlinePolicy(surface=s.surface)
         store = RedisStateStore(client, lease)
@@ -187,10 +189,12 @@ class AgentRuntime:
             skills=skills,
             approvals=RedisApprovals(client, store),
             breaker=breaker,
+            replay=replay,
         )
         await producer.start()
         await feed.start()
         await breaker.start()
+        await replay.start()
         leading = False
         beating = asyncio.create_task(lease.keep_alive(stop))
         try:
@@ -208,6 +212,7 @@ class AgentRuntime:
                 if held:
                     await feed.poll(timeout_ms=50)
                     await breaker.poll(timeout_ms=50)
+                    await replay.poll(timeout_ms=50)
                     try:
                         await driver.tick(int(time.time() * 1000), lease.epoch)
                         self.ticks += 1
@@ -224,6 +229,7 @@ class AgentRuntime:
             await writer.close()
             await feed.stop()
             await breaker.stop()
+            await replay.stop()
             await producer.stop()
             await client.aclose()
             log.info("agents %s stopped (lease released)", s.surface)

@@ -41,6 +41,8 @@ LOOP_FIELDS: Final = (
     "min_baseline_requests",
     "objective",
     "pre_period_s",
+    "ope_wait_s",
+    "ope_min_requests",
 )
 #: `OnlinePolicy` fields a policy file may set (`surface` comes from the command line).
 ONLINE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(OnlinePolicy) if f.name != "surface")
@@ -128,6 +130,8 @@ def parse_policy(data: bytes, surface: str, *, window_s: float = 60.0) -> tuple[
             "0 when online.randomization_unit is 'request' (a paired read needs no A/A covariates)",
         ),
         ("objective", settings.objective in METRICS, f"one of {', '.join(sorted(METRICS))}"),
+        ("ope_wait_s", 0.0 <= settings.ope_wait_s <= 86_400.0, "in [0, 86400] seconds (0: no off-policy screen)"),
+        ("ope_min_requests", settings.ope_min_requests >= 1, ">= 1"),
     )
     for name, ok, rule in rules:
         if not ok:

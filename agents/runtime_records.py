@@ -85,7 +85,11 @@ def decision_line(record: Mapping[str, Any]) -> str:
         first = f"{len(body.get('proposals') or [])} proposal(s), {len(body.get('dropped') or [])} dropped"
     elif record.get("kind") == "critique":
         kept = [v.get("proposal_id") for v in body.get("verdicts") or [] if isinstance(v, dict) and v.get("kept")]
-        first = f"kept {len(kept)}"
+        first = f"kept {len(kept)}" + (" (off-policy screen)" if body.get("stage") == "off_policy" else "")
+        verdicts = [v for v in body.get("verdicts") or [] if isinstance(v, dict)]
+        if body.get("stage") == "off_policy" and verdicts:
+            reasons = [str(r) for v in verdicts for r in v.get("reasons") or [] if str(r).startswith("ope_harm")]
+            first += f": {reasons[0]}" if reasons else ""
     text = " ".join(first.split())
     return (
         f"{record.get('surface', '?')} epoch={record.get('epoch', '?')} cycle={record.get('cycle', '?')} "

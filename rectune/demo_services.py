@@ -51,7 +51,8 @@ class DemoPlan:
     """Shape of a demo run: the world, the rates and clocks, and how the view and shutdown behave.
 
     `run_demo` uses the defaults (with the CLI's scenario and brain); tests
-    may pass another plan.  Windows close about `window_s +
+    may pass another plan.  `replay_rate` is the share of control requests
+    the sidecar replays for the Critic's off-policy screen.  Windows close about `window_s +
     allowed_lateness_s` after they open; the last ones `idle_close_s` after
     the traffic stops.
     """
@@ -68,6 +69,7 @@ class DemoPlan:
     time_scale: float = 3600.0
     holdout_share: float = 0.1
     target_mde: float = 0.15
+    replay_rate: float = 0.1
     seed: int = 7
     agents_tick_s: float = 1.0
     tick_s: float = 0.1
@@ -103,6 +105,7 @@ def demo_traffic_plan(plan: DemoPlan, duration_s: float, stats_path: Path | None
         seed=plan.seed,
         duration_s=duration_s,
         stats_path=stats_path,
+        replay_rate=plan.replay_rate,
     )
 
 
@@ -110,7 +113,7 @@ def traffic_argv(t: TrafficPlan) -> list[str]:
     """`rectune traffic` flags that rebuild `t` in the child (called by `start_services`; numbers exactly, `repr`)."""
     argv = ["traffic", "--scenario", t.scenario, "--surface", t.surface, "--rate", repr(t.requests_per_s)]
     argv += ["--time-scale", repr(t.time_scale), "--holdout-share", repr(t.holdout_share), "--seed", str(t.seed)]
-    argv += ["--latency", t.latency]
+    argv += ["--latency", t.latency, "--replay-rate", repr(t.replay_rate)]
     if t.duration_s is not None:
         argv += ["--duration-s", repr(t.duration_s)]
     if t.stats_path is not None:
@@ -161,6 +164,9 @@ def demo_policy(plan: DemoPlan, *, duration_s: float, slo_ms: float, north_star:
             "window_s": plan.window_s,
             "min_baseline_requests": round(rate * plan.window_s),
             "objective": insight_objective_for(name),
+            # the off-policy screen: about two seconds of replayed control traffic per candidate, at most five
+            "ope_min_requests": max(50, round(rate * plan.replay_rate * 2.0)),
+            "ope_wait_s": 5.0,
         },
     }
 

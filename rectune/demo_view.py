@@ -130,6 +130,10 @@ def describe_record(record: Mapping[str, Any], labels: ArmLabels) -> str | None:
         kept = sum(1 for v in items if _get(v, "kept"))
         refused = [f"{_get(v, 'rule', '?')}" for v in items if not _get(v, "kept")]
         why = f" (refused: {', '.join(sorted(set(refused)))})" if refused else ""
+        if _get(payload, "stage") == "off_policy":
+            unjudged = sum(1 for v in items if any("not evidence" in str(r) for r in _get(v, "reasons", []) or []))
+            note = f", {unjudged} without evidence either way" if unjudged else ""
+            return f"Critic   off-policy screen on replays: kept {kept} of {len(items)}{why}{note}"
         return f"Critic   kept {kept} of {len(items)}{why}"
     if kind in ("allocation", "decision"):
         return _describe_decision(record, payload, labels)

@@ -68,6 +68,7 @@ from rectune.traffic_plan import (
 from rectune.traffic_world import ResponseLike, ScenarioLike, UserLike, WorldLike
 from schemas.config_log import Keyring
 from serving_sidecar.breaker import SloRule
+from serving_sidecar.replay import ReplaySettings
 from serving_sidecar.sidecar import Sidecar, SidecarConfig
 
 __all__ = [
@@ -127,6 +128,7 @@ def sidecar_for(plan: TrafficPlan, settings: Settings, slo_ms: float) -> Sidecar
         source_id=f"{plan.source_id}-{plan.seed}",
         redis_url=settings.redis_url,
         slo_rules=(SloRule(max_ms=slo_ms, quantile=0.99, window_s=30.0, min_samples=500),),
+        replay=ReplaySettings(sample_rate=plan.replay_rate, attribution_s=plan.replay_attribution_s),
     ).build()
 
 
@@ -196,6 +198,7 @@ def _cmd_traffic(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         duration_s=args.duration_s,
         stats_path=Path(args.stats_file) if args.stats_file else None,
+        replay_rate=args.replay_rate,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -224,4 +227,10 @@ def register_traffic_command(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--duration-s", type=float, default=None, help="stop after this many seconds (default: a signal)")
     p.add_argument("--stats-file", default=None, help="write counters to this JSON file every second and at exit")
+    p.add_argument(
+        "--replay-rate",
+        type=float,
+        default=0.0,
+        help="share of control requests replayed under the registered candidates (the Critic's off-policy rows)",
+    )
     p.set_defaults(handler=_cmd_traffic)

@@ -41,7 +41,12 @@ Latency = Literal["model", "measured"]
 
 @dataclass(frozen=True, slots=True)
 class TrafficPlan:
-    """What `rectune traffic` runs: scenario, surface, rate, clocks, holdout, latency source.
+    """What `rectune traffic` runs: scenario, surface, rate, clocks, holdout, latency source, replay sampling.
+
+    `replay_rate` is the share of control requests the sidecar replays under
+    the registered candidates for the Critic's off-policy screen
+    (`serving_sidecar.replay`); the simulated clicks come at once, so a short
+    `replay_attribution_s` joins them all.
 
     Built by the CLI from flags; the demo passes the same flags.
     """
@@ -59,6 +64,8 @@ class TrafficPlan:
     stats_every_s: float = 1.0
     ready_timeout_s: float = 30.0
     source_id: str = "demo-ranker"
+    replay_rate: float = 0.0
+    replay_attribution_s: float = 2.0
 
     def __post_init__(self) -> None:
         """Refuse a plan that cannot run, naming the flag (and field) and the rule.
@@ -87,6 +94,10 @@ class TrafficPlan:
             bad.append(f"stats_every_s: must be in (0, 3600] seconds, got {self.stats_every_s}")
         if not 0.0 < self.ready_timeout_s <= 3_600.0:
             bad.append(f"ready_timeout_s: must be in (0, 3600] seconds, got {self.ready_timeout_s}")
+        if not 0.0 <= self.replay_rate <= 1.0:
+            bad.append(f"--replay-rate (replay_rate): must be in [0, 1], got {self.replay_rate}")
+        if not 0.0 <= self.replay_attribution_s <= 3_600.0:
+            bad.append(f"replay_attribution_s: must be in [0, 3600] seconds, got {self.replay_attribution_s}")
         if bad:
             msg = "traffic plan: " + "; ".join(bad)
             raise RectuneError(msg, hint="see `rectune traffic --help`")

@@ -41,6 +41,13 @@ ALERTS: Final = TopicSpec(
 DLQ: Final = TopicSpec(
     "rectune.dlq", 1, 30 * DAY_MS, "delete", "refused messages and events with reason and source coordinates"
 )
+REPLAY: Final = TopicSpec(
+    "rectune.replay",
+    1,
+    7 * DAY_MS,
+    "delete",
+    "sampled control requests replayed under the registered candidates: the Critic's off-policy rows",
+)
 STREAM_STATE: Final = TopicSpec(
     "rectune.streams.state",
     8,
@@ -49,7 +56,7 @@ STREAM_STATE: Final = TopicSpec(
     "stream worker checkpoints: state + source offset per events partition (one topic per app_id)",
 )
 
-CATALOGUE: Final = (EVENTS, METRICS, CONFIG, DECISIONS, ALERTS, DLQ)
+CATALOGUE: Final = (EVENTS, METRICS, CONFIG, DECISIONS, ALERTS, DLQ, REPLAY)
 
 
 def state_topic(app_id: str, partitions: int) -> TopicSpec:

@@ -220,12 +220,21 @@ def re_rank(
     pool_scores: NDArray[np.float64],
     stage: ReRank,
     rng: np.random.Generator,
+    *,
+    forced: NDArray[np.int64] | None = None,
 ) -> ReRanked:
     """Fill up to `list_size` slots from `pool` (candidate rows, rank order) by MMR with caps and slots.
 
     Each pick costs O(pool·d): one similarity vector against the new item
     updates the running max-similarity, so only the ≤ `list_size` picks loop
     in Python.
+
+    `forced` (replay, `serving_sidecar.replay`): the picks are given (indices
+    into `pool`, -1 for an item not in it) instead of drawn, nothing is drawn
+    from `rng`, and `propensities` become this stage's probability of each
+    forced pick given the forced earlier ones.  The arrays stop after the first
+    pick of probability 0 (no later slot can then follow this policy) or when
+    this stage's list would have ended.
     """
     size = pool.shape[0]
     lam = stage.mmr_lambda
@@ -252,7 +261,8 @@ def re_rank(
 
     # Hot loop (≤ list_size turns): array methods and np.dot rather than np.argmax / `@`,
     # which cost several µs more per call on a few hundred items.
-    for position in range(min(stage.list_size, size)):
+    slot_count = min(stage.list_size, size) if forced is None else min(stage.list_size, size, forced.size)
+    for position in range(slot_count):
         mmr = relevance - (1.0 - lam) * max_sim
         pick, propensity, drawn = -1, 1.0, False
         if quota > 0 and position in sponsored_slots:
@@ -261,17 +271,29 @@ def re_rank(
             if eligible[best]:
                 pick = best
                 quota -= 1
+                if forced is not None:  # a sponsored slot is deterministic
+                    pick, propensity = int(forced[position]), float(int(forced[position]) == best)
         if pick < 0:
             eligible = alive & organic
             greedy = int(np.where(eligible, mmr, -np.inf).argmax())
             if not eligible[greedy]:
                 break
             pick = greedy
-            if eps > 0.0:
+            if forced is not None:
+                pick = int(forced[position])
+                m = int(np.count_nonzero(eligible))
+                propensity = (1.0 - eps) * (pick == greedy) + eps / m if pick >= 0 and eligible[pick] else 0.0
+            elif eps > 0.0:
                 m = int(np.count_nonzero(eligible))
                 if rng.random() < eps:
                     pick, drawn = int(np.flatnonzero(eligible)[rng.integers(m)]), True
                 propensity = (1.0 - eps) * (pick == greedy) + eps / m
+        if propensity == 0.0:  # replay only: this policy cannot show the forced item here
+            slots.append(pick)
+            mmr_scores.append(float("nan"))
+            propensities.append(0.0)
+            explored.append(False)
+            break
         slots.append(pick)
         mmr_scores.append(float(mmr[pick]))
         propensities.append(propensity)

@@ -15,6 +15,7 @@ from types import MappingProxyType
 
 from schemas.config import Allocation, CascadeConfig
 from schemas.config_log import ServingState
+from schemas.replay import MAX_REPLAY_TARGETS
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +32,9 @@ class Snapshot:
     """Everything a request needs, consistent as of config-topic version `version`.
 
     `arms` maps every arm of the allocation (control included) to its config;
-    `open_arms` are arms the SLO breaker has cut back to control.
+    `open_arms` are arms the SLO breaker has cut back to control; `pending`
+    are the candidates registered since serving last changed and not yet
+    given traffic, newest last (what `serving_sidecar.replay` replays).
     """
 
     version: int
@@ -39,6 +42,7 @@ class Snapshot:
     allocation: Allocation | None = None
     arms: Mapping[str, ArmConfig] = field(default_factory=lambda: MappingProxyType({}))
     open_arms: frozenset[str] = frozenset()
+    pending: tuple[tuple[int, CascadeConfig], ...] = ()
 
     @classmethod
     def from_state(cls, state: ServingState, open_arms: frozenset[str] = frozenset()) -> Snapshot:
@@ -54,11 +58,32 @@ class Snapshot:
             for arm in state.allocation.arms[1:]:
                 arms[arm.arm_id] = ArmConfig(arm.arm_id, arm.config_version, state.configs[arm.config_version])
         live = frozenset(a for a in open_arms if a in arms)
-        return cls(state.version, control, state.allocation, MappingProxyType(arms), live)
+        return cls(state.version, control, state.allocation, MappingProxyType(arms), live, pending_candidates(state))
 
     def with_open_arms(self, open_arms: frozenset[str]) -> Snapshot:
         """The same snapshot with a different set of breaker-opened arms."""
         return replace(self, open_arms=frozenset(a for a in open_arms if a in self.arms))
+
+
+def pending_candidates(state: ServingState, limit: int = MAX_REPLAY_TARGETS) -> tuple[tuple[int, CascadeConfig], ...]:
+    """(version, config) of the configs registered after the last change of what is served, at most `limit`, newest.
+
+    Called by `Snapshot.from_state` (on config changes, never per request):
+    the agents register a round's candidates, then allocate them, so the
+    configs appended since serving last changed are the round waiting for
+    traffic.  Walks back over the timeline only as far as that change.
+    """
+    served = state.timeline.get(state.version)
+    if served is None:
+        return ()
+    found: list[tuple[int, CascadeConfig]] = []
+    version = state.version
+    while version > 0 and len(found) < limit and state.timeline.get(version) == served:
+        config = state.configs.get(version)
+        if config is not None and version != state.control_version:
+            found.append((version, config))
+        version -= 1
+    return tuple(reversed(found))
 
 
 class ConfigHolder:

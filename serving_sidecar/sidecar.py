@@ -40,7 +40,8 @@ from serving_sidecar.holder import ConfigHolder, Snapshot
 from serving_sidecar.latency import LatencyMonitor
 from serving_sidecar.lkg import LkgStore, RedisLkgStore
 from serving_sidecar.loop_thread import LoopThread
-from serving_sidecar.sink import EventSink, KafkaAlertSink
+from serving_sidecar.replay import ReplayRecorder, ReplaySettings, target_probabilities
+from serving_sidecar.sink import EventSink, KafkaAlertSink, KafkaReplaySink
 from serving_sidecar.tracking import TrackingToken
 
 
@@ -63,6 +64,7 @@ class SidecarConfig:
     breaker_cooldown_s: float | None = None
     envelope_item_events: int = 100
     config_fetch_wait_ms: int = 20
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
 
     def build(self) -> Sidecar:
         """Wire holder, router, monitor, breaker, consumer and sinks (nothing starts yet)."""
@@ -117,6 +119,11 @@ class Sidecar:
             config.source_id,
             cooldown_s=config.breaker_cooldown_s,
         )
+        self.replays: KafkaReplaySink | None = None
+        self.replay: ReplayRecorder | None = None
+        if config.replay.enabled:
+            self.replays = KafkaReplaySink(config.bootstrap, config.source_id)
+            self.replay = config.replay.build(self.replays.emit)
         self._clock_s = clock_s
         # Request ids: a random per-process prefix and a counter (uuid4 costs ~9 µs a call).
         self._id_prefix = uuid.uuid4().hex[:12]
@@ -131,6 +138,8 @@ class Sidecar:
         self._loop.start()
         self.events.start_in_thread(self._loop)
         self.alerts.start_in_thread(self._loop)
+        if self.replays is not None:
+            self.replays.start_in_thread(self._loop)
         self.consumer.start_in_thread(self._loop, timeout_s)
         self._timer = threading.Thread(target=self._breaker_loop, name="rectune-sidecar-breaker", daemon=True)
         self._timer.start()
@@ -150,6 +159,9 @@ class Sidecar:
         self.consumer.stop_thread(timeout_s)
         self.events.close(timeout_s)
         self.alerts.close(timeout_s)
+        if self.replay is not None and self.replays is not None:
+            self.replay.flush(self._clock_s(), everything=True)
+            self.replays.close(timeout_s)
         self._loop.stop(timeout_s)
 
     def __enter__(self) -> Sidecar:
@@ -162,6 +174,8 @@ class Sidecar:
     def _breaker_loop(self) -> None:
         while not self._stop.wait(self.config.breaker_interval_s):
             self.breaker.check(self._clock_s(), time.time_ns() // 1_000_000)
+            if self.replay is not None:
+                self.replay.flush(self._clock_s())
 
     # -- the request path --------------------------------------------------------------
 
@@ -185,8 +199,31 @@ class Sidecar:
         return Request(assignment, assignment.config.for_surface(surface), token, self._clock_s())
 
     def rank(self, request: Request, candidates: CandidateSet, rng: np.random.Generator) -> RankedList:
-        """Run the reference cascade with this request's config (rankers may use their own)."""
-        return rank(candidates, request.config, rng)
+        """Run the reference cascade with this request's config (rankers may use their own).
+
+        A sampled request served the control config also gets replayed under
+        every pending candidate (`serving_sidecar.replay`): the Critic's
+        off-policy rows.  Only sampled requests pay for that.
+        """
+        ranked = rank(candidates, request.config, rng)
+        recorder = self.replay
+        if recorder is not None and ranked.indices.size and recorder.wants(request.token.request_id):
+            self._replay(recorder, request, candidates, ranked)
+        return ranked
+
+    def _replay(self, recorder: ReplayRecorder, request: Request, candidates: CandidateSet, ranked: RankedList) -> None:
+        snapshot = self.holder.snapshot()
+        if snapshot is None or not snapshot.pending:
+            return
+        if request.assignment.config_version != snapshot.control.config_version:
+            return  # only the incumbent's requests log the policy the candidates are compared with
+        surface = request.token.surface
+        targets = [
+            (version, target_probabilities(candidates, config.for_surface(surface), ranked.indices))
+            for version, config in snapshot.pending
+        ]
+        item_ids = [str(item) for item in candidates.item_ids[ranked.indices].tolist()]
+        recorder.record(request.token, item_ids, ranked.propensities.tolist(), targets, self._clock_s())
 
     def finish(self, request: Request, items: tuple[ShownItem, ...], latency_ms: float | None = None) -> Impression:
         """Record the request's latency under its arm and emit its impression (never blocks)."""
@@ -200,6 +237,8 @@ class Sidecar:
     def emit(self, event: Click | Conversion) -> None:
         """Hand a click or conversion (built from a request's token) to the event sink."""
         self.events.emit(event)
+        if self.replay is not None and isinstance(event, Click):
+            self.replay.click(event)
 
     def alert(self, alert: Alert) -> None:
         """Publish an alert from the host (e.g. its own health checks)."""

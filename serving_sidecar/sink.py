@@ -31,16 +31,20 @@ Imports only `schemas` (and aiokafka): the sidecar never imports `streams`,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar, TypeVar
 
 from schemas.alerts import Alert, encode_alert
 from schemas.encode import encode_batch
 from schemas.events import Event, item_events
 from schemas.limits import MAX_EVENTS_PER_BATCH
-from schemas.topics import ALERTS, EVENTS
+from schemas.replay import ReplayRecord, encode_replay
+from schemas.topics import ALERTS, EVENTS, REPLAY
 from serving_sidecar.errors import SidecarError
 from serving_sidecar.publisher import BackgroundPublisher, SinkStats
 
-__all__ = ["EventSink", "KafkaAlertSink", "SinkStats", "pack_events"]
+T = TypeVar("T")
+
+__all__ = ["EventSink", "KafkaAlertSink", "KafkaReplaySink", "SinkStats", "pack_events"]
 
 
 class EventSink(BackgroundPublisher[Event]):
@@ -114,36 +118,67 @@ def pack_events(events: Sequence[Event], max_item_events: int) -> list[list[Even
     return out
 
 
-class KafkaAlertSink(BackgroundPublisher[Alert]):
-    """Publishes alerts to `rectune.alerts` in the background, one message per alert.
+class _PerItemSink(BackgroundPublisher[T]):
+    """One message per item, published in the background: the alert and replay sinks.
+
+    Subclasses set the topic, how soon a lone item goes out (`LINGER_MS`,
+    `WAKE_AT` items wake the sender at once) and `_encode`.
+    """
+
+    TOPIC: ClassVar[str]
+    LINGER_MS: ClassVar[float]
+    WAKE_AT: ClassVar[int]
+
+    def __init__(
+        self,
+        bootstrap: str,
+        source_id: str,
+        topic: str | None = None,
+        *,
+        max_buffered: int = 10_000,
+        request_timeout_ms: int = 10_000,
+    ) -> None:
+        super().__init__(
+            bootstrap,
+            source_id,
+            topic or self.TOPIC,
+            max_buffered=max_buffered,
+            linger_ms=self.LINGER_MS,
+            max_in_flight=64,
+            wake_at=self.WAKE_AT,
+            start_seq=0,
+            request_timeout_ms=request_timeout_ms,
+        )
+
+
+class KafkaAlertSink(_PerItemSink[Alert]):
+    """Publishes alerts to `rectune.alerts` in the background, one message per alert, each at once.
 
     Used by the config consumer (refused changes, stale config) and the SLO
     breaker; `emit` never blocks, so raising an alert can never stall serving
     or the config fold, even with the broker gone.
     """
 
-    def __init__(
-        self,
-        bootstrap: str,
-        source_id: str,
-        topic: str = ALERTS.name,
-        *,
-        max_buffered_alerts: int = 10_000,
-        linger_ms: float = 5.0,
-        request_timeout_ms: int = 10_000,
-    ) -> None:
-        super().__init__(
-            bootstrap,
-            source_id,
-            topic,
-            max_buffered=max_buffered_alerts,
-            linger_ms=linger_ms,
-            max_in_flight=64,
-            wake_at=1,
-            start_seq=0,
-            request_timeout_ms=request_timeout_ms,
-        )
+    TOPIC = ALERTS.name
+    LINGER_MS = 5.0
+    WAKE_AT = 1
 
     def _encode(self, group: list[Alert], seq: int) -> tuple[bytes, bytes]:
         (alert,) = group
         return alert.kind.encode(), encode_alert(alert)
+
+
+class KafkaReplaySink(_PerItemSink[ReplayRecord]):
+    """Publishes exploration replay records to `rectune.replay` in the background, one message per record.
+
+    Used by the sidecar's `ReplayRecorder` (`serving_sidecar.replay`); `emit`
+    never blocks, and a full buffer drops the oldest like the event sink.
+    """
+
+    TOPIC = REPLAY.name
+    LINGER_MS = 50.0
+    WAKE_AT = 64
+
+    def _encode(self, group: list[ReplayRecord], seq: int) -> tuple[bytes, bytes]:
+        (record,) = group
+        return record.surface.encode(), encode_replay(record)

@@ -223,6 +223,11 @@ async def test_an_injected_rule_breaking_gemini_answer_never_reaches_the_config_
         assert [r["kind"] for r in records] == ["proposal", "critique", "decision"]
         proposal, critique, decision = (r["payload"] for r in records)
         assert [p["proposal_id"] for p in proposal["proposals"]] == [trust_id], proposal["dropped"]
+        # the brain's own refusals are on the audit trail too, not only in the process's memory
+        (audit,) = proposal["brain_calls"]
+        assert audit["kind"] == "propose" and [d["reason"] for d in audit["dropped"]] == reasons
+        assert "latency_s" not in audit and audit["prompt_tokens"] > 0
+        assert [c["kind"] for c in critique["brain_calls"]] == ["critique"]
         (verdict,) = critique["verdicts"]
         assert verdict["proposal_id"] == trust_id and not verdict["kept"] and verdict["rule"] == "trust_region"
         assert verdict["reasons"][-1] == "brain: keep ignored (rejected by rule trust_region)"

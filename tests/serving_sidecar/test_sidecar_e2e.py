@@ -121,3 +121,65 @@ async def test_sidecar_serves_stamps_ramps_and_breaks(tansu_broker: str, redis_u
     alerts = [msgspec.json.decode(v, type=Alert) for v in await read_all(tansu_broker, "rectune.alerts")]
     breach = [a for a in alerts if a.kind == "slo_breach" and a.arm_id == "short"]
     assert len(breach) == 1 and breach[0].severity == "critical"
+
+
+async def test_sampled_control_requests_are_replayed_to_the_agents_feed(tansu_broker: str) -> None:
+    """Sidecar → `rectune.replay` → the agents' `ReplayFeed`, on the real broker: rows per registered candidate."""
+    from agents.ope_replay import harm_estimate
+    from agents.replay_feed import ReplayFeed
+    from serving_sidecar.replay import ReplaySettings
+
+    await ensure_topics(tansu_broker, catalogue_for(2))
+    start = default_config()
+    start = msgspec.structs.replace(start, re_rank=msgspec.structs.replace(start.re_rank, exploration_rate=0.1))
+    await append_change(
+        tansu_broker, draft("config", author="person:test", reason="start", config=start, activate=True), KEYS
+    )
+    candidate = msgspec.structs.replace(start, re_rank=msgspec.structs.replace(start.re_rank, mmr_lambda=0.7))
+    await append_change(
+        tansu_broker, draft("config", author="agent:actor", reason="more diverse", config=candidate), KEYS
+    )
+    sidecar = SidecarConfig(
+        bootstrap=tansu_broker,
+        keyring=KEYS,
+        source_id="ranker-replay",
+        replay=ReplaySettings(sample_rate=0.5, attribution_s=0.0),
+    ).build()
+    sidecar.start()
+    clicked: set[str] = set()
+    try:
+        assert sidecar.wait_ready(20.0)
+        assert wait(lambda: sidecar.consumer.applied_version == 2)
+        assert [v for v, _ in sidecar.holder.snapshot().pending] == [2]  # type: ignore[union-attr]
+        rng = np.random.default_rng(4)
+        candidates = synthetic_candidates(3_000, rng)
+        for i in range(200):
+            request = sidecar.begin(f"user-{i % 50}", surface="home", cohort="new", request_id=f"req-{i}")
+            ranked = sidecar.rank(request, candidates, rng)
+            items = ranked.to_shown_items(candidates)
+            sidecar.finish(request, items, latency_ms=5.0)
+            if i % 3 == 0:
+                sidecar.emit(request.click(items[1].item_id, items[1].position, request.token.event_time_ms + 1))
+                clicked.add(request.token.request_id)
+        sampled = sidecar.replay.stats().sampled  # type: ignore[union-attr]
+    finally:
+        sidecar.stop()
+    assert 70 <= sampled <= 130, "about half of the 200 requests"
+    feed = ReplayFeed(tansu_broker, "home")
+    await feed.start()
+    try:
+        assert await feed.poll(timeout_ms=500) > 0  # every record was flushed when the sidecar stopped
+        records = list(feed.records)
+    finally:
+        await feed.stop()
+    assert len(records) == sampled
+    assert all(r.config_version == 1 and [t.config_version for t in r.targets] == [2] for r in records)
+    assert {r.request_id for r in records if any(s.clicked for s in r.slots)} == clicked & {
+        r.request_id for r in records
+    }
+    assert all(r.slots[1].clicked for r in records if r.request_id in clicked)
+    assert all(0.0 < s.propensity <= 1.0 for r in records for s in r.slots)
+    rows = (await feed.rows([2], 1))[2]
+    assert rows.requests == sampled and rows.rows == 12 * sampled
+    estimate = harm_estimate(rows)
+    assert estimate is not None and estimate.rows == rows.rows
