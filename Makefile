@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/assign_unit.py
 	$(BIN)/python bench/paired_read.py
 	$(BIN)/python bench/stats.py
+	$(BIN)/python bench/ope_screen.py
 	$(BIN)/python bench/power_calibration.py
 	$(BIN)/python bench/tuning.py
 
