@@ -264,6 +264,7 @@ class OfflineBrain:
             sampler_choice=self._sampler_choice,
             n_startup_trials=self._n_startup,
             population_size=self._population,
+            incumbent=_values(context.incumbent),
         )
         self.last_sampler = sampler_name
         tried = {_freeze(trial.config) for trial in evidence.trials}

@@ -9,7 +9,9 @@ What lives here: `SamplerChoice` (re-exported by `agents.offline_brain`),
   how a hint narrows a box are in `agents.skill_hints`, the box itself in
   `agents.offline_space`): a direction or a range for one parameter of the
   note's stage; a note with a confidence below `min_confidence` is ignored.
-- *Warm start*: the context's `metrics` readings for the configured
+- *Warm start*: on a cold start (no past trial in the box) the Skillhub's
+  notes seed the study (`skill_seeds`: the incumbent moved to the narrowed
+  box's edge in each note's direction, enqueued); otherwise the context's `metrics` readings for the configured
   objectives (`Objective`, default maximise "ctr"), taken for the brain's
   `cohort` ("" = overall), the last reading per (arm, metric) winning.  An arm
   is resolved to a config by the brain's `config_of` (a control name: the
@@ -110,8 +112,16 @@ def build_study(
     sampler_choice: SamplerChoice,
     n_startup_trials: int,
     population_size: int,
+    incumbent: Mapping[str, Any] | None = None,
 ) -> tuple[optuna.Study, str]:
-    """The seeded study of call `call_index`, warm-started with `evidence`, and its sampler's name."""
+    """The seeded study of call `call_index`, warm-started with `evidence`, and its sampler's name.
+
+    With no past trial in the box (a cold start: a new process, or a surface
+    whose arms the brain cannot resolve) the Skillhub warms it instead: for
+    each dimension a note narrowed, most confident first, the study's next
+    asks are the `incumbent` moved to the box's edge in the note's direction
+    (`skill_seeds`).
+    """
     sampler_seed = int(np.random.SeedSequence([seed, call_index]).generate_state(1)[0])
     directions = [o.direction for o in evidence.objectives]
     use_nsga = sampler_choice == "nsga2" or (sampler_choice == "auto" and len(directions) > 1)
@@ -135,4 +145,28 @@ def build_study(
                 params=params, distributions=distributions, values=list(trial.values), system_attrs=attrs
             )
         )
+    if not evidence.trials and incumbent is not None:
+        for params in skill_seeds(dimensions, incumbent):
+            study.enqueue_trial(params, skip_if_exists=True)
     return study, name
+
+
+def skill_seeds(dimensions: Mapping[str, _Dimension], incumbent: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One start point per Skillhub-narrowed dimension: the incumbent with that parameter at the hinted edge.
+
+    Called by `build_study` on a cold start.  A direction "up" takes the
+    box's high end, "down" its low end, a range note the middle of the
+    (narrowed) box; most confident note first.
+    """
+    seeds: list[tuple[float, dict[str, Any]]] = []
+    for name, dim in dimensions.items():
+        if not dim.hints or isinstance(dim.distribution, optuna.distributions.CategoricalDistribution):
+            continue
+        hint = max(dim.hints, key=lambda h: h.confidence)
+        target = {"up": dim.high, "down": dim.low}.get(hint.direction or "", (dim.low + dim.high) / 2.0)
+        values = {n: incumbent.get(n, d.spec.current) for n, d in dimensions.items()}
+        values[name] = _param_value(dim, target)
+        if all(_contains(d, values[n]) for n, d in dimensions.items()):  # a seed outside the box cannot be asked
+            seeds.append((hint.confidence, {n: _param_value(d, values[n]) for n, d in dimensions.items()}))
+    seeds.sort(key=lambda item: -item[0])
+    return [params for _, params in seeds]

@@ -49,8 +49,9 @@ _SAFETY: Final = (
 
 ACTOR_SYSTEM: Final = (
     "You are the Actor of an autonomous tuning loop for a multi-stage recommender cascade "
-    "(pre-rank value fusion and candidate cut, rank objective weights and combination, "
-    "re-rank diversity policy). You propose candidate configurations to A/B test against the incumbent. "
+    "(pre-rank value fusion, rank objective weights and combination, re-rank diversity policy, and the "
+    "routing between stages: pre_rank.candidate_cut and rank.cut decide how many candidates each stage passes "
+    "on, trading quality for latency). You propose candidate configurations to A/B test against the incumbent. "
     "Each candidate is a small set of parameter changes; for each change give a falsifiable hypothesis "
     "(which metric should move, in which direction, roughly how much) and a rationale grounded in the "
     "metrics and skills provided. Prefer small, stage-aware steps near the incumbent; make candidates differ "

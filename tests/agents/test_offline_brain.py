@@ -423,3 +423,54 @@ def test_no_candidate_over_the_critics_latency_budget_is_proposed() -> None:
         )
         # the Critic's own rule agrees (the diversity floor may still reject a short list)
         assert all(v.rule != "latency_budget" for v in verdicts), [v.reasons for v in verdicts]
+
+
+def test_a_cold_study_starts_from_the_skillhubs_directions() -> None:
+    """No past trial in the box: the study's first asks are the incumbent moved the way each note points."""
+    from agents.critic import CriticRules
+    from agents.offline_space import _dimension, _values
+    from agents.offline_study import build_study, skill_hints, warm_start_evidence
+
+    notes = (note("lower mmr_lambda helps", confidence=0.9), note("raise freshness_boost", confidence=0.6))
+    ctx = context(skills=notes)
+    specs = {spec.name: spec for spec in parameter_specs(ctx.incumbent)}
+    hints = skill_hints(ctx.skills, specs, 0.2)
+    dims = {n: d for n in specs if (d := _dimension(specs[n], CriticRules(), ctx.guardrails, hints.get(n, ())))}
+    evidence = warm_start_evidence(
+        ctx, dims, objectives=(Objective("ctr"),), cohort="", sampler_choice="tpe", config_of=lambda _arm: None
+    )
+    assert not evidence.trials
+    incumbent = _values(ctx.incumbent)
+    study, _ = build_study(
+        evidence, dims, seed=1, call_index=0, sampler_choice="tpe", n_startup_trials=5, population_size=8,
+        incumbent=incumbent,
+    )
+    distributions = {n: d.distribution for n, d in dims.items()}
+    first, second = study.ask(distributions).params, study.ask(distributions).params
+    lam, fresh = "re_rank.mmr_lambda", "re_rank.freshness_boost"
+    assert first[lam] == pytest.approx(dims[lam].low)  # the most confident note first
+    assert first[lam] < incumbent[lam]
+    assert all(first[n] == incumbent[n] for n in dims if n != lam)
+    assert second[fresh] == pytest.approx(dims[fresh].high)
+    assert second[fresh] > incumbent[fresh]
+    cold, _ = build_study(
+        evidence, dims, seed=1, call_index=0, sampler_choice="tpe", n_startup_trials=5, population_size=8
+    )
+    assert cold.ask(distributions).params != first, "without the incumbent nothing is enqueued"
+
+
+def test_the_routing_cuts_are_searched_like_any_stage() -> None:
+    """Routing between stages (the candidate cuts) is in the offline Actor's reach, with a hypothesis per change."""
+    routing = ("pre_rank.candidate_cut", "rank.cut")
+    moved: set[str] = set()
+    for seed in range(3):
+        proposals = OfflineBrain(seed=seed).propose_sync(context(k=4, parameters=routing, max_changes=2))
+        assert proposals
+        for proposal in proposals:
+            assert proposal.changes and all(c.name in routing and c.hypothesis for c in proposal.changes)
+            moved |= {c.name for c in proposal.changes}
+            assert (proposal.config.pre_rank.candidate_cut, proposal.config.rank.cut) != (
+                INC.pre_rank.candidate_cut,
+                INC.rank.cut,
+            )
+    assert moved == set(routing)
