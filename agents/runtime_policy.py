@@ -88,6 +88,22 @@ def _literal_choices(kind: type[Any], path: str) -> tuple[Any, ...]:
     return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
 
 
+def _approval(online: dict[str, Any]) -> dict[str, Any]:
+    """`"approval": "required" | "none"`, the human gate's spelling in the design, as `approval_required`."""
+    if "approval" not in online:
+        return online
+    rest = {k: v for k, v in online.items() if k != "approval"}
+    value = online["approval"]
+    if value not in ("required", "none"):
+        msg = f"policy.online.approval: must be 'required' or 'none', got {value!r}"
+        raise PolicyError(msg)
+    required = value == "required"
+    if rest.get("approval_required", required) != required:
+        msg = f"policy.online.approval: {value!r} contradicts approval_required={rest['approval_required']!r}"
+        raise PolicyError(msg)
+    return {**rest, "approval_required": required}
+
+
 def parse_policy(data: bytes, surface: str, *, window_s: float = 60.0) -> tuple[OnlinePolicy, LoopSettings]:
     """The Online policy and loop settings of a policy document (JSON `{"online": {...}, "loop": {...}}`).
 
@@ -111,7 +127,7 @@ def parse_policy(data: bytes, surface: str, *, window_s: float = 60.0) -> tuple[
     if unknown:
         msg = f"policy.{unknown[0]}: unknown section; known: online, loop"
         raise PolicyError(msg)
-    online = _section(doc, "online", ONLINE_FIELDS)
+    online = _approval(_section(doc, "online", (*ONLINE_FIELDS, "approval")))
     loop = _section(doc, "loop", LOOP_FIELDS)
     policy: OnlinePolicy = _convert("online", {**online, "surface": surface}, OnlinePolicy)
     # Insight and the Skillhub learn on the objective; unset, it follows the primary metric (not a fixed "ctr")

@@ -78,3 +78,23 @@ def test_the_randomization_unit_is_read_checked_and_refuses_a_pre_period_it_woul
     with pytest.raises(PolicyError, match=r"policy\.loop\.pre_period_s: must be 0 when online\.randomization_unit"):
         _parse({"online": {"randomization_unit": "request"}, "loop": {"pre_period_s": 600}})
     assert _parse({"loop": {"pre_period_s": 600}})[1].pre_period_s == 600.0
+
+
+def test_the_human_gate_reads_approval_required_in_either_spelling() -> None:
+    assert _parse({"online": {"approval": "required"}})[0].approval_required is True
+    assert _parse({"online": {"approval": "none"}})[0].approval_required is False
+    assert _parse({"online": {"approval_required": True}})[0].approval_required is True
+    assert _parse({})[0].approval_required is False
+    with pytest.raises(PolicyError, match=r"policy\.online\.approval: must be 'required' or 'none', got 'maybe'"):
+        _parse({"online": {"approval": "maybe"}})
+    with pytest.raises(PolicyError, match=r"policy\.online\.approval: 'required' contradicts approval_required"):
+        _parse({"online": {"approval": "required", "approval_required": False}})
+
+
+def test_the_off_policy_screen_settings_are_read_and_checked() -> None:
+    _, loop = _parse({"loop": {"ope_wait_s": 30, "ope_min_requests": 50}})
+    assert (loop.ope_wait_s, loop.ope_min_requests) == (30.0, 50)
+    with pytest.raises(PolicyError, match=r"policy\.loop\.ope_wait_s: must be in \[0, 86400\] seconds"):
+        _parse({"loop": {"ope_wait_s": -1}})
+    with pytest.raises(PolicyError, match=r"policy\.loop\.ope_min_requests: must be >= 1"):
+        _parse({"loop": {"ope_min_requests": 0}})
