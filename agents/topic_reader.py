@@ -17,6 +17,7 @@ view of both topics.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import ClassVar, Final
 
@@ -25,10 +26,29 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 log = logging.getLogger(__name__)
 _FETCH_MAX_WAIT_MS: Final = 50
+_PARTITIONS_WAIT_S: Final = 5.0
 
 
 class Refused(ValueError):
     """Raised by `_accept` for a record that is not the reader's kind; the message is the reason."""
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str, wait_s: float = _PARTITIONS_WAIT_S) -> set[int]:
+    """The partition ids of `topic` from a fresh metadata fetch (empty when the topic does not exist).
+
+    `consumer.topics()` refreshes nothing the consumer keeps: its metadata
+    tracks only topics it was told about, so on Apache Kafka a topic created
+    before the consumer started is unknown to `partitions_for_topic` (tansu
+    happens to answer anyway).  The client's own fetch is read instead
+    (aiokafka is pinned), retried briefly while a new topic has no leader yet.
+    """
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        cluster = await consumer._client.fetch_all_metadata()  # private, see the docstring
+        parts = cluster.partitions_for_topic(topic)
+        if parts or topic not in cluster.topics() or asyncio.get_running_loop().time() >= deadline:
+            return set(parts or ())
+        await asyncio.sleep(0.1)
 
 
 class TopicReader:
@@ -60,8 +80,7 @@ class TopicReader:
             fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
         )
         await consumer.start()
-        await consumer.topics()  # refreshes the metadata
-        parts = consumer.partitions_for_topic(self.topic) or set()
+        parts = await _partitions(consumer, self.topic)
         tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         if tps:

@@ -179,6 +179,13 @@ async def test_sampled_control_requests_are_replayed_to_the_agents_feed(tansu_br
     }
     assert all(r.slots[1].clicked for r in records if r.request_id in clicked)
     assert all(0.0 < s.propensity <= 1.0 for r in records for s in r.slots)
+    late = ReplayFeed(tansu_broker, "home")  # an agent starting two hours later reads only the last hour
+    await late.start(now_ms=records[-1].event_time_ms + 2 * 3_600_000)
+    try:
+        await late.poll(timeout_ms=500)
+        assert not late.records
+    finally:
+        await late.stop()
     rows = (await feed.rows([2], 1))[2]
     assert rows.requests == sampled and rows.rows == 12 * sampled
     estimate = harm_estimate(rows)
