@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from redis import asyncio as aioredis
 
@@ -321,3 +322,11 @@ async def test_the_pre_period_reaches_the_online_read_as_cuped_covariates(tansu_
         assert first["cuped"] is True and 0.0 < first["variance_ratio"] < 0.8, first
     finally:
         await live.close()
+
+
+@pytest.mark.kafka
+async def test_srm_halts_alerts_and_returns_all_traffic_to_control_on_apache_kafka(
+    kafka_broker: str, redis_url: str
+) -> None:
+    """The same loop on the production broker: the agents' feeds once read nothing there (`agents.topic_reader`)."""
+    await test_srm_halts_alerts_and_returns_all_traffic_to_control(kafka_broker, redis_url)
