@@ -27,6 +27,7 @@ variance (heavy weights), not this bias.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from serving_sidecar.cascade import pre_rank, rank_stage, re_rank
 from serving_sidecar.errors import SidecarError
 from serving_sidecar.tracking import TrackingToken
 
+log = logging.getLogger(__name__)
 _NO_DRAWS: Final = np.random.default_rng(0)  # replay mode draws nothing; re_rank only needs a generator
 _HASH_SPAN: Final = float(1 << 64)
 
@@ -111,12 +113,13 @@ class _Pending:
 
 @dataclass(frozen=True, slots=True)
 class ReplayStats:
-    """What the recorder did: sampled, published and dropped (buffer full) records, and clicks joined."""
+    """What the recorder did: sampled, published and dropped (buffer full) records, clicks joined, replays failed."""
 
     sampled: int
     published: int
     dropped: int
     clicks_joined: int
+    failed: int = 0
 
 
 class ReplayRecorder:
@@ -127,7 +130,7 @@ class ReplayRecorder:
         self._publish = publish
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}  # insertion order = due order (one attribution window)
-        self._sampled = self._published = self._dropped = self._joined = 0
+        self._sampled = self._published = self._dropped = self._joined = self._failed = 0
 
     def wants(self, request_id: str) -> bool:
         """Whether this request is sampled: a hash of its id below the rate (the same answer on every replica)."""
@@ -159,6 +162,14 @@ class ReplayRecorder:
                 return
             self._pending[token.request_id] = pending
             self._sampled += 1
+
+    def failed(self, reason: str) -> None:
+        """Count a sampled request whose replay raised (the request itself was served); log the first reason."""
+        with self._lock:
+            self._failed += 1
+            first = self._failed == 1
+        if first:
+            log.warning("replay failed (the request was served; counted in stats().failed): %s", reason)
 
     def click(self, click: Click) -> None:
         """Join a click to its sampled request's slot (other clicks pass through untouched)."""
@@ -192,7 +203,7 @@ class ReplayRecorder:
     def stats(self) -> ReplayStats:
         """Counters since start (tests, the sidecar's health line)."""
         with self._lock:
-            return ReplayStats(self._sampled, self._published, self._dropped, self._joined)
+            return ReplayStats(self._sampled, self._published, self._dropped, self._joined, self._failed)
 
 
 def _record(pending: _Pending) -> ReplayRecord:

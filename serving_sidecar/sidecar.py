@@ -208,7 +208,10 @@ class Sidecar:
         ranked = rank(candidates, request.config, rng)
         recorder = self.replay
         if recorder is not None and ranked.indices.size and recorder.wants(request.token.request_id):
-            self._replay(recorder, request, candidates, ranked)
+            try:
+                self._replay(recorder, request, candidates, ranked)
+            except Exception as err:  # a candidate that cannot rank this set must never fail the request
+                recorder.failed(f"{type(err).__name__}: {err}")
         return ranked
 
     def _replay(self, recorder: ReplayRecorder, request: Request, candidates: CandidateSet, ranked: RankedList) -> None:

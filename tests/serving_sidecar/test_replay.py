@@ -191,3 +191,28 @@ def test_pending_candidates_are_the_configs_registered_since_serving_last_change
     assert pending_candidates(state, limit=1) == ((6, c6),)
     assert Snapshot.from_state(state).pending == ((5, c5), (6, c6))
 
+
+
+def test_a_candidate_that_cannot_rank_the_set_never_fails_the_request() -> None:
+    """A pending config naming a signal this ranker's candidates lack: the request is served, the replay counted."""
+    from schemas.config import PreRank, Signal
+    from schemas.config_log import Keyring
+    from serving_sidecar.holder import ArmConfig
+    from serving_sidecar.sidecar import SidecarConfig
+
+    base = make_config(exploration_rate=0.1)
+    odd = msgspec.structs.replace(
+        base, pre_rank=PreRank(fusion_weights=(Signal("no_such_signal", 1.0),), candidate_cut=200)
+    )
+    sidecar = SidecarConfig(
+        bootstrap="127.0.0.1:1",  # never started: nothing is sent
+        keyring=Keyring.parse("k1:" + "ab" * 16, "k1"),
+        source_id="replay-unit",
+        replay=ReplaySettings(sample_rate=1.0),
+    ).build()
+    sidecar.holder.swap(Snapshot(version=2, control=ArmConfig("control", 1, base), pending=((2, odd),)))
+    request = sidecar.begin("u1", surface="home", cohort="all")
+    ranked = sidecar.rank(request, cands(1, n=400), np.random.default_rng(0))
+    assert ranked.indices.size == base.re_rank.list_size
+    assert sidecar.replay is not None and sidecar.replay.stats().failed == 1
+    assert sidecar.replay.stats().sampled == 0
