@@ -42,6 +42,10 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str, wait_s: float = _P
     happens to answer anyway).  The client's own fetch is read instead
     (aiokafka is pinned), retried briefly while a new topic has no leader yet.
     """
+    await consumer.topics()
+    known = consumer.partitions_for_topic(topic)  # enough where the client already tracks the topic (tansu)
+    if known:
+        return set(known)
     deadline = asyncio.get_running_loop().time() + wait_s
     while True:
         cluster = await consumer._client.fetch_all_metadata()  # private, see the docstring
