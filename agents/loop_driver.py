@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
+from agents.loop_plan import registered_versions
 from agents.loop_state import Action, AppendConfig, LoopInput, LoopState, PublishAlert, PublishRecord, UpsertSkills
 from agents.ope_replay import ReplayRows
 from agents.skillhub import SkillStore
@@ -210,7 +211,7 @@ class LoopDriver:
             return False, {}
         if not await self.replay.active(now_ms):
             return False, {}
-        versions = [v for v in serving.configs if v > state.registered_after]
+        versions = registered_versions(state, serving).values()  # the round's candidates, as the screen finds them
         return True, await self.replay.rows(versions, serving.control_version)
 
     async def _execute(self, actions: Sequence[Action], epoch: int, prior: LoopState) -> None:

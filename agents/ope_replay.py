@@ -102,7 +102,8 @@ def harm_estimate(
     the Critic may treat the estimate as evidence; heavy prefix weights make it
     unreliable rather than decisive.
     """
-    if rows.rows < MIN_ROWS or not math.isfinite(float(rows.target.sum())) or float(rows.target.sum()) <= 0.0:
+    mass = float(rows.target.sum())
+    if rows.rows < MIN_ROWS or not (math.isfinite(mass) and mass > 0.0):
         return None
     return difference(
         rows.rewards,

@@ -35,9 +35,10 @@ import numpy as np
 from agents.critic import harm_verdict
 from agents.ope_replay import harm_estimate, replay_rows
 from schemas.config import CascadeConfig, validate_config
-from schemas.replay import SCHEMA_VERSION, ReplayRecord, ReplaySlot, ReplayTarget
+from schemas.replay import ReplayRecord
 from serving_sidecar.cascade import rank
-from serving_sidecar.replay import target_probabilities
+from serving_sidecar.replay import ReplaySettings, target_probabilities
+from serving_sidecar.tracking import TrackingToken
 from simulator.scenario import load_scenario
 from simulator.world import Expected, World
 
@@ -75,6 +76,8 @@ def run_rate(world: World, start: CascadeConfig, eps: float, requests: int, seed
     moves = {name: with_re_rank(c, exploration_rate=eps) for name, c in candidates_for(start).items()}
     rng = np.random.default_rng(seed)
     records: list[ReplayRecord] = []
+    # the sidecar's own recorder joins the clicks and builds the records (everything sampled, no window)
+    recorder = ReplaySettings(sample_rate=1.0, attribution_s=0.0).build(records.append)
     rank_s = replay_s = 0.0
     for i in range(requests):
         user = world.draw_user(rng)
@@ -83,31 +86,14 @@ def run_rate(world: World, start: CascadeConfig, eps: float, requests: int, seed
         ranked = rank(cands, logging, rng)
         rank_s += time.perf_counter() - began
         began = time.perf_counter()
-        targets = tuple(
-            ReplayTarget(config_version=v, probabilities=tuple(target_probabilities(cands, c, ranked.indices)))
-            for v, c in enumerate(moves.values(), start=2)
-        )
+        targets = [(v, target_probabilities(cands, c, ranked.indices)) for v, c in enumerate(moves.values(), start=2)]
         replay_s += time.perf_counter() - began
-        clicked = {str(item) for item, _ in world.respond(user, ranked, cands, at_s=0.0, rng=rng).clicks}
+        token = TrackingToken(f"r{i}", user.user_id, user.cohort, "home", "control", 1, T0_MS)
         ids = [str(x) for x in cands.item_ids[ranked.indices].tolist()]
-        slots = tuple(
-            ReplaySlot(item_id=x, position=j, propensity=float(p), clicked=x in clicked)
-            for j, (x, p) in enumerate(zip(ids, ranked.propensities.tolist(), strict=True))
-        )
-        records.append(
-            ReplayRecord(
-                schema_version=SCHEMA_VERSION,
-                request_id=f"r{i}",
-                surface="home",
-                cohort=user.cohort,
-                user_id=user.user_id,
-                arm_id="control",
-                config_version=1,
-                event_time_ms=T0_MS,
-                slots=slots,
-                targets=targets,
-            )
-        )
+        recorder.record(token, ids, ranked.propensities.tolist(), targets, now_s=0.0)
+        for item, position in world.respond(user, ranked, cands, at_s=0.0, rng=rng).clicks:
+            recorder.click(token.click(str(item), int(position), T0_MS))
+        recorder.flush(0.0)
     base = world.expected(logging, at_s=0.0)
     verdicts = []
     for v, (name, config) in enumerate(moves.items(), start=2):

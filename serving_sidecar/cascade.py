@@ -279,15 +279,14 @@ def re_rank(
             if not eligible[greedy]:
                 break
             pick = greedy
-            if forced is not None:
-                pick = int(forced[position])
+            if forced is not None or eps > 0.0:
                 m = int(np.count_nonzero(eligible))
-                propensity = (1.0 - eps) * (pick == greedy) + eps / m if pick >= 0 and eligible[pick] else 0.0
-            elif eps > 0.0:
-                m = int(np.count_nonzero(eligible))
-                if rng.random() < eps:
+                if forced is not None:
+                    pick = int(forced[position])
+                elif rng.random() < eps:
                     pick, drawn = int(np.flatnonzero(eligible)[rng.integers(m)]), True
-                propensity = (1.0 - eps) * (pick == greedy) + eps / m
+                # a drawn pick is always eligible; only a forced one (replay) may not be, and has probability 0
+                propensity = (1.0 - eps) * (pick == greedy) + eps / m if pick >= 0 and eligible[pick] else 0.0
         if propensity == 0.0:  # replay only: this policy cannot show the forced item here
             slots.append(pick)
             mmr_scores.append(float("nan"))

@@ -385,16 +385,16 @@ def test_srm_halts_and_alerts() -> None:
     assert agent.step(state, totals, None, T0 + 99 * HOUR_MS) == (state, [])
 
 
-def _slo_policy() -> OnlinePolicy:
-    """One final stage at 50%, no dwell, a 250 ms p99 SLO: the latency guardrail tests' policy."""
+def _one_stage_policy(guardrails: GuardrailSpec) -> OnlinePolicy:
+    """One final stage at 50%, no dwell, a week's horizon, with `guardrails`: the guardrail tests' policy."""
     return OnlinePolicy(
-        surface="home",
-        target_mde=0.5,
-        stages=(0.5,),
-        min_dwell_s=0.0,
-        horizon_s=7 * 86_400.0,
-        guardrails=GuardrailSpec(latency_p99_slo_ms=250.0),
+        surface="home", target_mde=0.5, stages=(0.5,), min_dwell_s=0.0, horizon_s=7 * 86_400.0, guardrails=guardrails
     )
+
+
+def _slo_policy() -> OnlinePolicy:
+    """A 250 ms p99 SLO: the latency guardrail tests' policy."""
+    return _one_stage_policy(GuardrailSpec(latency_p99_slo_ms=250.0))
 
 
 def test_latency_breach_rolls_back_that_arm_only() -> None:
@@ -465,14 +465,7 @@ def test_latency_holds_names_arms_reading_over_without_a_breach() -> None:
 
 
 def test_conversion_non_inferiority_breach_rolls_back() -> None:
-    policy = OnlinePolicy(
-        surface="home",
-        target_mde=0.5,
-        stages=(0.5,),
-        min_dwell_s=0.0,
-        horizon_s=7 * 86_400.0,
-        guardrails=GuardrailSpec(conversion_margin=0.02, revenue_margin=0.02),
-    )
+    policy = _one_stage_policy(GuardrailSpec(conversion_margin=0.02, revenue_margin=0.02))
     agent, state, traffic_model = _running(np.random.default_rng(9), policy)
     arm = state.plan.treatments[0].arm_id
     out: list[Decision] = []
@@ -494,16 +487,9 @@ def test_conversion_non_inferiority_breach_rolls_back() -> None:
 
 
 def _every_guardrail_policy() -> OnlinePolicy:
-    """One 50% stage with every guardrail on: latency SLO, conversion and revenue margins, a diversity floor."""
-    return OnlinePolicy(
-        surface="home",
-        target_mde=0.5,
-        stages=(0.5,),
-        min_dwell_s=0.0,
-        horizon_s=7 * 86_400.0,
-        guardrails=GuardrailSpec(
-            latency_p99_slo_ms=250.0, conversion_margin=0.02, revenue_margin=0.02, diversity_floor=4.0
-        ),
+    """Every guardrail on: latency SLO, conversion and revenue margins, a diversity floor."""
+    return _one_stage_policy(
+        GuardrailSpec(latency_p99_slo_ms=250.0, conversion_margin=0.02, revenue_margin=0.02, diversity_floor=4.0)
     )
 
 
