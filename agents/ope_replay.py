@@ -40,8 +40,6 @@ from schemas.replay import ReplayRecord
 class ReplayRows:
     """One candidate's (request, slot) rows on one logging config: columns of equal length, and the request count."""
 
-    candidate_version: int
-    logging_version: int
     rewards: FloatArray
     target: FloatArray
     logging: FloatArray
@@ -83,8 +81,6 @@ def replay_rows(records: Iterable[ReplayRecord], candidate_version: int, logging
             logging.append(mu)
             clusters.append(user)
     return ReplayRows(
-        candidate_version,
-        logging_version,
         np.asarray(rewards, dtype=np.float64),
         np.asarray(target, dtype=np.float64),
         np.asarray(logging, dtype=np.float64),
